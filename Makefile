@@ -1,0 +1,25 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11 and make:
+#   make run    trains, evaluates, exports and draws predictions (python main.py)
+#   make test   runs the test suite
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test install clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/python main.py $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -ra tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

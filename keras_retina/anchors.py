@@ -1,0 +1,180 @@
+"""RetinaNet anchors: 9 per location on pyramid levels P3–P7."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import keras
+import numpy as np
+
+DEFAULT_SCALES = (2.0**0, 2.0 ** (1.0 / 3.0), 2.0 ** (2.0 / 3.0))
+DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+
+@keras.saving.register_keras_serializable(package="keras_retina")
+class AnchorGenerator:
+    """Generates the anchors of a feature pyramid, in the order the heads emit them.
+
+    At level ``l`` (stride ``s = 2**l``) the feature map has
+    ``ceil(H / s) x ceil(W / s)`` cells. Each cell ``(i, j)`` has its anchor
+    centre at ``((j + 0.5) * s, (i + 0.5) * s)`` pixels (the centre of the cell
+    it covers; Detectron uses the cell's corner, keras-hub the centre). For each
+    scale ``k`` and aspect ratio ``r = height / width`` the anchor has area
+    ``(size_multiplier * s * k)**2``, width ``size / sqrt(r)``, height
+    ``size * sqrt(r)``.
+
+    Order: level-major (P3 first), then row ``i``, column ``j``, then
+    ``len(scales) * len(aspect_ratios)`` anchors per cell, scale-major — the
+    order in which ``(B, h, w, num_anchors * K)`` head outputs reshape to
+    ``(B, h * w * num_anchors, K)``.
+
+    Args:
+        min_level: lowest pyramid level (stride ``2**min_level``).
+        max_level: highest pyramid level.
+        size_multiplier: anchor base size in strides (4 in the paper:
+            32 px at P3 up to 512 px at P7).
+        scales: octave scales of the base size.
+        aspect_ratios: height / width ratios.
+
+    Example:
+        >>> gen = AnchorGenerator()
+        >>> gen((512, 512)).shape
+        (49104, 4)
+    """
+
+    def __init__(
+        self,
+        min_level: int = 3,
+        max_level: int = 7,
+        size_multiplier: float = 4.0,
+        scales: Sequence[float] = DEFAULT_SCALES,
+        aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
+    ):
+        if not 1 <= min_level <= max_level:
+            raise ValueError(
+                f"AnchorGenerator: need 1 <= min_level <= max_level, got "
+                f"min_level={min_level}, max_level={max_level}."
+            )
+        if size_multiplier <= 0 or not scales or not aspect_ratios:
+            raise ValueError(
+                "AnchorGenerator: size_multiplier must be > 0 and scales / "
+                f"aspect_ratios non-empty, got size_multiplier={size_multiplier}, "
+                f"scales={scales}, aspect_ratios={aspect_ratios}."
+            )
+        if min(scales) <= 0 or min(aspect_ratios) <= 0:
+            raise ValueError(
+                f"AnchorGenerator: scales and aspect_ratios must be > 0, got "
+                f"scales={scales}, aspect_ratios={aspect_ratios}."
+            )
+        self.min_level = int(min_level)
+        self.max_level = int(max_level)
+        self.size_multiplier = float(size_multiplier)
+        self.scales = tuple(float(s) for s in scales)
+        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        """Anchors per feature-map cell (9 by default)."""
+        return len(self.scales) * len(self.aspect_ratios)
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        return tuple(range(self.min_level, self.max_level + 1))
+
+    def feature_sizes(self, image_shape: Sequence[int]) -> list[tuple[int, int]]:
+        """``(height, width)`` of each level's feature map for an image ``(H, W)``."""
+        height, width = _check_image_shape(image_shape)
+        return [
+            (math.ceil(height / 2**level), math.ceil(width / 2**level))
+            for level in self.levels
+        ]
+
+    def anchors_per_level(self, image_shape: Sequence[int]) -> list[int]:
+        """Number of anchors on each level, in order."""
+        return [
+            h * w * self.num_anchors_per_location for h, w in self.feature_sizes(image_shape)
+        ]
+
+    def __call__(self, image_shape: Sequence[int]) -> np.ndarray:
+        """Returns all anchors for an image of ``image_shape = (H, W)`` pixels.
+
+        Returns:
+            float32 NumPy array ``(A, 4)``, ``xyxy`` pixels; ``A`` is the sum
+            of :meth:`anchors_per_level`. The result is cached per shape.
+        """
+        return _anchors(self._key(), tuple(_check_image_shape(image_shape)))
+
+    def _key(self):
+        return (
+            self.min_level,
+            self.max_level,
+            self.size_multiplier,
+            self.scales,
+            self.aspect_ratios,
+        )
+
+    def get_config(self) -> dict:
+        return {
+            "min_level": self.min_level,
+            "max_level": self.max_level,
+            "size_multiplier": self.size_multiplier,
+            "scales": self.scales,
+            "aspect_ratios": self.aspect_ratios,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "AnchorGenerator":
+        return cls(**config)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, AnchorGenerator) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"AnchorGenerator({args})"
+
+
+def _check_image_shape(image_shape) -> tuple[int, int]:
+    if image_shape is None or len(image_shape) < 2 or None in tuple(image_shape[:2]):
+        raise ValueError(
+            "AnchorGenerator: image_shape must be a static (height, width), got "
+            f"{image_shape!r}. Resize or pad images to a fixed size first."
+        )
+    height, width = int(image_shape[0]), int(image_shape[1])
+    if height <= 0 or width <= 0:
+        raise ValueError(f"AnchorGenerator: image_shape must be positive, got {image_shape!r}.")
+    return height, width
+
+
+@functools.lru_cache(maxsize=32)
+def _anchors(key, image_shape: tuple[int, int]) -> np.ndarray:
+    min_level, max_level, size_multiplier, scales, aspect_ratios = key
+    height, width = image_shape
+    # Per-cell anchor shapes, scale-major: (K, 2) widths and heights.
+    shapes = []
+    for scale in scales:
+        for ratio in aspect_ratios:
+            shapes.append((1.0 / math.sqrt(ratio), math.sqrt(ratio), scale))
+    per_level = []
+    for level in range(min_level, max_level + 1):
+        stride = 2**level
+        rows, cols = math.ceil(height / stride), math.ceil(width / stride)
+        base = size_multiplier * stride
+        half_wh = np.array(
+            [(base * s * w_f / 2.0, base * s * h_f / 2.0) for w_f, h_f, s in shapes],
+            dtype=np.float64,
+        )  # (K, 2)
+        cy, cx = np.meshgrid(
+            (np.arange(rows) + 0.5) * stride, (np.arange(cols) + 0.5) * stride, indexing="ij"
+        )
+        centers = np.stack([cx, cy], axis=-1).reshape(-1, 1, 2)  # (rows*cols, 1, 2)
+        level_anchors = np.concatenate([centers - half_wh, centers + half_wh], axis=-1)
+        per_level.append(level_anchors.reshape(-1, 4))  # (rows*cols*K, 4)
+    anchors = np.concatenate(per_level, axis=0).astype(np.float32)
+    anchors.flags.writeable = False
+    return anchors

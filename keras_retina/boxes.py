@@ -1,0 +1,201 @@
+"""Box maths: format conversion, pairwise IoU, and anchor-relative deltas.
+
+All functions take and return float tensors (or NumPy arrays) in absolute
+pixels. ``xyxy`` is ``(x_min, y_min, x_max, y_max)``; see
+``keras.utils.bounding_boxes.convert_format`` for the other format names
+(``xywh``, ``yxyx``, ``center_xywh``, ``rel_xyxy``, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import keras
+from keras import ops
+
+#: Largest allowed log-scale delta when decoding, log(1000 / 16) as in
+#: Detectron: it keeps ``exp(dw)`` finite for an untrained model.
+BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
+
+#: Default delta weights (wx, wy, ww, wh); RetinaNet uses 1 for all four.
+DEFAULT_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+
+
+def convert_format(
+    boxes,
+    source: str,
+    target: str,
+    image_shape: Sequence[int] | None = None,
+):
+    """Converts boxes between formats (thin wrapper over Keras).
+
+    Args:
+        boxes: float tensor ``(..., 4)``.
+        source: format of ``boxes``, e.g. ``"xyxy"``, ``"xywh"``, ``"yxyx"``.
+        target: format to return.
+        image_shape: ``(height, width)`` in pixels; needed only for the
+            relative formats (``rel_xyxy`` and friends).
+
+    Returns:
+        float tensor ``(..., 4)`` in ``target`` format.
+
+    Example:
+        >>> convert_format([[10., 20., 30., 40.]], "xywh", "xyxy")
+        ... # -> [[10., 20., 40., 60.]]
+    """
+    height = width = None
+    if image_shape is not None:
+        height, width = image_shape[0], image_shape[1]
+    if source == target:
+        return ops.convert_to_tensor(boxes, "float32")
+    return keras.utils.bounding_boxes.convert_format(
+        ops.convert_to_tensor(boxes, "float32"),
+        source=source,
+        target=target,
+        height=height,
+        width=width,
+    )
+
+
+def box_area(boxes_xyxy):
+    """Area of ``xyxy`` boxes, ``(..., 4)`` -> ``(...)`` in pixels²; 0 if degenerate."""
+    widths = ops.maximum(boxes_xyxy[..., 2] - boxes_xyxy[..., 0], 0.0)
+    heights = ops.maximum(boxes_xyxy[..., 3] - boxes_xyxy[..., 1], 0.0)
+    return widths * heights
+
+
+def pairwise_intersection(boxes1_xyxy, boxes2_xyxy):
+    """Intersection areas of every pair: ``(..., N, 4), (..., M, 4) -> (..., N, M)``."""
+    b1 = ops.expand_dims(boxes1_xyxy, -2)  # (..., N, 1, 4)
+    b2 = ops.expand_dims(boxes2_xyxy, -3)  # (..., 1, M, 4)
+    widths = ops.minimum(b1[..., 2], b2[..., 2]) - ops.maximum(b1[..., 0], b2[..., 0])
+    heights = ops.minimum(b1[..., 3], b2[..., 3]) - ops.maximum(b1[..., 1], b2[..., 1])
+    return ops.maximum(widths, 0.0) * ops.maximum(heights, 0.0)
+
+
+def pairwise_iou(boxes1_xyxy, boxes2_xyxy):
+    """Pairwise IoU of two sets of ``xyxy`` boxes.
+
+    Args:
+        boxes1_xyxy: ``(N, 4)`` or ``(B, N, 4)`` pixels.
+        boxes2_xyxy: ``(M, 4)`` or ``(B, M, 4)`` pixels (same batch rank).
+
+    Returns:
+        ``(N, M)`` or ``(B, N, M)`` IoU in [0, 1]; 0 where either box is empty.
+
+    Example:
+        >>> pairwise_iou([[0., 0., 10., 10.]], [[5., 0., 15., 10.]])
+        ... # -> [[0.3333]]
+    """
+    # Hand-written instead of keras.utils.bounding_boxes.compute_iou: that one
+    # needs the same batch rank on both sides (anchors are unbatched here) and
+    # masks padding by negative coordinates, while ours is marked by class -1.
+    boxes1_xyxy = ops.convert_to_tensor(boxes1_xyxy, "float32")
+    boxes2_xyxy = ops.convert_to_tensor(boxes2_xyxy, "float32")
+    intersection = pairwise_intersection(boxes1_xyxy, boxes2_xyxy)
+    union = (
+        ops.expand_dims(box_area(boxes1_xyxy), -1)
+        + ops.expand_dims(box_area(boxes2_xyxy), -2)
+        - intersection
+    )
+    return ops.where(union > 0.0, intersection / ops.maximum(union, 1e-8), 0.0)
+
+
+def pairwise_ioa(boxes1_xyxy, regions_xyxy):
+    """Intersection over the area of ``boxes1``: ``(..., N, 4), (..., M, 4) -> (..., N, M)``.
+
+    Used to find anchors inside crowd regions (an anchor wholly inside a
+    crowd box has IoA 1 whatever the crowd box's size).
+    """
+    intersection = pairwise_intersection(boxes1_xyxy, regions_xyxy)
+    area1 = ops.expand_dims(box_area(boxes1_xyxy), -1)
+    return ops.where(area1 > 0.0, intersection / ops.maximum(area1, 1e-8), 0.0)
+
+
+def encode_deltas(anchors_xyxy, boxes_xyxy, weights: Sequence[float] = DEFAULT_BOX_WEIGHTS):
+    """Encodes boxes as ``(dx, dy, dw, dh)`` regression targets relative to anchors.
+
+    ``dx = wx * (x_box - x_anchor) / w_anchor``, ``dw = ww * log(w_box / w_anchor)``
+    with centres ``x``, ``y`` and sizes ``w``, ``h`` (Girshick et al., R-CNN).
+
+    Args:
+        anchors_xyxy: ``(A, 4)`` pixels.
+        boxes_xyxy: ``(A, 4)`` or ``(B, A, 4)`` pixels, one box per anchor.
+        weights: ``(wx, wy, ww, wh)`` multipliers.
+
+    Returns:
+        ``boxes_xyxy.shape`` float32 deltas (unitless).
+
+    Example:
+        >>> encode_deltas([[0., 0., 10., 10.]], [[1., 0., 11., 10.]])
+        ... # -> [[0.1, 0., 0., 0.]]
+    """
+    variance = [1.0 / float(w) for w in weights]
+    return keras.utils.bounding_boxes.encode_box_to_deltas(
+        anchors=ops.convert_to_tensor(anchors_xyxy, "float32"),
+        boxes=ops.convert_to_tensor(boxes_xyxy, "float32"),
+        anchor_format="xyxy",
+        box_format="xyxy",
+        encoding_format="center_xywh",
+        variance=variance,
+    )
+
+
+def decode_deltas(
+    anchors_xyxy,
+    deltas,
+    weights: Sequence[float] = DEFAULT_BOX_WEIGHTS,
+    clip: float = BBOX_XFORM_CLIP,
+):
+    """Inverse of :func:`encode_deltas`, with ``dw``/``dh`` clamped at ``clip``.
+
+    Args:
+        anchors_xyxy: ``(A, 4)`` pixels.
+        deltas: ``(A, 4)`` or ``(B, A, 4)`` float deltas.
+        weights: ``(wx, wy, ww, wh)`` used when encoding.
+        clip: largest ``dw``/``dh`` after dividing by the weights.
+
+    Returns:
+        ``deltas.shape`` float32 boxes, ``xyxy`` pixels.
+
+    Example:
+        >>> decode_deltas([[0., 0., 10., 10.]], [[0.1, 0., 0., 0.]])
+        ... # -> [[1., 0., 11., 10.]]
+    """
+    # Hand-written: keras.utils.bounding_boxes.decode_deltas_to_boxes does not
+    # clamp dw/dh, so an untrained model's exp(dw) overflows to inf.
+    anchors_xyxy = ops.convert_to_tensor(anchors_xyxy, "float32")
+    deltas = ops.cast(deltas, "float32")
+    widths = anchors_xyxy[..., 2] - anchors_xyxy[..., 0]
+    heights = anchors_xyxy[..., 3] - anchors_xyxy[..., 1]
+    centers_x = anchors_xyxy[..., 0] + 0.5 * widths
+    centers_y = anchors_xyxy[..., 1] + 0.5 * heights
+    wx, wy, ww, wh = (float(w) for w in weights)
+    dx = deltas[..., 0] / wx
+    dy = deltas[..., 1] / wy
+    dw = ops.minimum(deltas[..., 2] / ww, clip)
+    dh = ops.minimum(deltas[..., 3] / wh, clip)
+    pred_cx = dx * widths + centers_x
+    pred_cy = dy * heights + centers_y
+    pred_w = ops.exp(dw) * widths
+    pred_h = ops.exp(dh) * heights
+    return ops.stack(
+        [
+            pred_cx - 0.5 * pred_w,
+            pred_cy - 0.5 * pred_h,
+            pred_cx + 0.5 * pred_w,
+            pred_cy + 0.5 * pred_h,
+        ],
+        axis=-1,
+    )
+
+
+def clip_to_image(boxes_xyxy, image_shape: Sequence[int]):
+    """Clips ``xyxy`` boxes ``(..., 4)`` to ``[0, width] x [0, height]`` pixels."""
+    height, width = float(image_shape[0]), float(image_shape[1])
+    x1 = ops.clip(boxes_xyxy[..., 0], 0.0, width)
+    y1 = ops.clip(boxes_xyxy[..., 1], 0.0, height)
+    x2 = ops.clip(boxes_xyxy[..., 2], 0.0, width)
+    y2 = ops.clip(boxes_xyxy[..., 3], 0.0, height)
+    return ops.stack([x1, y1, x2, y2], axis=-1)

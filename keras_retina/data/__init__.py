@@ -1,0 +1,1 @@
+"""Datasets: sources (COCO JSON, TFDS, synthetic shapes) and the tf.data pipeline."""
