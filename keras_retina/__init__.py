@@ -1,6 +1,36 @@
-"""keras_retina: RetinaNet and Focal Loss (Lin et al. 2017) for TensorFlow / Keras 3."""
+"""keras_retina: RetinaNet and Focal Loss (Lin et al. 2017) for TensorFlow / Keras 3.
+
+Example:
+    >>> import keras_retina as kr
+    >>> model = kr.RetinaNet(num_classes=80, backbone="resnet50", backbone_weights=None)
+    >>> model.compile(optimizer="sgd")       # FocalLoss + smooth L1 by default
+"""
 
 __version__ = "0.1.0"
 
 from keras_retina.anchors import AnchorGenerator
-from keras_retina.losses import FocalLoss, HuberLoss, SmoothL1Loss, focal_loss
+from keras_retina.backbones import BACKBONES, build_backbone
+from keras_retina.layers import BoxHead, ClassificationHead, FeaturePyramid
+from keras_retina.losses import FocalLoss, HuberLoss, SmoothL1Loss, focal_loss, get_box_loss
+from keras_retina.matching import BACKGROUND, IGNORE, assign_targets
+from keras_retina.model import RetinaNet
+from keras_retina.postprocess import decode_detections
+
+__all__ = [
+    "AnchorGenerator",
+    "BACKBONES",
+    "BACKGROUND",
+    "BoxHead",
+    "ClassificationHead",
+    "FeaturePyramid",
+    "FocalLoss",
+    "HuberLoss",
+    "IGNORE",
+    "RetinaNet",
+    "SmoothL1Loss",
+    "assign_targets",
+    "build_backbone",
+    "decode_detections",
+    "focal_loss",
+    "get_box_loss",
+]

@@ -1,0 +1,143 @@
+"""Backbones that return the C3, C4, C5 feature maps (strides 8, 16, 32)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+from keras import ops
+
+#: Backbone names accepted by :func:`build_backbone`.
+BACKBONES = ("resnet50", "resnet101", "mobilenet_v2", "tiny")
+
+# For each backbone: the layer names of C3, C4, C5, and for freeze_at = k the
+# name of the first layer of stage k + 1 (everything before it is frozen).
+# Stage 1 is the stem, stage 2 the stride-4 stage (Detectron's res2).
+_SPECS = {
+    "resnet50": {
+        "outputs": ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+        "stage_starts": ("conv2_block1_1_conv", "conv3_block1_1_conv", "conv4_block1_1_conv", "conv5_block1_1_conv"),
+    },
+    "resnet101": {
+        "outputs": ("conv3_block4_out", "conv4_block23_out", "conv5_block3_out"),
+        "stage_starts": ("conv2_block1_1_conv", "conv3_block1_1_conv", "conv4_block1_1_conv", "conv5_block1_1_conv"),
+    },
+    "mobilenet_v2": {
+        "outputs": ("block_6_expand_relu", "block_13_expand_relu", "out_relu"),
+        "stage_starts": ("block_1_expand", "block_3_expand", "block_6_expand", "block_13_expand"),
+    },
+    "tiny": {
+        "outputs": ("stage3_out", "stage4_out", "stage5_out"),
+        "stage_starts": ("stage2_down", "stage3_down", "stage4_down", "stage5_down"),
+    },
+}
+
+
+def preprocessor(name: str) -> Callable:
+    """Returns the input normalisation of backbone ``name``.
+
+    The returned function maps float32 RGB images in [0, 255], ``(B, H, W, 3)``,
+    to what the backbone was trained on: Caffe-style BGR mean subtraction for
+    the Keras ResNets, [-1, 1] for MobileNetV2 and the tiny backbone.
+
+    Example:
+        >>> preprocessor("tiny")(ops.full((1, 2, 2, 3), 255.0))   # -> all 1.0
+    """
+    _check_name(name)
+    if name.startswith("resnet"):
+        return keras.applications.resnet.preprocess_input
+    return lambda images: images / 127.5 - 1.0
+
+
+def build_backbone(
+    name: str = "resnet50",
+    weights: str | None = None,
+    freeze_at: int = 2,
+    freeze_batchnorm: bool = True,
+    input_shape: tuple = (None, None, 3),
+) -> keras.Model:
+    """Builds a backbone ``keras.Model`` mapping images to ``[C3, C4, C5]``.
+
+    Args:
+        name: one of :data:`BACKBONES`. ``"tiny"`` is a 10-conv network
+            (16–256 channels) sized for CPUs, tests and the default demo.
+        weights: ``"imagenet"`` (downloads Keras' ImageNet weights; not for
+            ``"tiny"``), ``None`` (random init) or a path to a weights file.
+        freeze_at: freeze the stem (1) and stages up to ``freeze_at``
+            (2 = also the stride-4 stage, Detectron's default); 0 freezes
+            nothing.
+        freeze_batchnorm: run every BatchNorm in inference mode with frozen
+            statistics and affine parameters, as in the paper (detection
+            batches are too small for batch statistics).
+        input_shape: ``(H, W, 3)``; ``None`` sizes accept any image.
+
+    Returns:
+        ``keras.Model`` taking preprocessed float images ``(B, H, W, 3)``
+        (see :func:`preprocessor`) and returning ``[C3, C4, C5]`` of strides
+        8, 16 and 32, spatial sizes ``ceil(H / stride)``.
+
+    Example:
+        >>> backbone = build_backbone("tiny")
+        >>> [c.shape for c in backbone(ops.zeros((1, 64, 64, 3)))]
+        [(1, 8, 8, 64), (1, 4, 4, 128), (1, 2, 2, 256)]
+    """
+    _check_name(name)
+    if not 0 <= freeze_at <= 5:
+        raise ValueError(f"build_backbone: freeze_at must be in 0..5, got {freeze_at!r}.")
+    is_path = weights not in (None, "imagenet")
+    if name == "tiny":
+        if weights == "imagenet":
+            raise ValueError("build_backbone: the 'tiny' backbone has no ImageNet weights; use weights=None.")
+        base = _tiny_backbone(input_shape)
+    else:
+        constructor = {
+            "resnet50": keras.applications.ResNet50,
+            "resnet101": keras.applications.ResNet101,
+            "mobilenet_v2": keras.applications.MobileNetV2,
+        }[name]
+        base = constructor(
+            include_top=False, weights=None if is_path else weights, input_shape=input_shape
+        )
+    if is_path:
+        base.load_weights(weights)
+    spec = _SPECS[name]
+    outputs = [base.get_layer(layer_name).output for layer_name in spec["outputs"]]
+    backbone = keras.Model(base.inputs, outputs, name=f"{name}_backbone")
+    _freeze(backbone, spec["stage_starts"], freeze_at, freeze_batchnorm)
+    return backbone
+
+
+def _check_name(name: str) -> None:
+    if name not in _SPECS:
+        raise ValueError(f"Unknown backbone {name!r}; expected one of {BACKBONES}.")
+
+
+def _freeze(model: keras.Model, stage_starts, freeze_at: int, freeze_batchnorm: bool) -> None:
+    first_trainable = None
+    if 1 <= freeze_at <= len(stage_starts):
+        first_trainable = stage_starts[freeze_at - 1]
+    frozen = freeze_at > len(stage_starts)  # freeze_at beyond the last stage: all
+    freezing = freeze_at >= 1
+    for layer in model.layers:
+        if first_trainable is not None and layer.name == first_trainable:
+            freezing = False
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if frozen or freezing:
+            layer.trainable = False
+        elif freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def _tiny_backbone(input_shape) -> keras.Model:
+    """Five stride-2 stages of (3x3 conv, BN, ReLU) x 2: 16, 32, 64, 128, 256 channels."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for stage, channels in enumerate((16, 32, 64, 128, 256), start=1):
+        x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", use_bias=False, name=f"stage{stage}_down")(x)
+        x = keras.layers.BatchNormalization(name=f"stage{stage}_bn1")(x)
+        x = keras.layers.ReLU(name=f"stage{stage}_relu1")(x)
+        x = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"stage{stage}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"stage{stage}_bn2")(x)
+        x = keras.layers.ReLU(name=f"stage{stage}_out")(x)
+    return keras.Model(inputs, x, name="tiny")

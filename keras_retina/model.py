@@ -1,0 +1,436 @@
+"""RetinaNet (Lin et al. 2017) as a subclassed ``keras.Model``."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_retina import boxes as box_ops
+from keras_retina import matching, postprocess
+from keras_retina.anchors import AnchorGenerator
+from keras_retina.backbones import build_backbone, preprocessor
+from keras_retina.layers import PRIOR_PROBABILITY, BoxHead, ClassificationHead, FeaturePyramid
+from keras_retina.losses import FocalLoss, get_box_loss
+
+
+@keras.saving.register_keras_serializable(package="keras_retina")
+class RetinaNet(keras.Model):
+    """One-stage detector: backbone → FPN P3–P7 → shared class and box subnets.
+
+    Inputs are RGB images, uint8 or float in [0, 255], ``(B, H, W, 3)`` with
+    a static ``H, W`` (pad to a fixed size; multiples of 128 avoid odd-sized
+    levels). The backbone's own normalisation is applied inside the model.
+
+    * ``model(images)`` returns raw outputs ``{"cls_logits": (B, A, C),
+      "box_deltas": (B, A, 4)}``, ``A`` anchors in :class:`AnchorGenerator`
+      order.
+    * ``model.fit(dataset)`` takes ``(images, {"boxes": (B, N, 4),
+      "classes": (B, N)})`` (optional ``"is_crowd": (B, N)``), boxes in
+      pixels in ``bounding_box_format``, padding rows with class -1; anchors
+      are matched inside the train step (:meth:`compute_loss`).
+    * ``model.predict(images)`` returns final detections ``{"boxes": (B, D, 4)
+      xyxy pixels, "scores": (B, D), "classes": (B, D), "num_detections":
+      (B,)}`` with ``D = max_detections``.
+
+    Args:
+        num_classes: C object classes (no background class).
+        backbone: a name from :data:`keras_retina.backbones.BACKBONES`.
+        backbone_weights: ``"imagenet"``, ``None`` or a weights file path.
+        freeze_at: stages frozen from the stem (see :func:`build_backbone`);
+            ``None`` means 2 (Detectron) with pretrained weights and 0 from
+            scratch, where frozen random weights would be useless.
+        freeze_batchnorm: ``None`` means frozen BatchNorm (the paper) with
+            pretrained weights and trainable BatchNorm from scratch.
+        fpn_channels: channels of P3–P7 (256).
+        head_channels, num_head_convs: subnet width and depth (256, 4).
+        use_group_norm: GroupNorm(32) after each subnet conv (not in the paper).
+        p6_from: ``"c5"`` (paper) or ``"p5"``.
+        max_level: top pyramid level (7).
+        anchor_generator: an :class:`AnchorGenerator` (default: the paper's
+            9 anchors on P3–``max_level``).
+        prior_probability: initial foreground probability π (0.01).
+        bounding_box_format: format of the training boxes (``"xyxy"``);
+            predictions are always ``xyxy``.
+        foreground_iou, background_iou, allow_low_quality_matches: matching,
+            see :func:`keras_retina.matching.assign_targets`.
+        box_weights: ``(wx, wy, ww, wh)`` delta weights.
+        score_threshold, pre_nms_topk, nms_iou_threshold, max_detections:
+            inference, see :func:`keras_retina.postprocess.decode_detections`.
+
+    Example:
+        >>> model = RetinaNet(num_classes=3, backbone="tiny", fpn_channels=64,
+        ...                   head_channels=64)
+        >>> model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+        >>> model.fit(images, {"boxes": boxes, "classes": classes}, epochs=1)
+        >>> model.predict(images)["boxes"].shape
+        (B, 100, 4)
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        backbone_weights: str | None = None,
+        freeze_at: int | None = None,
+        freeze_batchnorm: bool | None = None,
+        fpn_channels: int = 256,
+        head_channels: int = 256,
+        num_head_convs: int = 4,
+        use_group_norm: bool = False,
+        p6_from: str = "c5",
+        max_level: int = 7,
+        anchor_generator: AnchorGenerator | None = None,
+        prior_probability: float = PRIOR_PROBABILITY,
+        bounding_box_format: str = "xyxy",
+        foreground_iou: float = 0.5,
+        background_iou: float = 0.4,
+        allow_low_quality_matches: bool = True,
+        box_weights: Sequence[float] = box_ops.DEFAULT_BOX_WEIGHTS,
+        score_threshold: float = 0.05,
+        pre_nms_topk: int = 1000,
+        nms_iou_threshold: float = 0.5,
+        max_detections: int = 100,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(anchor_generator, dict):
+            anchor_generator = keras.saving.deserialize_keras_object(anchor_generator)
+        if anchor_generator is None:
+            anchor_generator = AnchorGenerator(min_level=3, max_level=max_level)
+        if anchor_generator.min_level != 3 or anchor_generator.max_level != max_level:
+            raise ValueError(
+                "RetinaNet: anchor_generator must cover levels 3.."
+                f"{max_level} (max_level), got {anchor_generator.min_level}.."
+                f"{anchor_generator.max_level}."
+            )
+        pretrained = backbone_weights is not None
+        # === config ===
+        self.num_classes = int(num_classes)
+        self.backbone_name = backbone
+        self.backbone_weights = backbone_weights
+        self.freeze_at = freeze_at
+        self.freeze_batchnorm = freeze_batchnorm
+        self.fpn_channels = int(fpn_channels)
+        self.head_channels = int(head_channels)
+        self.num_head_convs = int(num_head_convs)
+        self.use_group_norm = bool(use_group_norm)
+        self.p6_from = p6_from
+        self.max_level = int(max_level)
+        self.anchor_generator = anchor_generator
+        self.prior_probability = float(prior_probability)
+        self.bounding_box_format = bounding_box_format
+        self.foreground_iou = float(foreground_iou)
+        self.background_iou = float(background_iou)
+        self.allow_low_quality_matches = bool(allow_low_quality_matches)
+        self.box_weights = tuple(float(w) for w in box_weights)
+        self.score_threshold = float(score_threshold)
+        self.pre_nms_topk = int(pre_nms_topk)
+        self.nms_iou_threshold = float(nms_iou_threshold)
+        self.max_detections = int(max_detections)
+
+        # === layers ===
+        self.backbone = build_backbone(
+            backbone,
+            weights=backbone_weights,
+            freeze_at=(2 if pretrained else 0) if freeze_at is None else freeze_at,
+            freeze_batchnorm=pretrained if freeze_batchnorm is None else freeze_batchnorm,
+        )
+        self._preprocess = preprocessor(backbone)
+        self.feature_pyramid = FeaturePyramid(
+            channels=fpn_channels, max_level=max_level, p6_from=p6_from, name="feature_pyramid"
+        )
+        num_anchors = anchor_generator.num_anchors_per_location
+        self.classification_head = ClassificationHead(
+            num_classes=num_classes,
+            num_anchors=num_anchors,
+            num_convs=num_head_convs,
+            channels=head_channels,
+            use_group_norm=use_group_norm,
+            prior_probability=prior_probability,
+            name="classification_head",
+        )
+        self.box_head = BoxHead(
+            num_anchors=num_anchors,
+            num_convs=num_head_convs,
+            channels=head_channels,
+            use_group_norm=use_group_norm,
+            name="box_head",
+        )
+        # === losses and metrics (set again by compile) ===
+        self.classification_loss = FocalLoss()
+        self.box_loss = get_box_loss("smooth_l1")
+        self.box_loss_weight = 1.0
+        self.cls_loss_tracker = keras.metrics.Mean(name="cls_loss")
+        self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
+        self.num_positives_tracker = keras.metrics.Mean(name="num_positives")
+
+    # ------------------------------------------------------------------ graph
+    def build(self, input_shape):
+        feature_shapes = self.backbone.compute_output_shape(input_shape)
+        self.feature_pyramid.build(feature_shapes)
+        pyramid_shapes = self.feature_pyramid.compute_output_shape(feature_shapes)
+        self.classification_head.build(pyramid_shapes)
+        self.box_head.build(pyramid_shapes)
+        self.built = True
+
+    def call(self, images, training=None):
+        """Maps images ``(B, H, W, 3)`` in [0, 255] to raw head outputs.
+
+        Returns:
+            ``{"cls_logits": (B, A, C), "box_deltas": (B, A, 4)}``.
+        """
+        x = self._preprocess(ops.cast(images, "float32"))
+        x = ops.cast(x, self.compute_dtype)
+        features = self.backbone(x, training=training)
+        pyramid = self.feature_pyramid(features)
+        return {
+            "cls_logits": self.classification_head(pyramid),
+            "box_deltas": self.box_head(pyramid),
+        }
+
+    def anchors(self, image_shape: Sequence[int]):
+        """Anchors ``(A, 4)`` xyxy pixels for inputs of ``image_shape = (H, W)``."""
+        return self.anchor_generator(image_shape)
+
+    # --------------------------------------------------------------- training
+    def compile(
+        self,
+        optimizer="sgd",
+        classification_loss: keras.losses.Loss | None = None,
+        box_loss="smooth_l1",
+        box_loss_weight: float = 1.0,
+        **kwargs,
+    ):
+        """Configures training; the losses default to the paper's.
+
+        Args:
+            optimizer: any Keras optimizer or its name.
+            classification_loss: a ``keras.losses.Loss`` whose ``call`` maps
+                one-hot ``(B, A, C)`` targets and logits to ``(B, A)``
+                (default :class:`FocalLoss` with α = 0.25, γ = 2).
+            box_loss: ``"smooth_l1"`` (β = 0.11), ``"huber"``, ``"l1"`` or a
+                loss instance mapping ``(B, A, 4)`` deltas to ``(B, A)``.
+            box_loss_weight: multiplier of the box loss (1).
+            **kwargs: passed to ``keras.Model.compile`` (``jit_compile``,
+                ``steps_per_execution``, ...). ``loss`` is not accepted: the
+                loss is defined by the two arguments above.
+        """
+        if kwargs.get("loss") is not None:
+            raise ValueError(
+                "RetinaNet.compile: pass classification_loss= and box_loss= instead of loss=."
+            )
+        kwargs.pop("loss", None)
+        if isinstance(classification_loss, dict):
+            classification_loss = keras.losses.deserialize(classification_loss)
+        if isinstance(box_loss, dict):
+            box_loss = keras.losses.deserialize(box_loss)
+        self.classification_loss = classification_loss or FocalLoss()
+        self.box_loss = get_box_loss(box_loss)
+        self.box_loss_weight = float(box_loss_weight)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None:
+            config.update(
+                classification_loss=keras.losses.serialize(self.classification_loss),
+                box_loss=keras.losses.serialize(self.box_loss),
+                box_loss_weight=self.box_loss_weight,
+            )
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        return super().metrics + [
+            self.cls_loss_tracker,
+            self.box_loss_tracker,
+            self.num_positives_tracker,
+        ]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Focal loss + box loss, each summed and divided by the global foreground count.
+
+        Anchors are matched to ``y`` here (:func:`matching.assign_targets`).
+        The normaliser is the number of foreground anchors over the whole
+        global batch (all replicas, at least 1); each replica returns its
+        share, so that the sum over replicas — what ``tf.distribute``
+        all-reduces — is the global loss.
+
+        Args:
+            x: images ``(B, H, W, 3)``, static ``H, W``.
+            y: ``{"boxes": (B, N, 4), "classes": (B, N)}`` and optionally
+                ``"is_crowd": (B, N)``; padding rows have class -1.
+            y_pred: the output of :meth:`call`.
+            sample_weight: optional ``(B,)`` per-image weights.
+
+        Returns:
+            scalar float32 loss.
+        """
+        if not isinstance(y, dict) or "boxes" not in y or "classes" not in y:
+            raise ValueError(
+                "RetinaNet expects targets y = {'boxes': (B, N, 4), 'classes': (B, N)}, "
+                f"got {type(y).__name__}"
+                + (f" with keys {sorted(y)}" if isinstance(y, dict) else "")
+                + "."
+            )
+        image_shape = tuple(x.shape[1:3])
+        anchors_xyxy = self.anchors(image_shape)
+        gt_boxes = ops.cast(y["boxes"], "float32")
+        if self.bounding_box_format != "xyxy":
+            gt_boxes = box_ops.convert_format(
+                gt_boxes, self.bounding_box_format, "xyxy", image_shape=image_shape
+            )
+        targets = matching.assign_targets(
+            anchors_xyxy,
+            gt_boxes,
+            y["classes"],
+            y.get("is_crowd"),
+            foreground_iou=self.foreground_iou,
+            background_iou=self.background_iou,
+            allow_low_quality_matches=self.allow_low_quality_matches,
+            box_weights=self.box_weights,
+        )
+        foreground = ops.cast(targets["foreground"], "float32")  # (B, A)
+        cls_weights = targets["cls_weights"]  # (B, A)
+        if sample_weight is not None:
+            per_image = ops.reshape(ops.cast(sample_weight, "float32"), (-1, 1))  # (B, 1)
+            foreground_weighted = foreground * per_image
+            cls_weights = cls_weights * per_image
+        else:
+            foreground_weighted = foreground
+
+        cls_one_hot = ops.one_hot(ops.maximum(targets["cls_targets"], 0), self.num_classes)
+        cls_one_hot = cls_one_hot * ops.expand_dims(foreground, -1)  # background rows all 0
+        cls_per_anchor = self.classification_loss.call(cls_one_hot, y_pred["cls_logits"])  # (B, A)
+        box_per_anchor = self.box_loss.call(targets["box_targets"], y_pred["box_deltas"])  # (B, A)
+        cls_sum = ops.sum(ops.cast(cls_per_anchor, "float32") * cls_weights)
+        box_sum = ops.sum(ops.cast(box_per_anchor, "float32") * foreground_weighted)
+
+        local_positives = ops.sum(foreground)
+        global_positives = _sum_over_replicas(local_positives)
+        normalizer = ops.maximum(global_positives, 1.0)
+        cls_loss = cls_sum / normalizer
+        box_loss = self.box_loss_weight * box_sum / normalizer
+        loss = cls_loss + box_loss
+
+        # Trackers average over replicas; scaling by the replica count makes
+        # them report the global (summed) loss.
+        replicas = float(_num_replicas())
+        self.cls_loss_tracker.update_state(cls_loss * replicas)
+        self.box_loss_tracker.update_state(box_loss * replicas)
+        self.num_positives_tracker.update_state(global_positives)
+        for extra in self.losses:  # regularisers, add_loss()
+            loss = loss + self._aggregate_additional_loss(extra)
+        return loss
+
+    # -------------------------------------------------------------- inference
+    def predict_step(self, data):
+        """Runs the model and :func:`postprocess.decode_detections` on one batch."""
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.detect(x)
+
+    def detect(self, images) -> dict:
+        """Final detections for images ``(B, H, W, 3)`` (static ``H, W``).
+
+        Returns:
+            ``{"boxes": (B, D, 4) float32 xyxy pixels of the input,
+            "scores": (B, D) float32, "classes": (B, D) int32 (-1 past
+            num_detections), "num_detections": (B,) int32}``.
+        """
+        outputs = self(images, training=False)
+        image_shape = tuple(images.shape[1:3])
+        return postprocess.decode_detections(
+            outputs["cls_logits"],
+            outputs["box_deltas"],
+            self.anchors(image_shape),
+            self.anchor_generator.anchors_per_level(image_shape),
+            image_shape,
+            score_threshold=self.score_threshold,
+            pre_nms_topk=self.pre_nms_topk,
+            nms_iou_threshold=self.nms_iou_threshold,
+            max_detections=self.max_detections,
+            box_weights=self.box_weights,
+        )
+
+    def make_predict_function(self, force=False):
+        # Class-wise NMS (tf.image.combined_non_max_suppression) has no XLA
+        # kernel, so prediction runs as a plain tf.function even when
+        # training is compiled with XLA.
+        jit_compile = self.jit_compile
+        self.jit_compile = False
+        try:
+            return super().make_predict_function(force=force)
+        finally:
+            self.jit_compile = jit_compile
+
+    # ----------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        # The base keras.Model config (functional inputs/outputs) does not
+        # apply to a subclassed model; name, trainable and dtype do.
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+        }
+        config.update(
+            num_classes=self.num_classes,
+            backbone=self.backbone_name,
+            backbone_weights=self.backbone_weights,
+            freeze_at=self.freeze_at,
+            freeze_batchnorm=self.freeze_batchnorm,
+            fpn_channels=self.fpn_channels,
+            head_channels=self.head_channels,
+            num_head_convs=self.num_head_convs,
+            use_group_norm=self.use_group_norm,
+            p6_from=self.p6_from,
+            max_level=self.max_level,
+            anchor_generator=keras.saving.serialize_keras_object(self.anchor_generator),
+            prior_probability=self.prior_probability,
+            bounding_box_format=self.bounding_box_format,
+            foreground_iou=self.foreground_iou,
+            background_iou=self.background_iou,
+            allow_low_quality_matches=self.allow_low_quality_matches,
+            box_weights=self.box_weights,
+            score_threshold=self.score_threshold,
+            pre_nms_topk=self.pre_nms_topk,
+            nms_iou_threshold=self.nms_iou_threshold,
+            max_detections=self.max_detections,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        if "dtype" in config and isinstance(config["dtype"], dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        # Weights come from the saved file: never download or read the
+        # original backbone weights again when restoring a model. The freeze
+        # defaults still follow the original choice.
+        if config.get("backbone_weights") is not None:
+            if config.get("freeze_at") is None:
+                config["freeze_at"] = 2
+            if config.get("freeze_batchnorm") is None:
+                config["freeze_batchnorm"] = True
+            config["backbone_weights"] = None
+        return cls(**config)
+
+
+def _num_replicas() -> int:
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _sum_over_replicas(value):
+    """Sums a scalar over the replicas of the current tf.distribute strategy."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
