@@ -60,7 +60,8 @@ def build_backbone(
 
     Args:
         name: one of :data:`BACKBONES`. ``"tiny"`` is a 10-conv network
-            (16–256 channels) sized for CPUs, tests and the default demo.
+            (16–256 channels, GroupNorm) sized for CPUs, tests and the
+            default demo.
         weights: ``"imagenet"`` (downloads Keras' ImageNet weights; not for
             ``"tiny"``), ``None`` (random init) or a path to a weights file.
         freeze_at: freeze the stem (1) and stages up to ``freeze_at``
@@ -130,14 +131,19 @@ def _freeze(model: keras.Model, stage_starts, freeze_at: int, freeze_batchnorm: 
 
 
 def _tiny_backbone(input_shape) -> keras.Model:
-    """Five stride-2 stages of (3x3 conv, BN, ReLU) x 2: 16, 32, 64, 128, 256 channels."""
+    """Five stride-2 stages of (3x3 conv, GroupNorm, ReLU) x 2: 16, 32, 64, 128, 256 channels.
+
+    GroupNorm rather than BatchNorm: this backbone trains from scratch on
+    small batches, where BatchNorm's moving statistics lag its batch
+    statistics and a model that fits its training set predicts poorly.
+    """
     inputs = keras.Input(input_shape)
     x = inputs
     for stage, channels in enumerate((16, 32, 64, 128, 256), start=1):
         x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", use_bias=False, name=f"stage{stage}_down")(x)
-        x = keras.layers.BatchNormalization(name=f"stage{stage}_bn1")(x)
+        x = keras.layers.GroupNormalization(groups=8, name=f"stage{stage}_gn1")(x)
         x = keras.layers.ReLU(name=f"stage{stage}_relu1")(x)
         x = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"stage{stage}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"stage{stage}_bn2")(x)
+        x = keras.layers.GroupNormalization(groups=8, name=f"stage{stage}_gn2")(x)
         x = keras.layers.ReLU(name=f"stage{stage}_out")(x)
     return keras.Model(inputs, x, name="tiny")

@@ -28,9 +28,11 @@ def focal_loss(
     ``FL(p_t) = -alpha_t * (1 - p_t)**gamma * log(p_t)`` element-wise, where
     ``p = sigmoid(y_pred)``, ``p_t = p if y = 1 else 1 - p`` and
     ``alpha_t = alpha if y = 1 else 1 - alpha``. For soft labels ``y`` in
-    [0, 1], ``p_t = y p + (1 - y)(1 - p)`` and ``alpha_t = y alpha + (1 - y)(1 - alpha)``.
-    ``-log(p_t)`` is the binary cross-entropy, computed from logits in the
-    stable form ``max(x, 0) - x y + log(1 + exp(-|x|))``.
+    [0, 1], ``1 - p_t = y (1 - p) + (1 - y) p`` and
+    ``alpha_t = y alpha + (1 - y)(1 - alpha)``, and ``-log(p_t)`` becomes the
+    binary cross-entropy ``-(y log p + (1 - y) log(1 - p))`` (equal for 0/1
+    targets), computed from logits in the stable form
+    ``max(x, 0) - x y + log(1 + exp(-|x|))``.
 
     Args:
         y_true: ``(..., C)`` one-hot (or soft) targets in [0, 1].
@@ -87,10 +89,13 @@ class FocalLoss(keras.losses.Loss):
         label_smoothing: in [0, 1).
         reduction: a Keras reduction: ``"sum_over_batch_size"`` (default),
             ``"sum"``, ``"mean"``, ``"mean_with_sample_weight"`` or ``None``
-            (one value per anchor, shape ``y_true.shape[:-1]``).
+            (one value per anchor, shape ``y_true.shape[:-1]``). A
+            ``sample_weight`` must broadcast against ``y_true.shape[:-1]``:
+            per-image weights of a ``(B, A, C)`` input have shape ``(B, 1)``.
         name: loss name.
-        dtype: Keras dtype policy of the loss computation (the maths itself
-            always runs in float32).
+
+    The loss always computes in float32 (its dtype policy is not
+    configurable), also under mixed-precision policies.
 
     Example:
         >>> loss = FocalLoss(reduction=None)
@@ -106,7 +111,6 @@ class FocalLoss(keras.losses.Loss):
         label_smoothing: float = 0.0,
         reduction: str | None = "sum_over_batch_size",
         name: str = "focal_loss",
-        dtype=None,
     ):
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"FocalLoss: alpha must be in [0, 1] or None, got {alpha!r}.")
@@ -116,7 +120,7 @@ class FocalLoss(keras.losses.Loss):
             raise ValueError(
                 f"FocalLoss: label_smoothing must be in [0, 1), got {label_smoothing!r}."
             )
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(name=name, reduction=reduction, dtype="float32")
         self.alpha = None if alpha is None else float(alpha)
         self.gamma = float(gamma)
         self.from_logits = bool(from_logits)
@@ -185,17 +189,17 @@ class SmoothL1Loss(keras.losses.Loss):
 
     Args:
         beta: transition point (0.11, Detectron's RetinaNet; 0 gives L1).
-        reduction, name, dtype: as for ``keras.losses.Loss``.
+        reduction, name: as for ``keras.losses.Loss`` (computes in float32).
 
     Example:
         >>> SmoothL1Loss(reduction=None)(ops.zeros((2, 4)), ops.ones((2, 4))).shape
         (2,)
     """
 
-    def __init__(self, beta: float = 0.11, reduction="sum_over_batch_size", name="smooth_l1", dtype=None):
+    def __init__(self, beta: float = 0.11, reduction="sum_over_batch_size", name="smooth_l1"):
         if beta < 0:
             raise ValueError(f"SmoothL1Loss: beta must be >= 0, got {beta!r}.")
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(name=name, reduction=reduction, dtype="float32")
         self.beta = float(beta)
 
     def call(self, y_true, y_pred):
@@ -216,10 +220,10 @@ class HuberLoss(keras.losses.Loss):
         ... # -> [2., 2.]
     """
 
-    def __init__(self, delta: float = 1.0, reduction="sum_over_batch_size", name="huber", dtype=None):
+    def __init__(self, delta: float = 1.0, reduction="sum_over_batch_size", name="huber"):
         if delta <= 0:
             raise ValueError(f"HuberLoss: delta must be > 0, got {delta!r}.")
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(name=name, reduction=reduction, dtype="float32")
         self.delta = float(delta)
 
     def call(self, y_true, y_pred):

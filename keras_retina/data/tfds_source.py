@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -71,10 +72,10 @@ def _check_detection_features(name: str, features: Any) -> None:
             )
     image_feature = features["image"]
     channels = image_feature.shape[-1] if image_feature.shape else None
-    if channels not in (1, 3, 4) or image_feature.np_dtype != "uint8":
+    if channels not in (1, 3, 4) or np.dtype(image_feature.np_dtype) != np.uint8:
         raise ValueError(
             f"tfds_dataset(name={name!r}): feature 'image' has shape "
-            f"{image_feature.shape} and dtype {image_feature.np_dtype}; "
+            f"{image_feature.shape} and dtype {np.dtype(image_feature.np_dtype)}; "
             "expected uint8 with 1, 3 or 4 channels."
         )
 

@@ -1,0 +1,238 @@
+"""Drawing boxes with class names (and scores) on images, and PNG grids.
+
+Drawn with Pillow's ``ImageDraw`` rather than ``keras.visualization``: in
+Keras 3.15 ``draw_bounding_boxes`` needs OpenCV (``cv2``) and
+``plot_bounding_box_gallery`` needs matplotlib, neither of which this package
+depends on (nor is installed headless by default), and Keras draws every class
+in one colour. Pillow is already a dependency and works headless.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+#: Gap between grid cells and around the grid, in pixels.
+_GRID_GAP = 4
+#: Grid background colour (RGB).
+_GRID_BACKGROUND = (255, 255, 255)
+
+
+def class_color(class_id: int) -> tuple[int, int, int]:
+    """Distinct, deterministic RGB colour of a class.
+
+    Hues step by the golden ratio so that neighbouring ids differ strongly.
+
+    Args:
+        class_id: class index ``>= 0``.
+
+    Returns:
+        ``(r, g, b)`` in 0-255.
+
+    Example:
+        >>> class_color(0)
+        (255, 64, 64)
+    """
+    hue = (int(class_id) * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 1.0)
+    return int(round(r * 255)), int(round(g * 255)), int(round(b * 255))
+
+
+def _to_uint8_image(image: Any, argument: str = "image") -> np.ndarray:
+    """``(H, W, 3)`` uint8 copy of a uint8 or 0-255 float image."""
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"`{argument}` must have shape (H, W, 3) or (H, W, 1); received "
+            f"shape {array.shape}."
+        )
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    if array.dtype != np.uint8:
+        array = np.clip(np.round(array.astype(np.float64)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def _label_text(
+    class_id: int, class_names: Sequence[str] | Mapping[int, str] | None, score: float | None
+) -> str:
+    """``"name 0.87"``; the class id when there are no names."""
+    if class_names is None:
+        name = str(class_id)
+    elif isinstance(class_names, Mapping):
+        name = str(class_names.get(class_id, class_id))
+    else:
+        name = str(class_names[class_id]) if 0 <= class_id < len(class_names) else str(class_id)
+    return name if score is None else f"{name} {score:.2f}"
+
+
+def draw_boxes(
+    image: Any,
+    boxes: Any,
+    classes: Any,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    scores: Any | None = None,
+    *,
+    line_width: int = 2,
+    show_labels: bool = True,
+) -> np.ndarray:
+    """Draws xyxy boxes with class names (and scores) on one image.
+
+    A box ``(x_min, y_min, x_max, y_max)`` covers pixel columns ``x_min`` to
+    ``x_max - 1`` and rows ``y_min`` to ``y_max - 1`` (coordinates rounded
+    to the nearest pixel edge); its outline lies on those outer pixels and
+    extends ``line_width`` pixels inwards, in `class_color` of its class. The
+    label sits above the box (inside it at the top of the image). Rows with
+    class ``< 0`` (padding) are not drawn.
+
+    Args:
+        image: uint8 or 0-255 float ``(H, W, 3)`` (or ``(H, W, 1)``).
+        boxes: float ``(N, 4)`` xyxy in pixels of ``image``.
+        classes: int ``(N,)``; ``-1`` marks padding rows.
+        class_names: names indexed by class id (sequence or mapping); None
+            labels boxes with the id.
+        scores: optional float ``(N,)`` in [0, 1], printed after the name.
+        line_width: outline width in pixels, ``>= 1``.
+        show_labels: draw the label text.
+
+    Returns:
+        uint8 ``(H, W, 3)``: a copy of ``image`` with the boxes drawn.
+
+    Raises:
+        ValueError: if shapes do not match; the message names the argument.
+
+    Example:
+        >>> canvas = draw_boxes(np.zeros((64, 64, 3), np.uint8),
+        ...                     [[8, 8, 40, 32]], [2], class_names=["a", "b", "c"])
+        >>> canvas.shape, canvas.dtype
+        ((64, 64, 3), dtype('uint8'))
+    """
+    canvas = _to_uint8_image(image)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4) if np.size(boxes) else np.zeros((0, 4))
+    classes = np.asarray(classes).reshape(-1).astype(np.int64)
+    if boxes.shape[0] != classes.shape[0]:
+        raise ValueError(
+            f"`boxes` and `classes` must have the same number of rows; received "
+            f"boxes shape {boxes.shape} and classes shape {classes.shape}."
+        )
+    if scores is not None:
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        if scores.shape[0] != classes.shape[0]:
+            raise ValueError(
+                f"`scores` must have one value per box; received scores shape "
+                f"{scores.shape} for {classes.shape[0]} boxes."
+            )
+    if int(line_width) < 1:
+        raise ValueError(f"`line_width` must be >= 1; received line_width={line_width!r}.")
+
+    pil_image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(pil_image)
+    font = ImageFont.load_default()
+    height, width = canvas.shape[:2]
+    for i in np.flatnonzero(classes >= 0):
+        x_min, y_min, x_max, y_max = np.round(boxes[i]).astype(int)
+        # PIL's rectangle is inclusive of its end pixel: the last covered one.
+        x0, y0 = max(x_min, 0), max(y_min, 0)
+        x1, y1 = min(x_max - 1, width - 1), min(y_max - 1, height - 1)
+        if x1 < x0 or y1 < y0:
+            continue  # Empty or entirely outside the image.
+        color = class_color(classes[i])
+        draw.rectangle((x0, y0, x1, y1), outline=color, width=int(line_width))
+        if show_labels:
+            text = _label_text(int(classes[i]), class_names, None if scores is None else scores[i])
+            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+            text_w, text_h = right - left + 4, bottom - top + 2
+            text_y = y0 - text_h if y0 - text_h >= 0 else y0 + int(line_width)
+            draw.rectangle((x0, text_y, x0 + text_w - 1, text_y + text_h - 1), fill=color)
+            draw.text((x0 + 2 - left, text_y + 1 - top), text, fill=(0, 0, 0), font=font)
+    return np.asarray(pil_image)
+
+
+def save_batch_png(
+    images: Any,
+    y: Mapping[str, Any],
+    path: str | os.PathLike,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    max_images: int = 8,
+    columns: int = 4,
+    *,
+    line_width: int = 2,
+) -> str:
+    """Draws a batch of examples with their boxes into one PNG grid.
+
+    Meant for a batch from ``make_pipeline`` (augmented training examples) or
+    for detections (``y`` with ``"scores"``, as from ``model.predict``).
+
+    Args:
+        images: uint8 or 0-255 float ``(B, H, W, 3)``.
+        y: dict with ``"boxes"`` float ``(B, N, 4)`` xyxy pixels of
+            ``images`` and ``"classes"`` int ``(B, N)`` (-1 padding, not
+            drawn); optional ``"scores"`` float ``(B, N)``.
+        path: PNG file to write; parent folders are created.
+        class_names: names indexed by class id; None labels with the id.
+        max_images: draw at most this many images of the batch.
+        columns: images per grid row.
+        line_width: box outline width in pixels.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        ValueError: if ``images`` is not ``(B, H, W, 3)``, ``y`` lacks
+            ``"boxes"`` or ``"classes"``, or ``max_images`` / ``columns``
+            is not positive.
+
+    Example:
+        >>> images, y = next(iter(make_pipeline(raw, image_size=256, batch_size=8)))
+        >>> save_batch_png(images, y, "docs/augmented_examples.png", class_names=names)
+        'docs/augmented_examples.png'
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(
+            f"`images` must have shape (B, H, W, 3); received shape {images.shape}."
+        )
+    missing = [key for key in ("boxes", "classes") if key not in y]
+    if missing:
+        raise ValueError(
+            f"`y` must have keys 'boxes' and 'classes'; missing {missing}; received "
+            f"keys {sorted(y)}."
+        )
+    for argument, value in (("max_images", max_images), ("columns", columns)):
+        if int(value) < 1:
+            raise ValueError(f"`{argument}` must be >= 1; received {argument}={value!r}.")
+    boxes = np.asarray(y["boxes"])
+    classes = np.asarray(y["classes"])
+    scores = np.asarray(y["scores"]) if "scores" in y else None
+
+    count = min(int(max_images), images.shape[0])
+    if count == 0:
+        raise ValueError(f"`images` must hold at least one image; received shape {images.shape}.")
+    cells = [
+        draw_boxes(
+            images[i], boxes[i], classes[i], class_names,
+            None if scores is None else scores[i], line_width=line_width,
+        )
+        for i in range(count)
+    ]
+    cell_h, cell_w = images.shape[1], images.shape[2]
+    cols = min(int(columns), count)
+    rows = -(-count // cols)
+    grid = np.full(
+        (rows * (cell_h + _GRID_GAP) + _GRID_GAP, cols * (cell_w + _GRID_GAP) + _GRID_GAP, 3),
+        _GRID_BACKGROUND, np.uint8,
+    )
+    for i, cell in enumerate(cells):
+        top = _GRID_GAP + (i // cols) * (cell_h + _GRID_GAP)
+        left = _GRID_GAP + (i % cols) * (cell_w + _GRID_GAP)
+        grid[top : top + cell_h, left : left + cell_w] = cell
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    Image.fromarray(grid).save(path, format="PNG")
+    return path
