@@ -19,7 +19,9 @@ corrupt, truncated, not an image or of another size than the JSON says
 raises an error naming the file, the image id and the field. With
 ``skip_invalid=True`` the image is skipped instead and counted in
 ``CocoJsonSource.stats``; the counts are logged (absl) when a pass over the
-dataset ends. Nothing is dropped silently.
+dataset ends. Nothing is dropped silently. An image with an invalid
+annotation is skipped as a whole: keeping it without that box would teach
+the model that the object is background.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ _REQUIRED_TOP_LEVEL = ("images", "annotations", "categories")
 _REQUIRED_IMAGE_FIELDS = ("id", "file_name", "height", "width")
 _REQUIRED_CATEGORY_FIELDS = ("id", "name")
 _REQUIRED_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox")
+_NUMBER_TYPES = (int, float)  # as json.loads makes them; bool excluded on purpose
 
 # Leading bytes of the formats tf.io.decode_image reads; TF has no op that
 # names a file's format without decoding it (tf.io.is_jpeg covers JPEG only),
@@ -327,7 +330,8 @@ class CocoJsonSource:
             With ``skip_invalid`` the dataset counts and logs through
             ``tf.py_function`` (run only for a skipped image and once at the
             end of a pass), so it cannot be serialised (tf.data service); it
-            works with ``tf.distribute`` strategies on one host.
+            works with ``tf.distribute`` strategies on one host. Without
+            ``skip_invalid`` the cardinality is known (``num_images``).
 
         Example:
             >>> for example in source.dataset().take(1):
@@ -344,9 +348,12 @@ class CocoJsonSource:
             deterministic=deterministic,
         )
         if not self.skip_invalid:
-            return decoded.map(
+            examples = decoded.map(
                 self._assert_valid, num_parallel_calls=num_parallel_calls, deterministic=deterministic
             )
+            # Each file gives exactly one example (or an error): tell tf.data,
+            # which cannot see through interleave, so that Keras knows the steps.
+            return examples.apply(tf.data.experimental.assert_cardinality(self.num_images))
         counter = _PassCounter()
 
         def flag_invalid(element):
@@ -475,7 +482,9 @@ class CocoJsonSource:
             with self._lock:
                 skipped, counter.skipped = counter.skipped, 0
                 stats = dataclasses.replace(self.stats)
-            logging.info(
+            anything_skipped = skipped or stats.images_skipped or stats.invalid_annotations
+            logging.log(
+                logging.WARNING if anything_skipped else logging.INFO,
                 "Finished a pass over %s: %d of %d images yielded, %d skipped while "
                 "reading in this pass; in all %d images and %d annotations skipped at "
                 "load, %d images at read (skip_invalid=True; see CocoJsonSource.stats).",
@@ -635,9 +644,10 @@ class CocoJsonSource:
             )
         bbox = annotation["bbox"]
         if not (
-            isinstance(bbox, (list, tuple))
+            type(bbox) in (list, tuple)
             and len(bbox) == 4
-            and all(_is_number(v) and math.isfinite(v) for v in bbox)
+            and all(type(v) in _NUMBER_TYPES for v in bbox)
+            and math.isfinite(bbox[0] + bbox[1] + bbox[2] + bbox[3])  # nan or inf propagate
         ):
             return (
                 f"{where()}: field 'bbox' = {bbox!r}; expected 4 finite numbers "
@@ -777,10 +787,6 @@ def _require_fields(annotation_file: str, where: str, entry: Any, fields: Sequen
             raise CocoFormatError(
                 f"{annotation_file}: {where}{ident} has no field {field!r}; expected {list(fields)}."
             )
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _as_int(annotation_file: str, where: str, value) -> int:
