@@ -8,6 +8,7 @@ Example:
 
 __version__ = "0.1.0"
 
+from keras_retina import data, visualize
 from keras_retina.anchors import AnchorGenerator
 from keras_retina.backbones import BACKBONES, build_backbone
 from keras_retina.layers import BoxHead, ClassificationHead, FeaturePyramid
@@ -29,6 +30,8 @@ __all__ = [
     "RetinaNet",
     "SmoothL1Loss",
     "assign_targets",
+    "data",
+    "visualize",
     "build_backbone",
     "decode_detections",
     "focal_loss",

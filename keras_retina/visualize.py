@@ -193,9 +193,7 @@ def save_batch_png(
     """
     images = np.asarray(images)
     if images.ndim != 4:
-        raise ValueError(
-            f"`images` must have shape (B, H, W, 3); received shape {images.shape}."
-        )
+        raise ValueError(f"`images` must have shape (B, H, W, 3); received shape {images.shape}.")
     missing = [key for key in ("boxes", "classes") if key not in y]
     if missing:
         raise ValueError(
@@ -214,8 +212,12 @@ def save_batch_png(
         raise ValueError(f"`images` must hold at least one image; received shape {images.shape}.")
     cells = [
         draw_boxes(
-            images[i], boxes[i], classes[i], class_names,
-            None if scores is None else scores[i], line_width=line_width,
+            images[i],
+            boxes[i],
+            classes[i],
+            class_names,
+            None if scores is None else scores[i],
+            line_width=line_width,
         )
         for i in range(count)
     ]
@@ -224,7 +226,8 @@ def save_batch_png(
     rows = -(-count // cols)
     grid = np.full(
         (rows * (cell_h + _GRID_GAP) + _GRID_GAP, cols * (cell_w + _GRID_GAP) + _GRID_GAP, 3),
-        _GRID_BACKGROUND, np.uint8,
+        _GRID_BACKGROUND,
+        np.uint8,
     )
     for i, cell in enumerate(cells):
         top = _GRID_GAP + (i // cols) * (cell_h + _GRID_GAP)

@@ -241,9 +241,7 @@ def tfds_dataset(
         with_info=True,
     )
     dataset = dataset.enumerate().map(
-        lambda index, example: _to_raw_example(
-            example, index, has_is_crowd, id_source, channels
-        ),
+        lambda index, example: _to_raw_example(example, index, has_is_crowd, id_source, channels),
         num_parallel_calls=num_parallel_calls,
         deterministic=True,
     )
