@@ -332,6 +332,37 @@ class RetinaNet(keras.Model):
             loss = loss + self._aggregate_additional_loss(extra)
         return loss
 
+    def train_step(self, data):
+        logs = super().train_step(data)
+        if isinstance(self._distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15 averages logs over workers with
+            # strategy.reduce("MEAN", value, axis=0), which fails on scalars:
+            # give it shape (1,), and the reduce returns the workers' mean.
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 builds metrics and optimizer from a first batch, which it
+        # averages over replicas with strategy.reduce; under
+        # MultiWorkerMirroredStrategy that reduce fails on PerReplica values
+        # (keras-team/keras#20585). One local replica's batch has the same
+        # shapes, which is all the symbolic build needs.
+        strategy = self._distribute_strategy
+        if strategy is None or iterator is None or not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, batches in iterator:
+            data_batch = keras.tree.map_structure(
+                lambda x: strategy.experimental_local_results(x)[0]
+                if isinstance(x, tf.distribute.DistributedValues)
+                else x,
+                next(batches),
+            )
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
     # -------------------------------------------------------------- inference
     def predict_step(self, data):
         """Runs the model and :func:`postprocess.decode_detections` on one batch."""

@@ -1,0 +1,258 @@
+"""Experiment configuration: frozen dataclasses, validation and ``field=value`` overrides.
+
+One config system: an experiment is a Python function in ``experiments/``
+returning an :class:`ExperimentConfig`; ``main.py`` flags only pick the
+experiment and override fields. The resolved config is written as JSON next
+to the checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Arguments of :class:`keras_retina.RetinaNet` (see its docstring)."""
+
+    backbone: str = "resnet50"
+    backbone_weights: str | None = None
+    freeze_at: int | None = None
+    fpn_channels: int = 256
+    head_channels: int = 256
+    num_head_convs: int = 4
+    use_group_norm: bool = False
+    prior_probability: float = 0.01
+    foreground_iou: float = 0.5
+    background_iou: float = 0.4
+    score_threshold: float = 0.05
+    pre_nms_topk: int = 1000
+    nms_iou_threshold: float = 0.5
+    max_detections: int = 100
+    focal_alpha: float | None = 0.25
+    focal_gamma: float = 2.0
+    box_loss: str = "smooth_l1"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is batched.
+
+    ``dataset`` is ``"shapes"`` (the built-in synthetic set, written to
+    ``shapes_dir``), ``"coco_json"`` (the four annotation/image paths) or
+    ``"tfds:<name>"`` (e.g. ``"tfds:coco/2017"``).
+    """
+
+    dataset: str = "shapes"
+    train_annotations: str | None = None
+    train_images: str | None = None
+    val_annotations: str | None = None
+    val_images: str | None = None
+    tfds_data_dir: str | None = None
+    train_split: str = "train"
+    val_split: str = "validation"
+    shapes_dir: str = "data/shapes"
+    shapes_num_train: int = 400
+    shapes_num_val: int = 100
+    shapes_image_size: int = 256
+    image_size: int = 512
+    batch_size: int = 16
+    max_boxes: int = 100
+    skip_invalid: bool = False
+    horizontal_flip: bool = True
+    scale_jitter: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and run settings.
+
+    The schedule is the paper's: linear warm-up over ``warmup_steps``, then
+    the learning rate divided by 10 at ``decay_fractions`` of the total
+    steps (2/3 and 8/9: 60k and 80k of 90k).
+    """
+
+    epochs: int = 12
+    steps_per_epoch: int | None = None
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    warmup_factor: float = 1.0 / 3.0
+    decay_fractions: tuple[float, ...] = (2.0 / 3.0, 8.0 / 9.0)
+    clipnorm: float | None = None
+    optimizer: str = "sgd"
+    strategy: str = "auto"
+    mixed_precision: str = "none"
+    jit_compile: bool = False
+    seed: int = 0
+    eval_every_epochs: int = 1
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: model, data, training, and where results go."""
+
+    name: str = "experiment"
+    model_dir: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def resolved_model_dir(self) -> str:
+        return self.model_dir or f"runs/{self.name}"
+
+
+_CHOICES = {
+    ("train", "strategy"): ("auto", "one_device", "mirrored", "multi_worker", "tpu"),
+    ("train", "mixed_precision"): ("none", "float16", "bfloat16"),
+    ("train", "optimizer"): ("sgd", "adam", "adamw"),
+    ("model", "box_loss"): ("smooth_l1", "huber", "l1"),
+}
+
+
+def validate(config: ExperimentConfig) -> ExperimentConfig:
+    """Checks field values; returns ``config`` or raises ``ValueError`` naming the field."""
+    for (section, name), choices in _CHOICES.items():
+        value = getattr(getattr(config, section), name)
+        if value not in choices:
+            raise ValueError(f"{section}.{name} must be one of {choices}, got {value!r}.")
+    data, train = config.data, config.train
+    if not (data.dataset in ("shapes", "coco_json") or data.dataset.startswith("tfds:")):
+        raise ValueError(
+            f"data.dataset must be 'shapes', 'coco_json' or 'tfds:<name>', got {data.dataset!r}."
+        )
+    if data.dataset == "coco_json":
+        missing = [
+            name
+            for name in ("train_annotations", "train_images", "val_annotations", "val_images")
+            if getattr(data, name) is None
+        ]
+        if missing:
+            raise ValueError(
+                f"data.dataset='coco_json' needs {', '.join('data.' + m for m in missing)} "
+                "(flags --train_annotations, --train_images, --val_annotations, --val_images)."
+            )
+    for section, name in (("data", "image_size"), ("data", "batch_size"), ("train", "epochs")):
+        if getattr(getattr(config, section), name) <= 0:
+            raise ValueError(f"{section}.{name} must be > 0, got {getattr(getattr(config, section), name)!r}.")
+    if train.learning_rate <= 0:
+        raise ValueError(f"train.learning_rate must be > 0, got {train.learning_rate!r}.")
+    if any(not 0 < f < 1 for f in train.decay_fractions):
+        raise ValueError(f"train.decay_fractions must lie in (0, 1), got {train.decay_fractions!r}.")
+    return config
+
+
+def override(config: ExperimentConfig, assignments: typing.Iterable[str]) -> ExperimentConfig:
+    """Applies ``"section.field=value"`` strings (``"field=value"`` if unambiguous).
+
+    Values are parsed as JSON when they parse (numbers, ``true``, ``null``,
+    lists), else taken as strings, then converted to the field's type.
+
+    Example:
+        >>> override(ExperimentConfig(), ["train.learning_rate=0.02", "backbone=tiny"]).model.backbone
+        'tiny'
+    """
+    for assignment in assignments:
+        if "=" not in assignment:
+            raise ValueError(f"--override expects field=value, got {assignment!r}.")
+        key, raw = assignment.split("=", 1)
+        section, name = _locate(config, key.strip())
+        current = getattr(config, section)
+        value = _convert(_field_type(type(current), name), _parse(raw), f"{section}.{name}")
+        config = dataclasses.replace(config, **{section: dataclasses.replace(current, **{name: value})})
+    return config
+
+
+def replace(config: ExperimentConfig, section: str, **changes) -> ExperimentConfig:
+    """Returns ``config`` with ``changes`` applied to one section; ``None`` values are ignored."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        return config
+    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **changes)})
+
+
+def to_dict(config: ExperimentConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: dict) -> ExperimentConfig:
+    """Inverse of :func:`to_dict` (reads a written ``config.json``)."""
+    sections = {}
+    for section in ("model", "data", "train"):
+        cls = _field_type(ExperimentConfig, section)
+        items = values.get(section, {})
+        sections[section] = cls(
+            **{k: _convert(_field_type(cls, k), v, f"{section}.{k}") for k, v in items.items()}
+        )
+    top = {k: v for k, v in values.items() if k not in sections}
+    return ExperimentConfig(**top, **sections)
+
+
+def write_json(config: ExperimentConfig, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(to_dict(config), f, indent=2, sort_keys=True)
+
+
+def _locate(config: ExperimentConfig, key: str) -> tuple[str, str]:
+    sections = ("model", "data", "train")
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in sections or name not in {f.name for f in dataclasses.fields(getattr(config, section))}:
+            raise ValueError(f"--override: unknown field {key!r}.")
+        return section, name
+    owners = [s for s in sections if key in {f.name for f in dataclasses.fields(getattr(config, s))}]
+    if len(owners) != 1:
+        raise ValueError(
+            f"--override: field {key!r} is "
+            + ("unknown" if not owners else f"ambiguous ({', '.join(o + '.' + key for o in owners)})")
+            + "."
+        )
+    return owners[0], key
+
+
+def _field_type(cls, name: str):
+    return typing.get_type_hints(cls)[name]
+
+
+def _parse(raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _convert(annotation, value, where: str):
+    """Converts a parsed value to a dataclass field's type (int, float, bool, str, tuple, Optional)."""
+    if value is None:
+        if type(None) in typing.get_args(annotation):
+            return None
+        raise ValueError(f"{where} cannot be null.")
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return _convert(args[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} expects a list like [1, 2], got {value!r}.")
+        inner = args[0] if args else float
+        return tuple(_convert(inner, v, where) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where} expects true or false, got {value!r}.")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{where} expects an integer, got {value!r}.")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{where} expects a number, got {value!r}.")
+    if annotation is str:
+        return str(value)
+    return value

@@ -1,0 +1,119 @@
+"""Prediction on image files: COCO-format detections.json and one drawn PNG per image."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from keras_retina import visualize
+from keras_retina.export import CLASS_NAMES_ASSET, InferenceModule
+
+#: File extensions read from a directory given as ``--image``.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def list_images(paths: Sequence[str]) -> list[str]:
+    """Expands files and directories (their images, sorted) into a list of image paths.
+
+    Raises:
+        FileNotFoundError: naming a path that does not exist.
+        ValueError: when no image is found.
+    """
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            found += sorted(
+                os.path.join(path, name)
+                for name in os.listdir(path)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"--image: no such file or directory: {path}")
+    if not found:
+        raise ValueError(f"--image: no images ({', '.join(IMAGE_EXTENSIONS)}) found in {list(paths)}.")
+    return found
+
+
+def predict_files(
+    model,
+    paths: Sequence[str],
+    output_dir: str,
+    *,
+    image_size: int,
+    class_names: Sequence[str],
+    category_ids: Sequence[int],
+    draw_score_threshold: float = 0.3,
+) -> str:
+    """Detects objects in image files and writes the results.
+
+    Runs the same graph as the exported SavedModel's ``serving_default``
+    (:class:`keras_retina.export.InferenceModule`), one image at a time.
+
+    Writes ``output_dir/detections.json`` (COCO results: ``image_id`` = file
+    name without extension, ``category_id`` = the dataset's id, ``bbox`` =
+    ``[x, y, w, h]`` original pixels, ``score``) and ``output_dir/<name>.png``
+    per image with detections scoring at least ``draw_score_threshold``.
+
+    Args:
+        model: a :class:`keras_retina.RetinaNet`.
+        paths: image files and/or directories of images.
+        output_dir: created if missing.
+        image_size: the model's square input size.
+        class_names, category_ids: per contiguous class.
+        draw_score_threshold: lowest score drawn (all go to the JSON).
+
+    Returns:
+        the path of ``detections.json``.
+
+    Example:
+        >>> predict_files(model, ["photos/"], "out", image_size=512,
+        ...               class_names=names, category_ids=ids)
+        'out/detections.json'
+    """
+    files = list_images(paths)
+    os.makedirs(output_dir, exist_ok=True)
+    names_by_id = dict(zip((int(c) for c in category_ids), class_names))
+    with tempfile.TemporaryDirectory() as scratch:
+        asset = os.path.join(scratch, CLASS_NAMES_ASSET)
+        with open(asset, "w") as f:
+            f.writelines(f"{cid}\t{name}\n" for cid, name in zip(category_ids, class_names))
+        module = InferenceModule(model, image_size, class_names, category_ids, asset)
+        serve = tf.function(module.serve_encoded, input_signature=[tf.TensorSpec([None], tf.string)])
+        results = []
+        progress = keras.utils.Progbar(len(files), unit_name="image")
+        for path in files:
+            with open(path, "rb") as f:
+                contents = f.read()
+            try:
+                out = {k: v.numpy()[0] for k, v in serve(tf.constant([contents])).items()}
+            except tf.errors.InvalidArgumentError as error:
+                raise ValueError(f"{path}: cannot decode the image ({error.message.splitlines()[0]}).") from None
+            stem = os.path.splitext(os.path.basename(path))[0]
+            n = int(out["num_detections"])
+            boxes, scores, classes = out["detection_boxes"][:n], out["detection_scores"][:n], out["detection_classes"][:n]
+            for box, score, category in zip(boxes, scores, classes):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                results.append(
+                    {
+                        "image_id": stem,
+                        "category_id": int(category),
+                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                        "score": round(float(score), 5),
+                    }
+                )
+            shown = scores >= draw_score_threshold
+            image = tf.io.decode_image(contents, channels=3, expand_animations=False).numpy()
+            drawn = visualize.draw_boxes(image, boxes[shown], classes[shown], names_by_id, scores[shown])
+            keras.utils.save_img(os.path.join(output_dir, f"{stem}.png"), drawn)
+            progress.add(1)
+    json_path = os.path.join(output_dir, "detections.json")
+    with open(json_path, "w") as f:
+        json.dump(results, f, indent=1)
+    return json_path

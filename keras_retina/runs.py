@@ -1,0 +1,179 @@
+"""What each ``main.py --mode`` does, from a resolved config (main.py only parses flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+from keras_retina import config as config_lib
+from keras_retina import evaluation, training, visualize
+
+# Flags that map one-to-one onto config fields.
+_FLAG_FIELDS = {
+    "dataset": "data.dataset",
+    "train_annotations": "data.train_annotations",
+    "train_images": "data.train_images",
+    "val_annotations": "data.val_annotations",
+    "val_images": "data.val_images",
+    "tfds_data_dir": "data.tfds_data_dir",
+    "image_size": "data.image_size",
+    "batch_size": "data.batch_size",
+    "skip_invalid": "data.skip_invalid",
+    "backbone": "model.backbone",
+    "backbone_weights": "model.backbone_weights",
+    "epochs": "train.epochs",
+    "steps_per_epoch": "train.steps_per_epoch",
+    "learning_rate": "train.learning_rate",
+    "strategy": "train.strategy",
+    "mixed_precision": "train.mixed_precision",
+    "jit_compile": "train.jit_compile",
+    "seed": "train.seed",
+}
+
+#: Detections drawn in the prediction PNGs score at least this much.
+DRAW_SCORE_THRESHOLD = 0.3
+
+
+def config_from_flags(flags: dict) -> config_lib.ExperimentConfig:
+    """Experiment named by ``flags["experiment"]`` with the flag values and ``--override`` applied.
+
+    In a mode other than training, an existing ``<model_dir>/config.json``
+    is the starting point, so evaluation and export see the trained config.
+    """
+    import experiments  # noqa: PLC0415 (the folder beside main.py)
+
+    config = experiments.load(flags.get("experiment") or "shapes")
+    if flags.get("model_dir"):
+        config = dataclasses.replace(config, model_dir=flags["model_dir"])
+    written = os.path.join(config.resolved_model_dir(), training.CONFIG_FILE)
+    if flags.get("mode") not in (None, "train", "train_and_evaluate") and os.path.exists(written):
+        with open(written) as f:
+            config = dataclasses.replace(config_lib.from_dict(json.load(f)), model_dir=config.resolved_model_dir())
+    for flag, field in _FLAG_FIELDS.items():
+        value = flags.get(flag)
+        if value is None:
+            continue
+        section, name = field.split(".")
+        if flag == "backbone_weights" and str(value).lower() == "none":
+            value = None  # an explicit --backbone_weights=none: train from scratch
+        current = getattr(config, section)
+        config = dataclasses.replace(config, **{section: dataclasses.replace(current, **{name: value})})
+    config = config_lib.override(config, flags.get("override") or [])
+    return config_lib.validate(config)
+
+
+def run(mode: str, config: config_lib.ExperimentConfig, flags: dict) -> None:
+    """Dispatches one ``main.py`` mode."""
+    if mode == "train_and_evaluate":
+        train_and_evaluate(config, flags)
+    elif mode == "train":
+        training.train(config)
+    elif mode == "evaluate":
+        evaluate(config)
+    elif mode == "export":
+        export(config, flags)
+    elif mode == "predict":
+        predict(config, flags)
+    elif mode == "analyze":
+        analyze(config, flags)
+    else:
+        raise ValueError(f"Unknown mode {mode!r}.")
+
+
+def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict) -> dict:
+    """Trains, evaluates the final model, exports it and draws validation predictions."""
+    start = time.time()
+    model, _, data = training.train(config)
+    model_dir = config.resolved_model_dir()
+    metrics = _evaluate_and_write(model, data, model_dir)
+    drawing = draw_validation_predictions(model, data, os.path.join(model_dir, "val_predictions.png"))
+    export_path = _export_if_available(model, data, flags, model_dir)
+    minutes = (time.time() - start) / 60
+    print(f"\nDone in {minutes:.1f} min. COCO AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}).")
+    print(f"  run directory:     {model_dir}")
+    print(f"  checkpoints:       {os.path.join(model_dir, 'checkpoints')}")
+    print(f"  metrics:           {os.path.join(model_dir, 'metrics.json')}")
+    print(f"  predictions drawn: {drawing}")
+    if export_path:
+        print(f"  SavedModel:        {export_path}")
+    return metrics
+
+
+def evaluate(config: config_lib.ExperimentConfig) -> dict:
+    """Evaluates ``<model_dir>/checkpoints/latest.keras`` on the validation split."""
+    model_dir = config.resolved_model_dir()
+    model = training.load_trained_model(model_dir)
+    data = training.build_data(config, training=False)
+    return _evaluate_and_write(model, data, model_dir)
+
+
+def _evaluate_and_write(model, data, model_dir: str) -> dict:
+    metrics = training.evaluate_model(model, data.val, data.coco_gt, data.category_ids, verbose=False)
+    evaluation.write_metrics(metrics, os.path.join(model_dir, "metrics.json"))
+    print(evaluation.format_metrics(metrics))
+    return metrics
+
+
+def draw_validation_predictions(model, data, path: str, max_images: int = 8) -> str:
+    """Draws the first validation batch's detections (score >= 0.3) to ``path``."""
+    images, _ = next(iter(data.val))
+    detections = model.predict_on_batch(images)
+    keep = detections["scores"] >= DRAW_SCORE_THRESHOLD
+    shown = {
+        "boxes": detections["boxes"],
+        "classes": np.where(keep, detections["classes"], -1),
+        "scores": detections["scores"],
+    }
+    return visualize.save_batch_png(images.numpy(), shown, path, class_names=data.class_names, max_images=max_images)
+
+
+def _export_if_available(model, data, flags, model_dir):
+    try:
+        from keras_retina import export as export_lib  # noqa: PLC0415
+    except ImportError:
+        logging.warning("SavedModel export is not available in this version.")
+        return None
+    export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
+    return export_lib.export_saved_model(
+        model, export_dir, class_names=data.class_names, category_ids=data.category_ids
+    )
+
+
+def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
+    model_dir = config.resolved_model_dir()
+    model = training.load_trained_model(model_dir)
+    class_names, category_ids = training.read_classes(model_dir)
+    from keras_retina import export as export_lib  # noqa: PLC0415
+
+    export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
+    path = export_lib.export_saved_model(model, export_dir, class_names=class_names, category_ids=category_ids)
+    print(f"SavedModel written to {path}")
+    return path
+
+
+def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
+    from keras_retina import predict as predict_lib  # noqa: PLC0415
+
+    model_dir = config.resolved_model_dir()
+    model = training.load_trained_model(model_dir)
+    class_names, category_ids = training.read_classes(model_dir)
+    output_dir = flags.get("output_dir") or os.path.join(model_dir, "predictions")
+    return predict_lib.predict_files(
+        model,
+        flags.get("image") or [],
+        output_dir,
+        image_size=config.data.image_size,
+        class_names=class_names,
+        category_ids=category_ids,
+    )
+
+
+def analyze(config: config_lib.ExperimentConfig, flags: dict) -> dict:
+    from keras_retina import analysis  # noqa: PLC0415
+
+    return analysis.analyze_config(config, split=flags.get("split") or "val")

@@ -1,0 +1,445 @@
+"""Training and evaluation runs: strategy, data, model, optimizer, callbacks.
+
+Config objects stop here: everything below this module takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+from absl import logging
+from pycocotools.coco import COCO
+
+from keras_retina import config as config_lib
+from keras_retina import evaluation
+from keras_retina.data.coco_json import CocoJsonSource
+from keras_retina.data.pipeline import make_pipeline, to_original_pixels
+from keras_retina.data.shapes import make_shapes_splits
+from keras_retina.data.tfds_source import tfds_class_names, tfds_dataset
+from keras_retina.losses import FocalLoss
+from keras_retina.model import RetinaNet
+
+CONFIG_FILE = "config.json"
+LATEST_CHECKPOINT = "checkpoints/latest.keras"
+BEST_CHECKPOINT = "checkpoints/best.keras"
+
+
+# ----------------------------------------------------------------- strategy
+def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """Returns the ``tf.distribute`` strategy called ``name``.
+
+    ``auto``: MirroredStrategy over all visible GPUs when there are several,
+    else the one device (GPU if any, else CPU). ``multi_worker`` reads the
+    cluster from ``TF_CONFIG`` and must be created before any other
+    TensorFlow op runs. ``tpu`` resolves the local TPU.
+
+    Example:
+        >>> strategy = make_strategy("auto")
+        >>> with strategy.scope(): model = RetinaNet(num_classes=80)
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(
+        f"strategy must be one of auto, one_device, mirrored, multi_worker, tpu; got {name!r}."
+    )
+
+
+def set_mixed_precision(name: str) -> None:
+    """Sets Keras' global dtype policy: ``none``, ``float16`` or ``bfloat16``."""
+    policies = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+    if name not in policies:
+        raise ValueError(f"mixed_precision must be one of {sorted(policies)}, got {name!r}.")
+    keras.config.set_dtype_policy(policies[name])
+
+
+# --------------------------------------------------------------- optimizer
+@keras.saving.register_keras_serializable(package="keras_retina")
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up, then the rate divided by 10 at each milestone (Detectron's schedule).
+
+    ``lr(step) = base * (factor + (1 - factor) * step / warmup_steps)`` during
+    warm-up, then ``base * 0.1 ** k`` after ``k`` milestones.
+
+    Args:
+        base_learning_rate: peak rate (0.01 at batch 16 in the paper).
+        milestones: steps at which the rate drops ×0.1 (60k, 80k of 90k).
+        warmup_steps: length of the warm-up in steps.
+        warmup_factor: rate at step 0 as a fraction of the base.
+
+    Example:
+        >>> schedule = WarmupStepDecay(0.01, milestones=(60000, 80000), warmup_steps=500)
+        >>> float(schedule(70000))
+        0.001
+    """
+
+    # Hand-written: Keras' schedules have warm-up only with cosine decay, and
+    # PiecewiseConstantDecay has no warm-up.
+    def __init__(
+        self,
+        base_learning_rate: float,
+        milestones: Sequence[int] = (),
+        warmup_steps: int = 0,
+        warmup_factor: float = 1.0 / 3.0,
+    ):
+        self.base_learning_rate = float(base_learning_rate)
+        self.milestones = tuple(int(m) for m in milestones)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_factor = float(warmup_factor)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        rate = keras.ops.convert_to_tensor(self.base_learning_rate, "float32")
+        for milestone in self.milestones:
+            rate = keras.ops.where(step >= milestone, rate * 0.1, rate)
+        if self.warmup_steps > 0:
+            progress = keras.ops.minimum(step / self.warmup_steps, 1.0)
+            rate = rate * (self.warmup_factor + (1.0 - self.warmup_factor) * progress)
+        return rate
+
+    def get_config(self) -> dict:
+        return {
+            "base_learning_rate": self.base_learning_rate,
+            "milestones": self.milestones,
+            "warmup_steps": self.warmup_steps,
+            "warmup_factor": self.warmup_factor,
+        }
+
+
+def build_optimizer(train: config_lib.TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
+    """SGD with momentum (or Adam/AdamW), weight decay off for biases and norms, the paper's schedule.
+
+    Keras applies weight decay decoupled from the gradient (``w -= lr * wd * w``),
+    which for SGD matches the paper's L2 penalty up to its interaction
+    with momentum.
+    """
+    schedule = WarmupStepDecay(
+        train.learning_rate,
+        milestones=tuple(int(round(f * total_steps)) for f in train.decay_fractions),
+        warmup_steps=min(train.warmup_steps, max(total_steps // 10, 1)),
+        warmup_factor=train.warmup_factor,
+    )
+    common = dict(learning_rate=schedule, weight_decay=train.weight_decay or None, clipnorm=train.clipnorm)
+    if train.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(momentum=train.momentum, **common)
+    elif train.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(**common)
+    else:
+        optimizer = keras.optimizers.AdamW(**common)
+    if train.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+# --------------------------------------------------------------------- data
+@dataclasses.dataclass
+class DataBundle:
+    """What a run needs from its data: pipelines, class names, ids and ground truth."""
+
+    train: tf.data.Dataset | None
+    val: tf.data.Dataset
+    class_names: tuple[str, ...]
+    category_ids: tuple[int, ...]
+    num_train_images: int | None
+    coco_gt: object  # pycocotools COCO of the validation split
+    val_annotation_file: str | None = None
+
+
+def _coco_files(config: config_lib.ExperimentConfig) -> dict:
+    """``{"train": (annotations, images), "val": (...)}`` for shapes and coco_json (shapes are written first)."""
+    data = config.data
+    if data.dataset == "shapes":
+        splits = make_shapes_splits(
+            data.shapes_dir,
+            num_train=data.shapes_num_train,
+            num_val=data.shapes_num_val,
+            seed=config.train.seed,
+            image_size=(data.shapes_image_size, data.shapes_image_size),
+        )
+        return {name: (files.annotation_file, files.image_dir) for name, files in splits.items()}
+    return {
+        "train": (data.train_annotations, data.train_images),
+        "val": (data.val_annotations, data.val_images),
+    }
+
+
+def build_raw(config: config_lib.ExperimentConfig, split: str) -> tf.data.Dataset:
+    """Raw examples of the ``"train"`` or ``"val"`` split of the configured dataset."""
+    data = config.data
+    if data.dataset.startswith("tfds:"):
+        name = data.dataset.split(":", 1)[1]
+        return tfds_dataset(name, data.train_split if split == "train" else data.val_split, data_dir=data.tfds_data_dir)
+    return CocoJsonSource(*_coco_files(config)[split], skip_invalid=data.skip_invalid).dataset()
+
+
+def build_data(config: config_lib.ExperimentConfig, training: bool = True) -> DataBundle:
+    """Builds the training and validation pipelines named by ``config.data``.
+
+    ``shapes`` writes the synthetic dataset first (cached on disk);
+    ``coco_json`` reads the user's files; ``tfds:<name>`` loads through
+    tensorflow-datasets. Validation ground truth for COCOeval is the
+    validation annotation file, or for TFDS a COCO object built from the
+    split itself (box areas stand in for mask areas).
+    """
+    data = config.data
+    seed = config.train.seed
+    if data.dataset in ("shapes", "coco_json"):
+        files = _coco_files(config)
+        val_source = CocoJsonSource(*files["val"], skip_invalid=data.skip_invalid)
+        train_source = CocoJsonSource(*files["train"], skip_invalid=data.skip_invalid) if training else None
+        if train_source is not None and tuple(train_source.category_ids) != tuple(val_source.category_ids):
+            raise ValueError(
+                f"Training categories {train_source.category_ids} ({files['train'][0]}) differ from "
+                f"validation categories {val_source.category_ids} ({files['val'][0]})."
+            )
+        raw_train = train_source.dataset(shuffle=True, seed=seed) if train_source else None
+        raw_val = val_source.dataset()
+        class_names = tuple(val_source.class_names)
+        category_ids = tuple(int(c) for c in val_source.category_ids)
+        num_train = train_source.num_images if train_source else None
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO(files["val"][0])
+        val_annotation_file = files["val"][0]
+    else:
+        name = data.dataset.split(":", 1)[1]
+        raw_train = (
+            tfds_dataset(name, data.train_split, data_dir=data.tfds_data_dir, shuffle_files=True)
+            if training
+            else None
+        )
+        raw_val = build_raw(config, "val")
+        class_names = tuple(tfds_class_names(name, data_dir=data.tfds_data_dir))
+        category_ids = tuple(range(len(class_names)))
+        num_train = None
+        coco_gt = evaluation.coco_from_raw_dataset(raw_val, class_names)
+        val_annotation_file = None
+
+    train_pipeline = None
+    if raw_train is not None:
+        train_pipeline = make_pipeline(
+            raw_train.repeat(),
+            image_size=data.image_size,
+            batch_size=data.batch_size,
+            training=True,
+            max_boxes=data.max_boxes,
+            seed=seed,
+            scale_jitter=data.scale_jitter,
+            horizontal_flip=data.horizontal_flip,
+        )
+    val_pipeline = make_pipeline(
+        raw_val, image_size=data.image_size, batch_size=data.batch_size, training=False, max_boxes=data.max_boxes
+    )
+    return DataBundle(
+        train=train_pipeline,
+        val=val_pipeline,
+        class_names=class_names,
+        category_ids=category_ids,
+        num_train_images=num_train,
+        coco_gt=coco_gt,
+        val_annotation_file=val_annotation_file,
+    )
+
+
+# -------------------------------------------------------------------- model
+def build_model(model_config: config_lib.ModelConfig, num_classes: int) -> RetinaNet:
+    """A :class:`RetinaNet` from a :class:`ModelConfig` (losses are set at compile)."""
+    kwargs = dataclasses.asdict(model_config)
+    for key in ("focal_alpha", "focal_gamma", "box_loss"):
+        kwargs.pop(key)
+    return RetinaNet(num_classes=num_classes, **kwargs)
+
+
+def compile_model(model: RetinaNet, config: config_lib.ExperimentConfig, total_steps: int) -> None:
+    model.compile(
+        optimizer=build_optimizer(config.train, total_steps),
+        classification_loss=FocalLoss(alpha=config.model.focal_alpha, gamma=config.model.focal_gamma),
+        box_loss=config.model.box_loss,
+        jit_compile=config.train.jit_compile,
+    )
+
+
+# ---------------------------------------------------------------- callbacks
+class CocoEvaluationCallback(keras.callbacks.Callback):
+    """Runs COCO evaluation every ``every_epochs`` epochs (and after the last).
+
+    Adds ``val_AP``, ``val_AP50``, ... to the epoch logs (so CSV and
+    TensorBoard logs get them) and, with ``best_path``, saves the model there
+    whenever the AP improves.
+    """
+
+    def __init__(self, dataset, coco_gt, category_ids, every_epochs: int = 1, best_path: str | None = None):
+        super().__init__()
+        self.dataset = dataset
+        self.coco_gt = coco_gt
+        self.category_ids = category_ids
+        self.every_epochs = max(int(every_epochs), 1)
+        self.best_path = best_path
+        self.best_ap = -1.0
+        self.history: list[dict] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.params and epoch + 1 == self.params.get("epochs")
+        if (epoch + 1) % self.every_epochs and not last:
+            return
+        metrics = evaluate_model(self.model, self.dataset, self.coco_gt, self.category_ids, verbose=False)
+        if logs is not None:
+            for name in evaluation.METRIC_NAMES[:6]:
+                logs[f"val_{name}"] = metrics[name]
+        self.history.append({"epoch": epoch + 1, **{k: metrics[k] for k in evaluation.METRIC_NAMES[:6]}})
+        print(f"\nepoch {epoch + 1}: COCO AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
+        if self.best_path and metrics["AP"] > self.best_ap:
+            self.best_ap = metrics["AP"]
+            self.model.save(self.best_path)
+
+
+class TerminateOnNaNKeepingLast(keras.callbacks.Callback):
+    """Stops training at a NaN or inf loss and says which checkpoint holds the last good state.
+
+    Keras' ``TerminateOnNaN`` stops the run; checkpoints written at earlier
+    epoch ends are kept because this callback stops before the epoch ends.
+    """
+
+    def __init__(self, checkpoint_path: str):
+        super().__init__()
+        self.checkpoint_path = checkpoint_path
+        self.stopped_at = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.stopped_at = batch
+            self.model.stop_training = True
+            logging.error(
+                "Loss became %s at batch %d: training stopped. The last good state is %s.",
+                loss,
+                batch,
+                self.checkpoint_path,
+            )
+
+
+# -------------------------------------------------------------- evaluation
+def evaluate_model(model: RetinaNet, dataset: tf.data.Dataset, coco_gt, category_ids, verbose: bool = True) -> dict:
+    """Predicts on an evaluation pipeline and scores the detections with COCOeval.
+
+    ``dataset`` is a :func:`make_pipeline` evaluation pipeline (its ``y`` carries
+    ``image_id``, ``scale`` and ``image_shape``). Returns the metrics of
+    :func:`evaluation.coco_evaluate`.
+    """
+    results, image_ids = predict_to_coco(model, dataset, category_ids, verbose=verbose)
+    return evaluation.coco_evaluate(coco_gt, results, image_ids=image_ids, verbose=verbose)
+
+
+def predict_to_coco(model: RetinaNet, dataset, category_ids, verbose: bool = True):
+    """COCO results (original pixels, dataset category ids) for every image of ``dataset``."""
+    results, image_ids = [], []
+    cardinality = int(dataset.cardinality())
+    progress = keras.utils.Progbar(cardinality if cardinality > 0 else None, unit_name="batch", verbose=1 if verbose else 0)
+    for images, y in dataset:
+        detections = model.predict_on_batch(images)
+        ids = y["image_id"].numpy()
+        image_ids.extend(int(i) for i in ids)
+        boxes = to_original_pixels(detections["boxes"], y["scale"], y["image_shape"]).numpy()
+        results.extend(
+            evaluation.detections_to_coco(
+                boxes, detections["scores"], detections["classes"], detections["num_detections"], ids, category_ids
+            )
+        )
+        progress.add(1)
+    return results, image_ids
+
+
+# -------------------------------------------------------------------- runs
+def steps_per_epoch(config: config_lib.ExperimentConfig, num_train_images: int | None) -> int:
+    if config.train.steps_per_epoch:
+        return config.train.steps_per_epoch
+    if not num_train_images:
+        raise ValueError("train.steps_per_epoch must be set for datasets of unknown size (TFDS).")
+    return max(num_train_images // config.data.batch_size, 1)
+
+
+def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy | None = None):
+    """Trains (resuming an interrupted run), evaluating every few epochs.
+
+    Writes into ``config.resolved_model_dir()``: ``config.json``,
+    ``checkpoints/latest.keras`` (every epoch), ``checkpoints/best.keras``
+    (best ``val_AP``), ``backup/`` (BackupAndRestore state), ``train_log.csv``,
+    ``logs/`` (TensorBoard) and ``metrics.json`` (the last evaluation).
+
+    Returns:
+        ``(model, history, data)``.
+    """
+    config_lib.validate(config)
+    model_dir = config.resolved_model_dir()
+    os.makedirs(os.path.join(model_dir, "checkpoints"), exist_ok=True)
+    config_lib.write_json(config, os.path.join(model_dir, CONFIG_FILE))
+    keras.utils.set_random_seed(config.train.seed)
+    set_mixed_precision(config.train.mixed_precision)
+    strategy = strategy or make_strategy(config.train.strategy)
+    data = build_data(config, training=True)
+    write_classes(model_dir, data)
+    steps = steps_per_epoch(config, data.num_train_images)
+    total_steps = steps * config.train.epochs
+    with strategy.scope():
+        model = build_model(config.model, num_classes=len(data.class_names))
+        compile_model(model, config, total_steps)
+    latest = os.path.join(model_dir, LATEST_CHECKPOINT)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup"), save_freq="epoch"),
+        CocoEvaluationCallback(
+            data.val,
+            data.coco_gt,
+            data.category_ids,
+            every_epochs=config.train.eval_every_epochs,
+            best_path=os.path.join(model_dir, BEST_CHECKPOINT),
+        ),
+        keras.callbacks.ModelCheckpoint(latest),
+        TerminateOnNaNKeepingLast(latest),
+        keras.callbacks.CSVLogger(os.path.join(model_dir, "train_log.csv"), append=True),
+    ]
+    if config.train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), write_graph=False))
+    history = model.fit(data.train, epochs=config.train.epochs, steps_per_epoch=steps, callbacks=callbacks)
+    return model, history, data
+
+
+def write_classes(model_dir: str, data: DataBundle) -> None:
+    """Writes ``classes.json``: contiguous class → (dataset category id, name)."""
+    with open(os.path.join(model_dir, "classes.json"), "w") as f:
+        json.dump(
+            {"class_names": list(data.class_names), "category_ids": list(data.category_ids)}, f, indent=2
+        )
+
+
+def read_classes(model_dir: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    with open(os.path.join(model_dir, "classes.json")) as f:
+        values = json.load(f)
+    return tuple(values["class_names"]), tuple(int(c) for c in values["category_ids"])
+
+
+def load_trained_model(model_dir: str, which: str = "latest") -> RetinaNet:
+    """Loads ``checkpoints/<which>.keras`` from a run directory."""
+    path = os.path.join(model_dir, LATEST_CHECKPOINT if which == "latest" else BEST_CHECKPOINT)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No checkpoint at {path}: train first (--mode=train) or check --model_dir.")
+    return keras.saving.load_model(path)

@@ -1,0 +1,127 @@
+"""Training pieces: schedule, optimizer, strategies, and main.py runs end to end (slow)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_retina import training
+from keras_retina.config import TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_warmup_then_step_decay():
+    schedule = training.WarmupStepDecay(0.01, milestones=(600, 800), warmup_steps=100, warmup_factor=1 / 3)
+    values = {step: float(schedule(step)) for step in (0, 50, 100, 599, 600, 799, 800, 900)}
+    assert values[0] == pytest.approx(0.01 / 3)
+    assert values[50] == pytest.approx(0.01 * (1 / 3 + 2 / 3 * 0.5))
+    assert values[100] == pytest.approx(0.01)
+    assert values[599] == pytest.approx(0.01)
+    assert values[600] == pytest.approx(0.001)
+    assert values[799] == pytest.approx(0.001)
+    assert values[800] == pytest.approx(0.0001)
+    restored = training.WarmupStepDecay.from_config(schedule.get_config())
+    assert float(restored(700)) == pytest.approx(0.001)
+
+
+def test_optimizer_follows_papers_recipe():
+    optimizer = training.build_optimizer(TrainConfig(), total_steps=90000)
+    assert isinstance(optimizer, keras.optimizers.SGD)
+    assert optimizer.momentum == 0.9 and optimizer.weight_decay == pytest.approx(1e-4)
+    schedule = optimizer.learning_rate if not callable(getattr(optimizer, "_learning_rate", None)) else optimizer._learning_rate
+    schedule = optimizer._learning_rate
+    assert schedule.milestones == (60000, 80000) and schedule.warmup_steps == 500
+    kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
+    bias = keras.Variable(np.ones((2,), "float32"), name="bias")
+    optimizer.build([kernel, bias])
+    assert optimizer._use_weight_decay(kernel) and not optimizer._use_weight_decay(bias)
+
+
+def test_strategies_on_cpu():
+    assert isinstance(training.make_strategy("auto"), tf.distribute.OneDeviceStrategy)
+    assert isinstance(training.make_strategy("one_device"), tf.distribute.OneDeviceStrategy)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        training.make_strategy("gpu")
+
+
+def _main(model_dir, shapes_dir, *extra, **kwargs):
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "main.py"),
+        f"--model_dir={model_dir}",
+        "--image_size=128",
+        "--batch_size=4",
+        f"--override=data.shapes_dir={shapes_dir}",
+        "--override=shapes_num_train=24",
+        "--override=shapes_num_val=8",
+        "--override=shapes_image_size=128",
+        "--override=tensorboard=false",
+        *extra,
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_main_default_flow_writes_everything(tmp_path):
+    result = _main(tmp_path / "run", tmp_path / "shapes", "--epochs=2", "--steps_per_epoch=3", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    for name in ("config.json", "classes.json", "metrics.json", "train_log.csv", "val_predictions.png", "checkpoints/latest.keras"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class_AP"}
+    assert json.loads((run / "config.json").read_text())["data"]["image_size"] == 128
+    assert "COCO AP" in result.stdout
+    assert (run / "export" / "1" / "saved_model.pb").exists()
+    # evaluate and analyze modes work on the finished run.
+    evaluated = _main(tmp_path / "run", tmp_path / "shapes", "--mode=evaluate", timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "AP " in evaluated.stdout
+    analyzed = _main(tmp_path / "run", tmp_path / "shapes", "--mode=analyze", timeout=300)
+    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+    coverage = json.loads((run / "anchor_coverage.json").read_text())
+    assert coverage["num_boxes"] > 0 and 0 <= coverage["all"]["iou_0.5"] <= 1
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_completes(tmp_path):
+    """SIGKILL mid-epoch, rerun the same command: it resumes and completes the planned steps."""
+    args = ("--mode=train", "--epochs=4", "--steps_per_epoch=6", "--override=eval_every_epochs=100")
+    command_dir = tmp_path / "run"
+    # Write the dataset first so the timing below is about training.
+    assert _main(command_dir / "warmup", tmp_path / "shapes", "--mode=analyze", timeout=300).returncode == 0
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    first = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "main.py"), f"--model_dir={command_dir}", "--image_size=128",
+         "--batch_size=4", f"--override=data.shapes_dir={tmp_path / 'shapes'}", "--override=shapes_num_train=24",
+         "--override=shapes_num_val=8", "--override=shapes_image_size=128", "--override=tensorboard=false", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    log = command_dir / "train_log.csv"
+    deadline = time.time() + 400
+    # Kill once at least one epoch is logged (so there is a backup) and the next is under way.
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.5)
+    time.sleep(2.0)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL
+    epochs_before = len(log.read_text().splitlines()) - 1
+    assert 1 <= epochs_before < 4
+    second = _main(command_dir, tmp_path / "shapes", *args, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    rows = log.read_text().splitlines()[1:]
+    epochs = [int(row.split(",")[0]) for row in rows]
+    assert epochs == list(range(4)), epochs  # every epoch exactly once: none lost, none repeated
+    assert (command_dir / "checkpoints" / "latest.keras").exists()
+    model = keras.saving.load_model(command_dir / "checkpoints" / "latest.keras")
+    assert int(model.optimizer.iterations.numpy()) == 4 * 6
