@@ -38,6 +38,15 @@ def list_images(paths: Sequence[str]) -> list[str]:
             raise FileNotFoundError(f"--image: no such file or directory: {path}")
     if not found:
         raise ValueError(f"--image: no images ({', '.join(IMAGE_EXTENSIONS)}) found in {list(paths)}.")
+    stems = {}
+    for path in found:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            raise ValueError(
+                f"--image: {stems[stem]} and {path} share the name {stem!r}, which is the image_id "
+                "in detections.json and the PNG's name; rename one."
+            )
+        stems[stem] = path
     return found
 
 
@@ -94,7 +103,7 @@ def predict_files(
             try:
                 out = {k: v.numpy()[0] for k, v in serve(tf.constant([contents])).items()}
             except tf.errors.InvalidArgumentError as error:
-                raise ValueError(f"{path}: cannot decode the image ({error.message.splitlines()[0]}).") from None
+                raise ValueError(f"{path}: cannot decode the image ({_reason(error.message)}).") from None
             stem = os.path.splitext(os.path.basename(path))[0]
             n = int(out["num_detections"])
             boxes, scores, classes = out["detection_boxes"][:n], out["detection_scores"][:n], out["detection_classes"][:n]
@@ -104,16 +113,29 @@ def predict_files(
                     {
                         "image_id": stem,
                         "category_id": int(category),
-                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                        # 4 decimals: the file matches the served model's boxes within 1e-3.
+                        "bbox": [round(x1, 4), round(y1, 4), round(x2 - x1, 4), round(y2 - y1, 4)],
                         "score": round(float(score), 5),
                     }
                 )
             shown = scores >= draw_score_threshold
             image = tf.io.decode_image(contents, channels=3, expand_animations=False).numpy()
             drawn = visualize.draw_boxes(image, boxes[shown], classes[shown], names_by_id, scores[shown])
-            keras.utils.save_img(os.path.join(output_dir, f"{stem}.png"), drawn)
+            # scale=False: save_img would otherwise stretch the pixel range to 0-255.
+            keras.utils.save_img(os.path.join(output_dir, f"{stem}.png"), drawn, scale=False)
             progress.add(1)
     json_path = os.path.join(output_dir, "detections.json")
     with open(json_path, "w") as f:
         json.dump(results, f, indent=1)
     return json_path
+
+
+def _reason(message: str) -> str:
+    """The informative line of a graph-execution error (its first line is only "Graph execution error:")."""
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith("assertion failed: [") and line.endswith("]"):
+            return line[len("assertion failed: [") : -1]
+        if line and not line.startswith(("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")):
+            return line
+    return message.strip()

@@ -92,7 +92,7 @@ def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict) -> dict
     model_dir = config.resolved_model_dir()
     metrics = _evaluate_and_write(model, data, model_dir)
     drawing = draw_validation_predictions(model, data, os.path.join(model_dir, "val_predictions.png"))
-    export_path = _export_if_available(model, data, flags, model_dir)
+    export_path = _export_if_available(model, data, flags, model_dir, config)
     minutes = (time.time() - start) / 60
     print(f"\nDone in {minutes:.1f} min. COCO AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}).")
     print(f"  run directory:     {model_dir}")
@@ -132,7 +132,7 @@ def draw_validation_predictions(model, data, path: str, max_images: int = 8) -> 
     return visualize.save_batch_png(images.numpy(), shown, path, class_names=data.class_names, max_images=max_images)
 
 
-def _export_if_available(model, data, flags, model_dir):
+def _export_if_available(model, data, flags, model_dir, config):
     try:
         from keras_retina import export as export_lib  # noqa: PLC0415
     except ImportError:
@@ -140,7 +140,11 @@ def _export_if_available(model, data, flags, model_dir):
         return None
     export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
     return export_lib.export_saved_model(
-        model, export_dir, class_names=data.class_names, category_ids=data.category_ids
+        model,
+        export_dir,
+        class_names=data.class_names,
+        category_ids=data.category_ids,
+        image_size=config.data.image_size,
     )
 
 
@@ -151,7 +155,9 @@ def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
     from keras_retina import export as export_lib  # noqa: PLC0415
 
     export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
-    path = export_lib.export_saved_model(model, export_dir, class_names=class_names, category_ids=category_ids)
+    path = export_lib.export_saved_model(
+        model, export_dir, class_names=class_names, category_ids=category_ids, image_size=config.data.image_size
+    )
     print(f"SavedModel written to {path}")
     return path
 

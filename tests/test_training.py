@@ -36,8 +36,7 @@ def test_optimizer_follows_papers_recipe():
     optimizer = training.build_optimizer(TrainConfig(), total_steps=90000)
     assert isinstance(optimizer, keras.optimizers.SGD)
     assert optimizer.momentum == 0.9 and optimizer.weight_decay == pytest.approx(1e-4)
-    schedule = optimizer.learning_rate if not callable(getattr(optimizer, "_learning_rate", None)) else optimizer._learning_rate
-    schedule = optimizer._learning_rate
+    schedule = optimizer._learning_rate  # the schedule object (optimizer.learning_rate is its current value)
     assert schedule.milestones == (60000, 80000) and schedule.warmup_steps == 500
     kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
     bias = keras.Variable(np.ones((2,), "float32"), name="bias")
