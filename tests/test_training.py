@@ -124,3 +124,35 @@ def test_killed_run_resumes_and_completes(tmp_path):
     assert (command_dir / "checkpoints" / "latest.keras").exists()
     model = keras.saving.load_model(command_dir / "checkpoints" / "latest.keras")
     assert int(model.optimizer.iterations.numpy()) == 4 * 6
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
+    from helpers import small_model, toy_batch
+
+    images, y = toy_batch()
+    # Epoch 1: two good batches. Epoch 2: a good batch, then one whose per-image
+    # weights are NaN (a NaN image does not do: ReLU maps NaN to 0 on this CPU).
+    weights = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [np.nan, np.nan]], "float32")
+    # Repeated, so that each epoch continues the iterator (a finite dataset restarts).
+    dataset = tf.data.Dataset.from_tensor_slices(weights).map(lambda w: (images, y, w)).repeat()
+    model = small_model()
+    model(images)  # BackupAndRestore needs a built model
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    latest = str(tmp_path / "latest.keras")
+    stopper = training.TerminateOnNaNKeepingLast(latest)
+    history = model.fit(
+        dataset,
+        epochs=3,
+        steps_per_epoch=2,
+        verbose=0,
+        callbacks=[
+            training.FiniteBackupAndRestore(str(tmp_path / "backup")),
+            training.FiniteModelCheckpoint(latest),
+            stopper,
+        ],
+    ).history
+    assert stopper.stopped_at == 1  # second batch of epoch 2
+    assert len(history["loss"]) == 2 and np.isfinite(history["loss"][0]) and not np.isfinite(history["loss"][1])
+    restored = keras.saving.load_model(latest)
+    assert int(restored.optimizer.iterations.numpy()) == 2  # the state after epoch 1
+    assert all(np.isfinite(w).all() for w in restored.get_weights())
