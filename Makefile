@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install clean
+.PHONY: run test install clean ablation
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra tests
+
+# The paper's Table 1a/1b study on the shapes data (writes docs/focal_ablation.*).
+ablation: $(STAMP)
+	$(VENV)/bin/python -m pip install -q -e ".[test,experiments]"
+	$(VENV)/bin/python -m experiments.focal_ablation $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
