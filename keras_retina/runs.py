@@ -7,11 +7,10 @@ import json
 import os
 import time
 
-import numpy as np
 from absl import logging
 
 from keras_retina import config as config_lib
-from keras_retina import evaluation, training, visualize
+from keras_retina import evaluation, training
 
 # Flags that map one-to-one onto config fields.
 _FLAG_FIELDS = {
@@ -34,9 +33,6 @@ _FLAG_FIELDS = {
     "jit_compile": "train.jit_compile",
     "seed": "train.seed",
 }
-
-#: Detections drawn in the prediction PNGs score at least this much.
-DRAW_SCORE_THRESHOLD = 0.3
 
 
 def config_from_flags(flags: dict) -> config_lib.ExperimentConfig:
@@ -119,17 +115,12 @@ def _evaluate_and_write(model, data, model_dir: str) -> dict:
     return metrics
 
 
-def draw_validation_predictions(model, data, path: str, max_images: int = 8) -> str:
-    """Draws the first validation batch's detections (score >= 0.3) to ``path``."""
-    images, _ = next(iter(data.val))
-    detections = model.predict_on_batch(images)
-    keep = detections["scores"] >= DRAW_SCORE_THRESHOLD
-    shown = {
-        "boxes": detections["boxes"],
-        "classes": np.where(keep, detections["classes"], -1),
-        "scores": detections["scores"],
-    }
-    return visualize.save_batch_png(images.numpy(), shown, path, class_names=data.class_names, max_images=max_images)
+def draw_validation_predictions(model, data, path: str) -> str:
+    """Draws the first validation batch's detections (score >= 0.3) to a PNG at ``path``."""
+    from PIL import Image  # noqa: PLC0415
+
+    Image.fromarray(training.detection_grid(model, data.val, data.class_names)).save(path)
+    return path
 
 
 def _export_if_available(model, data, flags, model_dir, config):

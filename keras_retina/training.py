@@ -14,12 +14,13 @@ import os
 from typing import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 from pycocotools.coco import COCO
 
 from keras_retina import config as config_lib
-from keras_retina import evaluation
+from keras_retina import evaluation, visualize
 from keras_retina.data.coco_json import CocoJsonSource
 from keras_retina.data.pipeline import make_pipeline, to_original_pixels
 from keras_retina.data.shapes import make_shapes_splits
@@ -288,8 +289,19 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
     whenever the AP improves.
     """
 
-    def __init__(self, dataset, coco_gt, category_ids, every_epochs: int = 1, best_path: str | None = None):
+    def __init__(
+        self,
+        dataset,
+        coco_gt,
+        category_ids,
+        every_epochs: int = 1,
+        best_path: str | None = None,
+        class_names=None,
+        image_log_dir: str | None = None,
+    ):
         super().__init__()
+        self.class_names = class_names
+        self.image_writer = tf.summary.create_file_writer(image_log_dir) if image_log_dir else None
         self.dataset = dataset
         self.coco_gt = coco_gt
         self.category_ids = category_ids
@@ -316,11 +328,32 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
                 logs[f"val_{name}"] = metrics[name]
         self.history.append({"epoch": epoch + 1, **{k: metrics[k] for k in evaluation.METRIC_NAMES[:6]}})
         print(f"\nepoch {epoch + 1}: COCO AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
+        if self.image_writer is not None:
+            grid = detection_grid(self.model, self.dataset, self.class_names)
+            with self.image_writer.as_default():
+                tf.summary.image("val_detections", grid[None], step=epoch + 1)
         if self.best_path and metrics["AP"] > self.best_ap:
             self.best_ap = metrics["AP"]
             self.model.save(self.best_path)
             with open(self.best_path + ".json", "w") as f:
                 json.dump({"epoch": epoch + 1, "AP": metrics["AP"]}, f)
+
+
+#: Detections drawn in pictures of predictions score at least this much.
+DRAW_SCORE_THRESHOLD = 0.3
+
+
+def detection_grid(model, dataset, class_names, max_images: int = 8) -> np.ndarray:
+    """Detections (score >= 0.3) on the first batch of ``dataset``, drawn in a uint8 grid."""
+    images, _ = next(iter(dataset))
+    detections = model.predict_on_batch(images)
+    keep = detections["scores"] >= DRAW_SCORE_THRESHOLD
+    shown = {
+        "boxes": detections["boxes"],
+        "classes": np.where(keep, detections["classes"], -1),
+        "scores": detections["scores"],
+    }
+    return visualize.draw_batch(images.numpy(), shown, class_names=class_names, max_images=max_images)
 
 
 def _read_best_ap(best_path: str | None) -> float:
@@ -452,6 +485,8 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
             data.category_ids,
             every_epochs=config.train.eval_every_epochs,
             best_path=os.path.join(model_dir, BEST_CHECKPOINT),
+            class_names=data.class_names,
+            image_log_dir=os.path.join(model_dir, "logs", "detections") if config.train.tensorboard else None,
         ),
         FiniteModelCheckpoint(latest),
         TerminateOnNaNKeepingLast(latest),
@@ -459,7 +494,9 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
     ]
     if config.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), write_graph=False))
-    history = model.fit(data.train, epochs=config.train.epochs, steps_per_epoch=steps, callbacks=callbacks)
+    history = model.fit(
+        data.train, epochs=config.train.epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False
+    )
     return model, history, data
 
 

@@ -162,24 +162,56 @@ def save_batch_png(
     *,
     line_width: int = 2,
 ) -> str:
-    """Draws a batch of examples with their boxes into one PNG grid.
+    """Draws a batch of examples with their boxes into one PNG grid (see :func:`draw_batch`).
 
     Meant for a batch from ``make_pipeline`` (augmented training examples) or
     for detections (``y`` with ``"scores"``, as from ``model.predict``).
+
+    Args:
+        path: PNG file to write; parent folders are created.
+        images, y, class_names, max_images, columns, line_width: as for
+            :func:`draw_batch`.
+
+    Returns:
+        ``path`` as a string.
+
+    Example:
+        >>> images, y = next(iter(make_pipeline(raw, image_size=256, batch_size=8)))
+        >>> save_batch_png(images, y, "docs/augmented_examples.png", class_names=names)
+        'docs/augmented_examples.png'
+    """
+    grid = draw_batch(images, y, class_names, max_images, columns, line_width=line_width)
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    Image.fromarray(grid).save(path, format="PNG")
+    return path
+
+
+def draw_batch(
+    images: Any,
+    y: Mapping[str, Any],
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    max_images: int = 8,
+    columns: int = 4,
+    *,
+    line_width: int = 2,
+) -> np.ndarray:
+    """Draws the first ``max_images`` examples of a batch with their boxes, tiled in a grid.
 
     Args:
         images: uint8 or 0-255 float ``(B, H, W, 3)``.
         y: dict with ``"boxes"`` float ``(B, N, 4)`` xyxy pixels of
             ``images`` and ``"classes"`` int ``(B, N)`` (-1 padding, not
             drawn); optional ``"scores"`` float ``(B, N)``.
-        path: PNG file to write; parent folders are created.
         class_names: names indexed by class id; None labels with the id.
         max_images: draw at most this many images of the batch.
         columns: images per grid row.
         line_width: box outline width in pixels.
 
     Returns:
-        ``path`` as a string.
+        uint8 ``(rows * (H + 4) + 4, columns * (W + 4) + 4, 3)`` grid on white.
 
     Raises:
         ValueError: if ``images`` is not ``(B, H, W, 3)``, ``y`` lacks
@@ -187,9 +219,9 @@ def save_batch_png(
             is not positive.
 
     Example:
-        >>> images, y = next(iter(make_pipeline(raw, image_size=256, batch_size=8)))
-        >>> save_batch_png(images, y, "docs/augmented_examples.png", class_names=names)
-        'docs/augmented_examples.png'
+        >>> grid = draw_batch(images, model.predict(images), class_names=names)
+        >>> grid.dtype
+        dtype('uint8')
     """
     images = np.asarray(images)
     if images.ndim != 4:
@@ -206,10 +238,14 @@ def save_batch_png(
     boxes = np.asarray(y["boxes"])
     classes = np.asarray(y["classes"])
     scores = np.asarray(y["scores"]) if "scores" in y else None
-
     count = min(int(max_images), images.shape[0])
     if count == 0:
         raise ValueError(f"`images` must hold at least one image; received shape {images.shape}.")
+    return _grid(images, boxes, classes, scores, class_names, count, int(columns), line_width)
+
+
+def _grid(images, boxes, classes, scores, class_names, count, columns, line_width) -> np.ndarray:
+    """The first ``count`` images with their boxes drawn, tiled ``columns`` wide: uint8 ``(H', W', 3)``."""
     cells = [
         draw_boxes(
             images[i],
@@ -222,7 +258,7 @@ def save_batch_png(
         for i in range(count)
     ]
     cell_h, cell_w = images.shape[1], images.shape[2]
-    cols = min(int(columns), count)
+    cols = min(columns, count)
     rows = -(-count // cols)
     grid = np.full(
         (rows * (cell_h + _GRID_GAP) + _GRID_GAP, cols * (cell_w + _GRID_GAP) + _GRID_GAP, 3),
@@ -233,9 +269,4 @@ def save_batch_png(
         top = _GRID_GAP + (i // cols) * (cell_h + _GRID_GAP)
         left = _GRID_GAP + (i % cols) * (cell_w + _GRID_GAP)
         grid[top : top + cell_h, left : left + cell_w] = cell
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    Image.fromarray(grid).save(path, format="PNG")
-    return path
+    return grid

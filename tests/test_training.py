@@ -89,6 +89,47 @@ def test_main_default_flow_writes_everything(tmp_path):
     assert analyzed.returncode == 0, analyzed.stderr[-3000:]
     coverage = json.loads((run / "anchor_coverage.json").read_text())
     assert coverage["num_boxes"] > 0 and 0 <= coverage["all"]["iou_0.5"] <= 1
+    # export and predict modes on the finished run.
+    exported = _main(run, tmp_path / "shapes", "--mode=export", f"--export_dir={tmp_path / 'served'}", timeout=300)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "served" / "1" / "saved_model.pb").exists()
+    val_images = tmp_path / "shapes" / "val" / "images"
+    predicted = _main(
+        run, tmp_path / "shapes", "--mode=predict", f"--image={val_images}", f"--output_dir={tmp_path / 'out'}", timeout=300
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert isinstance(json.loads((tmp_path / "out" / "detections.json").read_text()), list)
+    assert len(list((tmp_path / "out").glob("*.png"))) == 8
+
+
+@pytest.mark.slow
+def test_main_trains_on_users_coco_json_with_the_four_flags(tmp_path):
+    from keras_retina.data import make_shapes_splits
+
+    splits = make_shapes_splits(tmp_path / "mine", num_train=16, num_val=8, seed=3, image_size=(128, 128))
+    result = _main(
+        tmp_path / "run",
+        tmp_path / "unused",
+        "--dataset=coco_json",
+        f"--train_annotations={splits['train'].annotation_file}",
+        f"--train_images={splits['train'].image_dir}",
+        f"--val_annotations={splits['val'].annotation_file}",
+        f"--val_images={splits['val'].image_dir}",
+        "--epochs=1",
+        "--steps_per_epoch=2",
+        "--override=tensorboard=true",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "classes.json").read_text())["category_ids"] == [1, 2, 3, 4, 5]
+    assert not (tmp_path / "unused").exists()  # the shapes data was not written
+    # TensorBoard got the losses, the learning rate and a picture of detections.
+    events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
+    tags = set()
+    for path in events:
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"val_detections", "epoch_learning_rate", "epoch_cls_loss"} <= tags, tags
 
 
 @pytest.mark.slow
