@@ -58,6 +58,7 @@ class DataConfig:
     shapes_num_train: int = 400
     shapes_num_val: int = 100
     shapes_image_size: int = 256
+    shapes_seed: int = 0  # the data's own seed: train.seed varies runs, not the data
     image_size: int = 512
     batch_size: int = 16
     max_boxes: int = 100

@@ -38,7 +38,8 @@ def detections_to_coco(
 
     Returns:
         list of ``{"image_id", "category_id", "bbox": [x, y, w, h] original
-        pixels, "score"}``.
+        pixels, "score"}``; boxes of zero width or height (detections in the
+        padding, clipped to the original image) are left out.
 
     Example:
         >>> detections_to_coco(np.array([[[10., 10., 30., 50.]]]), np.array([[0.9]]),
@@ -51,6 +52,8 @@ def detections_to_coco(
         boxes = np.asarray(boxes_xyxy[b, :n], np.float64)
         for box, score, cls in zip(boxes, scores[b, :n], classes[b, :n]):
             x1, y1, x2, y2 = (float(v) for v in box)
+            if x2 <= x1 or y2 <= y1:
+                continue  # a detection in the padding, empty once clipped to the image
             results.append(
                 {
                     "image_id": int(image_id),
@@ -117,10 +120,12 @@ def coco_evaluate(
     return metrics
 
 
-def coco_from_raw_dataset(raw: "tf.data.Dataset", class_names: Sequence[str]) -> COCO:
+def coco_from_raw_dataset(
+    raw: "tf.data.Dataset", class_names: Sequence[str], category_ids: Sequence[int] | None = None
+) -> COCO:
     """Builds in-memory COCO ground truth from raw examples (used for TFDS splits).
 
-    Category ids are the contiguous class ids; each annotation's ``area``
+    Category ids are ``category_ids[class]`` (default: the class ids); each annotation's ``area``
     is its box area (TFDS carries no mask areas), which can move a few
     objects between the small / medium / large buckets compared with the
     official annotation file.
@@ -129,10 +134,12 @@ def coco_from_raw_dataset(raw: "tf.data.Dataset", class_names: Sequence[str]) ->
         raw: dataset of raw examples with ``image``, ``boxes`` (xyxy pixels),
             ``classes``, ``image_id`` and optionally ``is_crowd``.
         class_names: name of each contiguous class.
+        category_ids: the id to record for each contiguous class.
 
     Returns:
         ``pycocotools.coco.COCO`` with ``images``, ``annotations`` and ``categories``.
     """
+    category_ids = list(range(len(class_names))) if category_ids is None else [int(c) for c in category_ids]
     images, annotations = [], []
     for example in raw.as_numpy_iterator():
         image_id = int(example["image_id"])
@@ -145,7 +152,7 @@ def coco_from_raw_dataset(raw: "tf.data.Dataset", class_names: Sequence[str]) ->
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": int(cls),
+                    "category_id": category_ids[int(cls)],
                     "bbox": [x1, y1, x2 - x1, y2 - y1],
                     "area": (x2 - x1) * (y2 - y1),
                     "iscrowd": int(bool(is_crowd)),
@@ -155,7 +162,7 @@ def coco_from_raw_dataset(raw: "tf.data.Dataset", class_names: Sequence[str]) ->
     coco.dataset = {
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i, "name": name} for i, name in enumerate(class_names)],
+        "categories": [{"id": cid, "name": name} for cid, name in zip(category_ids, class_names)],
     }
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()

@@ -9,12 +9,11 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_retina.data.coco_json import IMAGE_MAGIC_BYTES
 from keras_retina.data.pipeline import to_original_pixels, transform_example
 
 #: File (in the SavedModel's ``assets/``) listing ``category_id<TAB>name`` per class.
 CLASS_NAMES_ASSET = "class_names.tsv"
-#: Magic prefixes of the formats ``tf.io.decode_image`` reads.
-_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
 
 
 def prepare_image(image_uint8, image_size: int):
@@ -37,19 +36,19 @@ def prepare_image(image_uint8, image_size: int):
 
 
 def decode_image(contents, index=None):
-    """Decodes JPEG/PNG/BMP/GIF bytes to RGB uint8 ``(H, W, 3)``; a clear InvalidArgument otherwise.
+    """Decodes JPEG/PNG/GIF/BMP/WebP bytes to RGB uint8 ``(H, W, 3)``; a clear InvalidArgument otherwise.
 
     Grayscale and RGBA become RGB; of an animated GIF the first frame is used.
     """
     known = tf.reduce_any(
-        [tf.equal(tf.strings.substr(contents, 0, len(magic)), magic) for magic in _IMAGE_MAGIC]
+        [tf.equal(tf.strings.substr(contents, 0, len(magic)), magic) for magic, _ in IMAGE_MAGIC_BYTES]
     )
     where = "" if index is None else tf.strings.format(" (request image {})", index)
     with tf.control_dependencies(
         [
             tf.debugging.Assert(
                 known,
-                [tf.strings.join(["input bytes are not a JPEG, PNG, BMP or GIF image", where])],
+                [tf.strings.join(["input bytes are not a JPEG, PNG, GIF, BMP or WebP image", where])],
             )
         ]
     ):
@@ -163,7 +162,7 @@ def export_saved_model(
     Signatures:
 
     * ``serving_default``: ``images`` tf.string ``[None]`` of encoded
-      JPEG/PNG/BMP/GIF bytes (any sizes);
+      JPEG/PNG/GIF/BMP/WebP bytes (any sizes);
     * ``serving_images``: ``images`` uint8 ``[None, None, None, 3]``;
     * ``metadata``: no input; ``class_names``, ``category_ids`` and
       ``class_names_file`` (the asset's path once loaded).

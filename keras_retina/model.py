@@ -166,6 +166,10 @@ class RetinaNet(keras.Model):
         self.cls_loss_tracker = keras.metrics.Mean(name="cls_loss")
         self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
         self.num_positives_tracker = keras.metrics.Mean(name="num_positives")
+        # Boxes the input pipeline dropped (empty after clipping) or cut
+        # (beyond max_boxes), when its batches carry the counts: per epoch.
+        self.dropped_boxes_tracker = keras.metrics.Sum(name="dropped_boxes")
+        self.truncated_boxes_tracker = keras.metrics.Sum(name="truncated_boxes")
 
     # ------------------------------------------------------------------ graph
     def build(self, input_shape):
@@ -248,22 +252,17 @@ class RetinaNet(keras.Model):
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 
-    @property
-    def metrics(self):
-        return super().metrics + [
-            self.cls_loss_tracker,
-            self.box_loss_tracker,
-            self.num_positives_tracker,
-        ]
-
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Focal loss + box loss, each summed and divided by the global foreground count.
 
         Anchors are matched to ``y`` here (:func:`matching.assign_targets`).
         The normaliser is the number of foreground anchors over the whole
-        global batch (all replicas, at least 1); each replica returns its
-        share, so that the sum over replicas — what ``tf.distribute``
-        all-reduces — is the global loss.
+        global batch (all replicas, at least 1; weighted by ``sample_weight``
+        when given); each replica returns its share, so that the sum over
+        replicas — what ``tf.distribute`` all-reduces — is the global loss.
+        Batches from :func:`keras_retina.data.make_pipeline` also carry the
+        boxes it dropped or truncated; their per-epoch sums are logged as
+        ``dropped_boxes`` and ``truncated_boxes``.
 
         Args:
             x: images ``(B, H, W, 3)``, static ``H, W``.
@@ -315,7 +314,8 @@ class RetinaNet(keras.Model):
         cls_sum = ops.sum(ops.cast(cls_per_anchor, "float32") * cls_weights)
         box_sum = ops.sum(ops.cast(box_per_anchor, "float32") * foreground_weighted)
 
-        local_positives = ops.sum(foreground)
+        # Weighted like the losses: an image of weight 0 counts as absent.
+        local_positives = ops.sum(foreground_weighted)
         global_positives = _sum_over_replicas(local_positives)
         normalizer = ops.maximum(global_positives, 1.0)
         cls_loss = cls_sum / normalizer
@@ -328,6 +328,10 @@ class RetinaNet(keras.Model):
         self.cls_loss_tracker.update_state(cls_loss * replicas)
         self.box_loss_tracker.update_state(box_loss * replicas)
         self.num_positives_tracker.update_state(global_positives)
+        if "num_dropped_boxes" in y:
+            self.dropped_boxes_tracker.update_state(ops.sum(ops.cast(y["num_dropped_boxes"], "float32")))
+        if "num_truncated_boxes" in y:
+            self.truncated_boxes_tracker.update_state(ops.sum(ops.cast(y["num_truncated_boxes"], "float32")))
         for extra in self.losses:  # regularisers, add_loss()
             loss = loss + self._aggregate_additional_loss(extra)
         return loss

@@ -14,7 +14,7 @@ from keras_retina import visualize
 from keras_retina.export import CLASS_NAMES_ASSET, InferenceModule
 
 #: File extensions read from a directory given as ``--image``.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def list_images(paths: Sequence[str]) -> list[str]:

@@ -7,7 +7,6 @@ import json
 import os
 import time
 
-from absl import logging
 
 from keras_retina import config as config_lib
 from keras_retina import evaluation, training
@@ -84,11 +83,13 @@ def run(mode: str, config: config_lib.ExperimentConfig, flags: dict) -> None:
 def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict) -> dict:
     """Trains, evaluates the final model, exports it and draws validation predictions."""
     start = time.time()
-    model, _, data = training.train(config)
+    model, _, data, metrics = training.train(config)
     model_dir = config.resolved_model_dir()
-    metrics = _evaluate_and_write(model, data, model_dir)
+    # The last epoch's evaluation is the final model's: written, not redone.
+    evaluation.write_metrics(metrics, os.path.join(model_dir, "metrics.json"))
+    print(evaluation.format_metrics(metrics))
     drawing = draw_validation_predictions(model, data, os.path.join(model_dir, "val_predictions.png"))
-    export_path = _export_if_available(model, data, flags, model_dir, config)
+    export_path = _export(model, data, flags, model_dir, config)
     minutes = (time.time() - start) / 60
     print(f"\nDone in {minutes:.1f} min. COCO AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}).")
     print(f"  run directory:     {model_dir}")
@@ -123,12 +124,9 @@ def draw_validation_predictions(model, data, path: str) -> str:
     return path
 
 
-def _export_if_available(model, data, flags, model_dir, config):
-    try:
-        from keras_retina import export as export_lib  # noqa: PLC0415
-    except ImportError:
-        logging.warning("SavedModel export is not available in this version.")
-        return None
+def _export(model, data, flags, model_dir, config):
+    from keras_retina import export as export_lib  # noqa: PLC0415
+
     export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
     return export_lib.export_saved_model(
         model,

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import shutil
 from typing import Sequence
 
 import keras
@@ -24,7 +25,7 @@ from keras_retina import evaluation, visualize
 from keras_retina.data.coco_json import CocoJsonSource
 from keras_retina.data.pipeline import make_pipeline, to_original_pixels
 from keras_retina.data.shapes import make_shapes_splits
-from keras_retina.data.tfds_source import tfds_class_names, tfds_dataset
+from keras_retina.data.tfds_source import COCO_CATEGORY_IDS, tfds_class_names, tfds_dataset
 from keras_retina.losses import FocalLoss
 from keras_retina.model import RetinaNet
 
@@ -165,6 +166,7 @@ class DataBundle:
     num_train_images: int | None
     coco_gt: object  # pycocotools COCO of the validation split
     val_annotation_file: str | None = None
+    sources: dict = dataclasses.field(default_factory=dict)  # split -> CocoJsonSource
 
 
 def _coco_files(config: config_lib.ExperimentConfig) -> dict:
@@ -175,7 +177,7 @@ def _coco_files(config: config_lib.ExperimentConfig) -> dict:
             data.shapes_dir,
             num_train=data.shapes_num_train,
             num_val=data.shapes_num_val,
-            seed=config.train.seed,
+            seed=data.shapes_seed,
             image_size=(data.shapes_image_size, data.shapes_image_size),
         )
         return {name: (files.annotation_file, files.image_dir) for name, files in splits.items()}
@@ -222,6 +224,7 @@ def build_data(config: config_lib.ExperimentConfig, training: bool = True) -> Da
         with contextlib.redirect_stdout(io.StringIO()):
             coco_gt = COCO(files["val"][0])
         val_annotation_file = files["val"][0]
+        sources = {"val": val_source, **({"train": train_source} if train_source else {})}
     else:
         name = data.dataset.split(":", 1)[1]
         raw_train = (
@@ -231,10 +234,13 @@ def build_data(config: config_lib.ExperimentConfig, training: bool = True) -> Da
         )
         raw_val = build_raw(config, "val")
         class_names = tuple(tfds_class_names(name, data_dir=data.tfds_data_dir))
-        category_ids = tuple(range(len(class_names)))
+        # COCO's own ids, so that exported and predicted results score against
+        # the official annotation files; other datasets use their label ids.
+        category_ids = COCO_CATEGORY_IDS if name.startswith("coco/") else tuple(range(len(class_names)))
         num_train = None
-        coco_gt = evaluation.coco_from_raw_dataset(raw_val, class_names)
+        coco_gt = evaluation.coco_from_raw_dataset(raw_val, class_names, category_ids)
         val_annotation_file = None
+        sources = {}
 
     train_pipeline = None
     if raw_train is not None:
@@ -259,6 +265,7 @@ def build_data(config: config_lib.ExperimentConfig, training: bool = True) -> Da
         num_train_images=num_train,
         coco_gt=coco_gt,
         val_annotation_file=val_annotation_file,
+        sources=sources,
     )
 
 
@@ -308,6 +315,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.every_epochs = max(int(every_epochs), 1)
         self.best_path = best_path
         self.best_ap = _read_best_ap(best_path)
+        self.last_metrics: dict | None = None
         self.history: list[dict] = []
         self._evaluated_in_this_run = False
 
@@ -323,6 +331,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
             return
         self._evaluated_in_this_run = True
         metrics = evaluate_model(self.model, self.dataset, self.coco_gt, self.category_ids, verbose=False)
+        self.last_metrics = metrics
         if logs is not None:
             for name in evaluation.METRIC_NAMES[:6]:
                 logs[f"val_{name}"] = metrics[name]
@@ -457,8 +466,12 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
     (best ``val_AP``), ``backup/`` (BackupAndRestore state), ``train_log.csv``,
     ``logs/`` (TensorBoard) and ``metrics.json`` (the last evaluation).
 
+    A NaN or inf loss stops training and raises :class:`TrainingDivergedError`
+    (the last good checkpoint and backup are kept).
+
     Returns:
-        ``(model, history, data)``.
+        ``(model, history, data, metrics)``: ``metrics`` is the COCO
+        evaluation after the last epoch (:func:`evaluation.coco_evaluate`).
     """
     config_lib.validate(config)
     model_dir = config.resolved_model_dir()
@@ -477,27 +490,65 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
         model.build((None, image_size, image_size, 3))  # BackupAndRestore needs built weights
         compile_model(model, config, total_steps)
     latest = os.path.join(model_dir, LATEST_CHECKPOINT)
+    best = os.path.join(model_dir, BEST_CHECKPOINT)
+    backup_dir = os.path.join(model_dir, "backup")
+    if not os.path.exists(backup_dir) and os.path.exists(best + ".json"):
+        os.remove(best + ".json")  # a fresh run: an earlier run's best AP does not count
+    evaluator = CocoEvaluationCallback(
+        data.val,
+        data.coco_gt,
+        data.category_ids,
+        every_epochs=config.train.eval_every_epochs,
+        best_path=best,
+        class_names=data.class_names,
+        image_log_dir=os.path.join(model_dir, "logs", "detections") if config.train.tensorboard else None,
+    )
+    nan_stopper = TerminateOnNaNKeepingLast(latest)
     callbacks = [
-        FiniteBackupAndRestore(os.path.join(model_dir, "backup"), save_freq="epoch"),
-        CocoEvaluationCallback(
-            data.val,
-            data.coco_gt,
-            data.category_ids,
-            every_epochs=config.train.eval_every_epochs,
-            best_path=os.path.join(model_dir, BEST_CHECKPOINT),
-            class_names=data.class_names,
-            image_log_dir=os.path.join(model_dir, "logs", "detections") if config.train.tensorboard else None,
-        ),
+        evaluator,
         FiniteModelCheckpoint(latest),
-        TerminateOnNaNKeepingLast(latest),
+        nan_stopper,
         keras.callbacks.CSVLogger(os.path.join(model_dir, "train_log.csv"), append=True),
     ]
     if config.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), write_graph=False))
+    # Last, so that an epoch counts as done (for resuming) only once it has
+    # been evaluated, checkpointed and logged; kept after a NaN stop so that a
+    # rerun resumes from the last good epoch.
+    callbacks.append(FiniteBackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=False))
     history = model.fit(
         data.train, epochs=config.train.epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False
     )
-    return model, history, data
+    _report_skipped(data)
+    if nan_stopper.stopped_at is not None:
+        raise TrainingDivergedError(
+            f"The training loss became NaN or inf; training stopped. The last good state is {latest} "
+            f"(and {backup_dir}, from which rerunning the same command resumes). Lower the learning "
+            "rate or set --override=train.clipnorm=..."
+        )
+    shutil.rmtree(backup_dir, ignore_errors=True)  # finished: a rerun starts a new run
+    return model, history, data, evaluator.last_metrics
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def _report_skipped(data: DataBundle) -> None:
+    """Logs what the COCO-JSON sources skipped (``skip_invalid=True``)."""
+    for split, source in data.sources.items():
+        stats = source.stats
+        if stats.images_skipped or stats.invalid_annotations:
+            logging.warning(
+                "%s split: %d images skipped (%d at load, %d while reading), %d invalid annotations. "
+                "First reasons: %s",
+                split,
+                stats.images_skipped,
+                stats.images_skipped_at_load,
+                stats.images_skipped_at_read,
+                stats.invalid_annotations,
+                "; ".join(stats.reasons[:3]),
+            )
 
 
 def write_classes(model_dir: str, data: DataBundle) -> None:

@@ -67,10 +67,11 @@ def test_no_detections_give_zero(tmp_path):
 
 
 def test_detections_to_coco_maps_classes_and_formats_boxes():
-    boxes = np.array([[[10.0, 20.0, 30.0, 60.0], [0, 0, 5, 5]], [[1, 2, 3, 4], [0, 0, 0, 0]]])
-    scores = np.array([[0.9, 0.2], [0.5, 0.0]])
-    classes = np.array([[1, 0], [0, -1]])
-    results = evaluation.detections_to_coco(boxes, scores, classes, np.array([2, 1]), [11, 12], [3, 7])
+    boxes = np.array([[[10.0, 20.0, 30.0, 60.0], [0, 0, 5, 5]], [[1, 2, 3, 4], [64, 10, 64, 30]]])
+    scores = np.array([[0.9, 0.2], [0.5, 0.4]])
+    classes = np.array([[1, 0], [0, 1]])
+    # The last detection has zero width (it lay in the padding): left out.
+    results = evaluation.detections_to_coco(boxes, scores, classes, np.array([2, 2]), [11, 12], [3, 7])
     assert results == [
         {"image_id": 11, "category_id": 7, "bbox": [10.0, 20.0, 20.0, 40.0], "score": 0.9},
         {"image_id": 11, "category_id": 3, "bbox": [0.0, 0.0, 5.0, 5.0], "score": 0.2},
@@ -84,3 +85,31 @@ def test_write_and_format_metrics(tmp_path):
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["per_class_AP"] == {"cat": 0.25}
     table = evaluation.format_metrics(metrics)
     assert "AP      0.5000" in table and "cat  0.2500" in table
+
+
+def test_coco_from_raw_dataset_maps_classes_to_category_ids():
+    import tensorflow as tf
+
+    examples = [
+        {"image": np.zeros((40, 60, 3), np.uint8), "boxes": np.array([[5, 5, 25, 35]], np.float32),
+         "classes": np.array([1], np.int32), "is_crowd": np.array([False]), "image_id": np.int64(7)},
+        {"image": np.zeros((30, 30, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
+         "classes": np.zeros((0,), np.int32), "is_crowd": np.zeros((0,), bool), "image_id": np.int64(9)},
+    ]
+    raw = tf.data.Dataset.from_generator(
+        lambda: iter(examples),
+        output_signature={
+            "image": tf.TensorSpec((None, None, 3), tf.uint8),
+            "boxes": tf.TensorSpec((None, 4), tf.float32),
+            "classes": tf.TensorSpec((None,), tf.int32),
+            "is_crowd": tf.TensorSpec((None,), tf.bool),
+            "image_id": tf.TensorSpec((), tf.int64),
+        },
+    )
+    coco = evaluation.coco_from_raw_dataset(raw, ["person", "bicycle"], category_ids=[1, 2])
+    assert sorted(coco.getImgIds()) == [7, 9]
+    assert coco.imgs[7]["width"] == 60 and coco.imgs[7]["height"] == 40
+    (annotation,) = coco.loadAnns(coco.getAnnIds(imgIds=[7]))
+    assert annotation["category_id"] == 2 and annotation["bbox"] == [5.0, 5.0, 20.0, 30.0] and annotation["area"] == 600
+    results = [{"image_id": 7, "category_id": 2, "bbox": [5, 5, 20, 30], "score": 0.9}]
+    assert evaluation.coco_evaluate(coco, results, verbose=False)["AP"] == pytest.approx(1.0)

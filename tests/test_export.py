@@ -54,9 +54,9 @@ def _png(image):
     return tf.io.encode_png(image).numpy()
 
 
-def _pil_bytes(image, fmt):
+def _pil_bytes(image, fmt, **options):
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=fmt)
+    Image.fromarray(image).save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
@@ -392,6 +392,7 @@ def test_decode_image_makes_rgb_from_any_format():
         "rgba png": (tf.io.encode_png(rgba).numpy(), rgb),
         "bmp": (_pil_bytes(rgb, "BMP"), rgb),
         "gif": (_pil_bytes(rgb, "GIF"), rgb),  # 3 colours: exact in a GIF palette
+        "webp": (_pil_bytes(rgb, "WEBP", lossless=True), rgb),
     }
     for name, (contents, expected) in cases.items():
         image = decode_image(tf.constant(contents)).numpy()
@@ -421,10 +422,10 @@ def test_serving_accepts_grayscale_rgba_bmp_and_gif(loaded):
 def test_bytes_that_are_not_an_image_are_an_invalid_argument(loaded):
     serve = loaded.signatures["serving_default"]
     good = _jpeg(_picture())
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"not a JPEG, PNG, BMP or GIF") as error:
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"not a JPEG, PNG, GIF, BMP or WebP") as error:
         serve(images=tf.constant([good, b"these bytes are no image"]))
     assert "request image 1" in error.value.message
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"not a JPEG, PNG, BMP or GIF"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"not a JPEG, PNG, GIF, BMP or WebP"):
         serve(images=tf.constant([b""]))
     # A truncated JPEG has the right magic bytes; the decoder rejects it.
     with pytest.raises(tf.errors.InvalidArgumentError):

@@ -42,6 +42,7 @@ def test_fit_logs_losses_and_positives_on_dataset():
     dataset = tf.data.Dataset.from_tensor_slices((images, y)).batch(2).repeat(2)
     history = model.fit(dataset, epochs=1, verbose=0).history
     assert {"loss", "cls_loss", "box_loss", "num_positives"} <= set(history)
+    assert len(model.metrics_names) == len(set(model.metrics_names))  # each tracker once
     assert history["num_positives"][0] > 3
     np.testing.assert_allclose(history["loss"][0], history["cls_loss"][0] + history["box_loss"][0], rtol=1e-5)
 
@@ -72,22 +73,15 @@ def test_fit_on_numpy_and_on_batches_without_boxes():
 
 
 def test_sample_weight_zero_removes_an_image():
+    """An image of weight 0 counts as absent: in the losses and in the normaliser."""
     images, y = toy_batch()
     model = small_model()
-    model(images)
     y_pred = model(images)
     full = float(model.compute_loss(images, y, y_pred))
     only_first = float(model.compute_loss(images, y, y_pred, sample_weight=np.array([1.0, 0.0])))
     first = float(model.compute_loss(images[:1], {k: v[:1] for k, v in y.items()}, model(images[:1])))
-    assert only_first < full
-    # Normaliser still counts both images' positives, so the first image's loss is rescaled.
-    assert only_first == pytest.approx(first * _positives(model, y, 0) / _positives(model, y, None), rel=1e-4)
-
-
-def _positives(model, y, index):
-    targets = kr.assign_targets(model.anchors((128, 128)), y["boxes"], y["classes"])
-    fg = np.asarray(targets["foreground"])
-    return fg.sum() if index is None else fg[index].sum()
+    assert only_first != pytest.approx(full, rel=1e-3)
+    assert only_first == pytest.approx(first, rel=1e-5)
 
 
 def test_bounding_box_format_converts_targets():

@@ -174,7 +174,7 @@ def test_a_non_image_file_names_the_file(model, image_dir, tmp_path):
         )
     message = str(error.value)
     assert str(bad) in message
-    assert "not a JPEG, PNG, BMP or GIF" in message
+    assert "not a JPEG, PNG, GIF, BMP or WebP" in message
 
 
 def test_a_truncated_image_names_the_file_and_the_decoder_error(model, image_dir, tmp_path):

@@ -79,6 +79,9 @@ def test_main_default_flow_writes_everything(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class_AP"}
     assert json.loads((run / "config.json").read_text())["data"]["image_size"] == 128
+    header = (run / "train_log.csv").read_text().splitlines()[0].split(",")
+    assert {"dropped_boxes", "truncated_boxes", "val_AP", "num_positives"} <= set(header), header
+    assert not (run / "backup").exists()  # a finished run leaves no backup to resume from
     assert "COCO AP" in result.stdout
     assert (run / "export" / "1" / "saved_model.pb").exists()
     # evaluate and analyze modes work on the finished run.

@@ -51,7 +51,8 @@ _NUMBER_TYPES = (int, float)  # as json.loads makes them; bool excluded on purpo
 # Leading bytes of the formats tf.io.decode_image reads; TF has no op that
 # names a file's format without decoding it (tf.io.is_jpeg covers JPEG only),
 # so this table only serves to word the error for a file that fails to decode.
-_MAGIC_BYTES = (
+#: Leading bytes of the image formats tf.io.decode_image reads, with their names.
+IMAGE_MAGIC_BYTES = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG", "PNG"),
     (b"GIF8", "GIF"),
@@ -827,8 +828,8 @@ def _decode_rgb(contents):
 
 def _decode_failure_reason(contents):
     """Why ``contents`` failed to decode, as a string tensor."""
-    known = [tf.strings.substr(contents, 0, len(magic)) == magic for magic, _ in _MAGIC_BYTES]
-    names = tf.constant([name for _, name in _MAGIC_BYTES])
+    known = [tf.strings.substr(contents, 0, len(magic)) == magic for magic, _ in IMAGE_MAGIC_BYTES]
+    names = tf.constant([name for _, name in IMAGE_MAGIC_BYTES])
     is_known = tf.reduce_any(tf.stack(known))
     format_name = tf.gather(names, tf.argmax(tf.cast(tf.stack(known), tf.int32)))
     return tf.where(

@@ -37,6 +37,13 @@ import tensorflow_datasets as tfds
 #: falling back to the hash (int64 holds 18 digits safely).
 _MAX_FILENAME_DIGITS = 18
 
+#: The official COCO category id of each of TFDS ``coco/*``'s 80 labels
+#: (labels follow the ascending category ids; 12, 26, 29, 30, 45, 66, 68, 69,
+#: 71 and 83 are unused ids).
+COCO_CATEGORY_IDS = tuple(
+    i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
+)
+
 #: Features every supported dataset must have (path in the features dict).
 _REQUIRED_FEATURES = ("image", "objects/bbox", "objects/label")
 
