@@ -59,14 +59,22 @@ def convert_format(
 
 
 def box_area(boxes_xyxy):
-    """Area of ``xyxy`` boxes, ``(..., 4)`` -> ``(...)`` in pixels²; 0 if degenerate."""
+    """Area of ``xyxy`` boxes, ``(..., 4)`` -> ``(...)`` in pixels²; 0 if degenerate.
+
+    Example:
+        >>> box_area([[0., 0., 10., 5.], [3., 3., 1., 9.]])   # -> [50., 0.]
+    """
     widths = ops.maximum(boxes_xyxy[..., 2] - boxes_xyxy[..., 0], 0.0)
     heights = ops.maximum(boxes_xyxy[..., 3] - boxes_xyxy[..., 1], 0.0)
     return widths * heights
 
 
 def pairwise_intersection(boxes1_xyxy, boxes2_xyxy):
-    """Intersection areas of every pair: ``(..., N, 4), (..., M, 4) -> (..., N, M)``."""
+    """Intersection areas (pixels²) of every pair: ``(..., N, 4), (..., M, 4) -> (..., N, M)``.
+
+    Example:
+        >>> pairwise_intersection([[0., 0., 10., 10.]], [[5., 0., 15., 10.]])   # -> [[50.]]
+    """
     b1 = ops.expand_dims(boxes1_xyxy, -2)  # (..., N, 1, 4)
     b2 = ops.expand_dims(boxes2_xyxy, -3)  # (..., 1, M, 4)
     widths = ops.minimum(b1[..., 2], b2[..., 2]) - ops.maximum(b1[..., 0], b2[..., 0])
@@ -106,7 +114,10 @@ def pairwise_ioa(boxes1_xyxy, regions_xyxy):
     """Intersection over the area of ``boxes1``: ``(..., N, 4), (..., M, 4) -> (..., N, M)``.
 
     Used to find anchors inside crowd regions (an anchor wholly inside a
-    crowd box has IoA 1 whatever the crowd box's size).
+    crowd box has IoA 1 whatever the crowd box's size). Values in [0, 1].
+
+    Example:
+        >>> pairwise_ioa([[0., 0., 10., 10.]], [[0., 0., 100., 5.]])   # -> [[0.5]]
     """
     intersection = pairwise_intersection(boxes1_xyxy, regions_xyxy)
     area1 = ops.expand_dims(box_area(boxes1_xyxy), -1)
@@ -192,7 +203,15 @@ def decode_deltas(
 
 
 def clip_to_image(boxes_xyxy, image_shape: Sequence[int]):
-    """Clips ``xyxy`` boxes ``(..., 4)`` to ``[0, width] x [0, height]`` pixels."""
+    """Clips ``xyxy`` boxes ``(..., 4)`` to ``[0, width] x [0, height]`` pixels.
+
+    Args:
+        boxes_xyxy: float ``(..., 4)`` pixels.
+        image_shape: ``(height, width)`` pixels.
+
+    Example:
+        >>> clip_to_image([[-5., 3., 130., 70.]], (64, 128))   # -> [[0., 3., 128., 64.]]
+    """
     height, width = float(image_shape[0]), float(image_shape[1])
     x1 = ops.clip(boxes_xyxy[..., 0], 0.0, width)
     y1 = ops.clip(boxes_xyxy[..., 1], 0.0, height)

@@ -196,7 +196,12 @@ class RetinaNet(keras.Model):
         }
 
     def anchors(self, image_shape: Sequence[int]):
-        """Anchors ``(A, 4)`` xyxy pixels for inputs of ``image_shape = (H, W)``."""
+        """Anchors ``(A, 4)`` float32 xyxy pixels for inputs of ``image_shape = (H, W)``.
+
+        Example:
+            >>> RetinaNet(num_classes=3, backbone="tiny").anchors((512, 512)).shape
+            (49104, 4)
+        """
         return self.anchor_generator(image_shape)
 
     # --------------------------------------------------------------- training
@@ -376,10 +381,17 @@ class RetinaNet(keras.Model):
     def detect(self, images) -> dict:
         """Final detections for images ``(B, H, W, 3)`` (static ``H, W``).
 
+        Unlike :meth:`predict`, this runs in the caller's graph or eagerly
+        (the SavedModel export calls it inside its serving function).
+
         Returns:
             ``{"boxes": (B, D, 4) float32 xyxy pixels of the input,
             "scores": (B, D) float32, "classes": (B, D) int32 (-1 past
             num_detections), "num_detections": (B,) int32}``.
+
+        Example:
+            >>> model.detect(np.zeros((1, 256, 256, 3), "uint8"))["boxes"].shape
+            TensorShape([1, 100, 4])
         """
         outputs = self(images, training=False)
         image_shape = tuple(images.shape[1:3])

@@ -134,7 +134,19 @@ def build_optimizer(train: config_lib.TrainConfig, total_steps: int) -> keras.op
 
     Keras applies weight decay decoupled from the gradient (``w -= lr * wd * w``),
     which for SGD matches the paper's L2 penalty up to its interaction
-    with momentum.
+    with momentum. Under several replicas ``clipnorm`` clips each replica's
+    gradient before the all-reduce (Keras' behaviour).
+
+    Args:
+        train: the training config (learning rate, momentum, decay, warm-up...).
+        total_steps: planned optimizer steps; milestones are fractions of it.
+
+    Returns:
+        a ``keras.optimizers.Optimizer`` with a :class:`WarmupStepDecay` schedule.
+
+    Example:
+        >>> build_optimizer(TrainConfig(), total_steps=90000)._learning_rate.milestones
+        (60000, 80000)
     """
     schedule = WarmupStepDecay(
         train.learning_rate,
@@ -279,6 +291,7 @@ def build_model(model_config: config_lib.ModelConfig, num_classes: int) -> Retin
 
 
 def compile_model(model: RetinaNet, config: config_lib.ExperimentConfig, total_steps: int) -> None:
+    """Compiles ``model`` with the config's optimizer, focal loss (alpha, gamma), box loss and XLA choice."""
     model.compile(
         optimizer=build_optimizer(config.train, total_steps),
         classification_loss=FocalLoss(alpha=config.model.focal_alpha, gamma=config.model.focal_gamma),
@@ -451,6 +464,7 @@ def predict_to_coco(model: RetinaNet, dataset, category_ids, verbose: bool = Tru
 
 # -------------------------------------------------------------------- runs
 def steps_per_epoch(config: config_lib.ExperimentConfig, num_train_images: int | None) -> int:
+    """``train.steps_per_epoch``, else one pass over the training images at the global batch size."""
     if config.train.steps_per_epoch:
         return config.train.steps_per_epoch
     if not num_train_images:
@@ -560,6 +574,7 @@ def write_classes(model_dir: str, data: DataBundle) -> None:
 
 
 def read_classes(model_dir: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``(class_names, category_ids)`` from a run directory's ``classes.json``."""
     with open(os.path.join(model_dir, "classes.json")) as f:
         values = json.load(f)
     return tuple(values["class_names"]), tuple(int(c) for c in values["category_ids"])
