@@ -99,6 +99,19 @@ def pairwise_iou(boxes1_xyxy, boxes2_xyxy):
     # Hand-written instead of keras.utils.bounding_boxes.compute_iou: that one
     # needs the same batch rank on both sides (anchors are unbatched here) and
     # masks padding by negative coordinates, while ours is marked by class -1.
+    return pairwise_iou_and_intersection(boxes1_xyxy, boxes2_xyxy)[0]
+
+
+def pairwise_iou_and_intersection(boxes1_xyxy, boxes2_xyxy):
+    """:func:`pairwise_iou` and :func:`pairwise_intersection` from one pass.
+
+    Returns:
+        ``(iou, intersection)``, each ``(..., N, M)``; the intersection in pixels².
+
+    Example:
+        >>> iou, inter = pairwise_iou_and_intersection([[0., 0., 10., 10.]], [[5., 0., 15., 10.]])
+        ... # -> [[0.3333]], [[50.]]
+    """
     boxes1_xyxy = ops.convert_to_tensor(boxes1_xyxy, "float32")
     boxes2_xyxy = ops.convert_to_tensor(boxes2_xyxy, "float32")
     intersection = pairwise_intersection(boxes1_xyxy, boxes2_xyxy)
@@ -107,7 +120,8 @@ def pairwise_iou(boxes1_xyxy, boxes2_xyxy):
         + ops.expand_dims(box_area(boxes2_xyxy), -2)
         - intersection
     )
-    return ops.where(union > 0.0, intersection / ops.maximum(union, 1e-8), 0.0)
+    iou = ops.where(union > 0.0, intersection / ops.maximum(union, 1e-8), 0.0)
+    return iou, intersection
 
 
 def pairwise_ioa(boxes1_xyxy, regions_xyxy):

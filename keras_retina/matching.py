@@ -95,7 +95,9 @@ def assign_targets(
         crowd = None
         matchable = real
 
-    iou = box_ops.pairwise_iou(anchors_xyxy, gt_boxes_xyxy)  # (B, A, N)
+    # One (B, A, N) intersection serves both the IoU and, for crowd boxes,
+    # the intersection over the anchor's area.
+    iou, intersection = box_ops.pairwise_iou_and_intersection(anchors_xyxy, gt_boxes_xyxy)  # (B, A, N)
     iou = ops.where(ops.expand_dims(matchable, 1), iou, -1.0)
     max_iou = ops.max(iou, axis=-1)  # (B, A)
     matched_index = ops.argmax(iou, axis=-1)  # (B, A)
@@ -112,7 +114,8 @@ def assign_targets(
     if crowd is not None:
 
         def _in_crowd():
-            ioa = box_ops.pairwise_ioa(anchors_xyxy, gt_boxes_xyxy)  # (B, A, N)
+            anchor_area = ops.expand_dims(box_ops.box_area(anchors_xyxy), -1)  # (A, 1)
+            ioa = intersection / ops.maximum(anchor_area, 1e-8)  # (B, A, N)
             ioa = ops.where(ops.expand_dims(crowd, 1), ioa, 0.0)
             return ops.max(ioa, axis=-1) >= crowd_ioa  # (B, A)
 
