@@ -208,17 +208,19 @@ def build_raw(config: config_lib.ExperimentConfig, split: str) -> tf.data.Datase
     return CocoJsonSource(*_coco_files(config)[split], skip_invalid=data.skip_invalid).dataset()
 
 
-def build_data(config: config_lib.ExperimentConfig, training: bool = True) -> DataBundle:
+def build_data(config: config_lib.ExperimentConfig, training: bool = True, resume_epoch: int = 0) -> DataBundle:
     """Builds the training and validation pipelines named by ``config.data``.
 
     ``shapes`` writes the synthetic dataset first (cached on disk);
     ``coco_json`` reads the user's files; ``tfds:<name>`` loads through
     tensorflow-datasets. Validation ground truth for COCOeval is the
     validation annotation file, or for TFDS a COCO object built from the
-    split itself (box areas stand in for mask areas).
+    split itself (box areas stand in for mask areas). A run resumed at
+    ``resume_epoch`` draws a different shuffle and augmentation sequence
+    than its first start (else it would replay the first epochs' draws).
     """
     data = config.data
-    seed = config.train.seed
+    seed = config.train.seed + 1_000_003 * int(resume_epoch)
     if data.dataset in ("shapes", "coco_json"):
         files = _coco_files(config)
         val_source = CocoJsonSource(*files["val"], skip_invalid=data.skip_invalid)
@@ -494,7 +496,11 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
     keras.utils.set_random_seed(config.train.seed)
     set_mixed_precision(config.train.mixed_precision)
     strategy = strategy or make_strategy(config.train.strategy)
-    data = build_data(config, training=True)
+    backup_dir = os.path.join(model_dir, "backup")
+    resume_epoch = _backup_epoch(backup_dir)
+    if resume_epoch:
+        logging.info("Resuming %s after epoch %d.", model_dir, resume_epoch)
+    data = build_data(config, training=True, resume_epoch=resume_epoch)
     write_classes(model_dir, data)
     steps = steps_per_epoch(config, data.num_train_images)
     total_steps = steps * config.train.epochs
@@ -505,7 +511,6 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
         compile_model(model, config, total_steps)
     latest = os.path.join(model_dir, LATEST_CHECKPOINT)
     best = os.path.join(model_dir, BEST_CHECKPOINT)
-    backup_dir = os.path.join(model_dir, "backup")
     if not os.path.exists(backup_dir) and os.path.exists(best + ".json"):
         os.remove(best + ".json")  # a fresh run: an earlier run's best AP does not count
     evaluator = CocoEvaluationCallback(
@@ -542,6 +547,15 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
         )
     shutil.rmtree(backup_dir, ignore_errors=True)  # finished: a rerun starts a new run
     return model, history, data, evaluator.last_metrics
+
+
+def _backup_epoch(backup_dir: str) -> int:
+    """Epochs already done according to a BackupAndRestore directory (0 if none)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("epoch", 0))
 
 
 class TrainingDivergedError(RuntimeError):
