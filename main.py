@@ -52,11 +52,17 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    strategy = None
+    if FLAGS.strategy == "multi_worker":
+        import tensorflow as tf  # noqa: PLC0415
+
+        # Collective ops must be configured before any other TensorFlow op runs.
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
     from keras_retina import runs  # imported late so --help stays fast
 
     flag_values = {name: FLAGS[name].value for name in FLAGS}
     config = runs.config_from_flags(flag_values)
-    runs.run(FLAGS.mode, config, flag_values)
+    runs.run(FLAGS.mode, config, flag_values, strategy=strategy)
 
 
 if __name__ == "__main__":

@@ -62,12 +62,12 @@ def config_from_flags(flags: dict) -> config_lib.ExperimentConfig:
     return config_lib.validate(config)
 
 
-def run(mode: str, config: config_lib.ExperimentConfig, flags: dict) -> None:
-    """Dispatches one ``main.py`` mode."""
+def run(mode: str, config: config_lib.ExperimentConfig, flags: dict, strategy=None) -> None:
+    """Dispatches one ``main.py`` mode (``strategy``: one made at program start, for multi_worker)."""
     if mode == "train_and_evaluate":
-        train_and_evaluate(config, flags)
+        train_and_evaluate(config, flags, strategy)
     elif mode == "train":
-        training.train(config)
+        training.train(config, strategy)
     elif mode == "evaluate":
         evaluate(config)
     elif mode == "export":
@@ -80,14 +80,17 @@ def run(mode: str, config: config_lib.ExperimentConfig, flags: dict) -> None:
         raise ValueError(f"Unknown mode {mode!r}.")
 
 
-def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict) -> dict:
+def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict, strategy=None) -> dict:
     """Trains, evaluates the final model, exports it and draws validation predictions."""
     start = time.time()
-    model, _, data, metrics = training.train(config)
+    model, _, data, metrics = training.train(config, strategy)  # writes metrics.json
     model_dir = config.resolved_model_dir()
-    # The last epoch's evaluation is the final model's: written, not redone.
-    evaluation.write_metrics(metrics, os.path.join(model_dir, "metrics.json"))
     print(evaluation.format_metrics(metrics))
+    if config.train.strategy == "multi_worker":
+        # Drawing and export would run collectively on every worker: do them
+        # afterwards in one process (--mode=export, --mode=predict).
+        print(f"\nDone: COCO AP {metrics['AP']:.3f}. Export with --mode=export --model_dir={model_dir}.")
+        return metrics
     drawing = draw_validation_predictions(model, data, os.path.join(model_dir, "val_predictions.png"))
     export_path = _export(model, data, flags, model_dir, config)
     minutes = (time.time() - start) / 60

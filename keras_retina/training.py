@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import weakref
 from typing import Sequence
 
 import keras
@@ -370,7 +371,7 @@ DRAW_SCORE_THRESHOLD = 0.3
 def detection_grid(model, dataset, class_names, max_images: int = 8) -> np.ndarray:
     """Detections (score >= 0.3) on the first batch of ``dataset``, drawn in a uint8 grid."""
     images, _ = next(iter(dataset))
-    detections = model.predict_on_batch(images)
+    detections = {key: value.numpy() for key, value in _local_detect(model)(images).items()}
     keep = detections["scores"] >= DRAW_SCORE_THRESHOLD
     shown = {
         "boxes": detections["boxes"],
@@ -445,13 +446,31 @@ def evaluate_model(model: RetinaNet, dataset: tf.data.Dataset, coco_gt, category
     return evaluation.coco_evaluate(coco_gt, results, image_ids=image_ids, verbose=verbose)
 
 
+def _local_detect(model: RetinaNet):
+    """``model.detect`` as a cached tf.function that runs on this worker only.
+
+    Not ``predict_on_batch``: under MultiWorkerMirroredStrategy that is a
+    collective call whose result concatenates every worker's batch, while
+    each worker here evaluates the same local dataset.
+    """
+    # Cached beside the model, not on it: an attribute would be tracked by
+    # Keras and saved into the SavedModel export.
+    if model not in _LOCAL_DETECT:
+        _LOCAL_DETECT[model] = tf.function(model.detect, reduce_retracing=True)
+    return _LOCAL_DETECT[model]
+
+
+_LOCAL_DETECT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def predict_to_coco(model: RetinaNet, dataset, category_ids, verbose: bool = True):
     """COCO results (original pixels, dataset category ids) for every image of ``dataset``."""
     results, image_ids = [], []
     cardinality = int(dataset.cardinality())
     progress = keras.utils.Progbar(cardinality if cardinality > 0 else None, unit_name="batch", verbose=1 if verbose else 0)
+    detect = _local_detect(model)
     for images, y in dataset:
-        detections = model.predict_on_batch(images)
+        detections = {key: value.numpy() for key, value in detect(images).items()}
         ids = y["image_id"].numpy()
         image_ids.extend(int(i) for i in ids)
         boxes = to_original_pixels(detections["boxes"], y["scale"], y["image_shape"]).numpy()
@@ -490,12 +509,15 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
         evaluation after the last epoch (:func:`evaluation.coco_evaluate`).
     """
     config_lib.validate(config)
-    model_dir = config.resolved_model_dir()
+    strategy = strategy or make_strategy(config.train.strategy)
+    # Under MultiWorkerMirroredStrategy only the chief writes the run
+    # directory; the other workers write their own copies under
+    # workers/<task>/ (their backups too, so every worker can resume).
+    model_dir = _worker_dir(config.resolved_model_dir(), strategy)
     os.makedirs(os.path.join(model_dir, "checkpoints"), exist_ok=True)
     config_lib.write_json(config, os.path.join(model_dir, CONFIG_FILE))
     keras.utils.set_random_seed(config.train.seed)
     set_mixed_precision(config.train.mixed_precision)
-    strategy = strategy or make_strategy(config.train.strategy)
     backup_dir = os.path.join(model_dir, "backup")
     resume_epoch = _backup_epoch(backup_dir)
     if resume_epoch:
@@ -546,7 +568,20 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
             "rate or set --override=train.clipnorm=..."
         )
     shutil.rmtree(backup_dir, ignore_errors=True)  # finished: a rerun starts a new run
+    evaluation.write_metrics(evaluator.last_metrics, os.path.join(model_dir, "metrics.json"))
     return model, history, data, evaluator.last_metrics
+
+
+def _worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+    """``model_dir`` for the chief (or a single worker), ``model_dir/workers/<type>_<id>`` for the others."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return model_dir
+    task_type, task_id = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and not has_chief):
+        return model_dir
+    return os.path.join(model_dir, "workers", f"{task_type}_{task_id}")
 
 
 def _backup_epoch(backup_dir: str) -> int:

@@ -57,3 +57,43 @@ def test_two_workers_train_to_identical_weights(tmp_path):
         np.testing.assert_array_equal(first[name], second[name])
     np.testing.assert_allclose(first["loss"], second["loss"], rtol=1e-5)  # logs are the global loss
     assert np.isfinite(first["loss"]).all()
+
+
+@pytest.mark.slow
+def test_main_py_multi_worker_chief_writes_the_run_directory(tmp_path):
+    """Two main.py workers: the chief writes model_dir, the other worker its own sub-directory."""
+    root = os.path.dirname(HERE)
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    run = tmp_path / "run"
+    command = [
+        sys.executable, os.path.join(root, "main.py"), "--mode=train", "--strategy=multi_worker",
+        f"--model_dir={run}", "--image_size=128", "--batch_size=4", "--epochs=1", "--steps_per_epoch=2",
+        f"--override=data.shapes_dir={tmp_path / 'shapes'}", "--override=shapes_num_train=16",
+        "--override=shapes_num_val=8", "--override=shapes_image_size=128", "--override=tensorboard=false",
+    ]
+    # Write the dataset once first: the two workers would otherwise both write it.
+    from keras_retina.data import make_shapes_splits
+
+    make_shapes_splits(tmp_path / "shapes", num_train=16, num_val=8, seed=0, image_size=(128, 128))
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=600)[0])
+    finally:
+        for process in processes:
+            process.kill()
+    for process, out in zip(processes, outputs):
+        assert process.returncode == 0, out[-3000:]
+    for directory in (run, run / "workers" / "worker_1"):
+        assert (directory / "checkpoints" / "latest.keras").exists(), directory
+        assert (directory / "train_log.csv").exists(), directory
+        assert (directory / "metrics.json").exists(), directory
+    assert not (run / "workers" / "worker_0").exists()
+    chief = json.loads((run / "metrics.json").read_text())
+    other = json.loads((run / "workers" / "worker_1" / "metrics.json").read_text())
+    assert chief["AP"] == other["AP"]
