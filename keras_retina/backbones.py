@@ -13,14 +13,15 @@ BACKBONES = ("resnet50", "resnet101", "mobilenet_v2", "tiny")
 # For each backbone: the layer names of C3, C4, C5, and for freeze_at = k the
 # name of the first layer of stage k + 1 (everything before it is frozen).
 # Stage 1 is the stem, stage 2 the stride-4 stage (Detectron's res2).
+_RESNET_STAGE_STARTS = ("conv2_block1_1_conv", "conv3_block1_1_conv", "conv4_block1_1_conv", "conv5_block1_1_conv")
 _SPECS = {
     "resnet50": {
         "outputs": ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
-        "stage_starts": ("conv2_block1_1_conv", "conv3_block1_1_conv", "conv4_block1_1_conv", "conv5_block1_1_conv"),
+        "stage_starts": _RESNET_STAGE_STARTS,
     },
     "resnet101": {
         "outputs": ("conv3_block4_out", "conv4_block23_out", "conv5_block3_out"),
-        "stage_starts": ("conv2_block1_1_conv", "conv3_block1_1_conv", "conv4_block1_1_conv", "conv5_block1_1_conv"),
+        "stage_starts": _RESNET_STAGE_STARTS,
     },
     "mobilenet_v2": {
         "outputs": ("block_6_expand_relu", "block_13_expand_relu", "out_relu"),
