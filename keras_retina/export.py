@@ -213,9 +213,7 @@ def export_saved_model(
     # tf.saved_model.save on a tf.Module rather than keras.export.ExportArchive:
     # the archive keeps only variables and lookup tables, not the asset file.
     with tempfile.TemporaryDirectory() as scratch:
-        asset_path = os.path.join(scratch, CLASS_NAMES_ASSET)
-        with open(asset_path, "w") as f:
-            f.writelines(f"{cid}\t{name}\n" for cid, name in zip(category_ids, class_names))
+        asset_path = write_class_names(os.path.join(scratch, CLASS_NAMES_ASSET), class_names, category_ids)
         detector = InferenceModule(model, image_size, class_names, category_ids, asset_path)
         signatures = {
             "serving_default": tf.function(
@@ -251,6 +249,13 @@ def write_warmup_requests(saved_model_path: str, encoded_images: Sequence[bytes]
     with tf.io.TFRecordWriter(filename) as writer:
         writer.write(log.SerializeToString())
     return filename
+
+
+def write_class_names(path: str, class_names: Sequence[str], category_ids: Sequence[int]) -> str:
+    """Writes ``category_id<TAB>name`` per class to ``path`` (the SavedModel asset's format); returns ``path``."""
+    with open(path, "w") as f:
+        f.writelines(f"{cid}\t{name}\n" for cid, name in zip(category_ids, class_names))
+    return path
 
 
 def read_class_names(saved_model_path: str) -> tuple[list[str], list[int]]:

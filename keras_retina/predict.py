@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from keras_retina import visualize
-from keras_retina.export import CLASS_NAMES_ASSET, InferenceModule
+from keras_retina.export import CLASS_NAMES_ASSET, InferenceModule, write_class_names
 
 #: File extensions read from a directory given as ``--image``.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -90,9 +90,7 @@ def predict_files(
     os.makedirs(output_dir, exist_ok=True)
     names_by_id = dict(zip((int(c) for c in category_ids), class_names))
     with tempfile.TemporaryDirectory() as scratch:
-        asset = os.path.join(scratch, CLASS_NAMES_ASSET)
-        with open(asset, "w") as f:
-            f.writelines(f"{cid}\t{name}\n" for cid, name in zip(category_ids, class_names))
+        asset = write_class_names(os.path.join(scratch, CLASS_NAMES_ASSET), class_names, category_ids)
         module = InferenceModule(model, image_size, class_names, category_ids, asset)
         serve = tf.function(module.serve_encoded, input_signature=[tf.TensorSpec([None], tf.string)])
         results = []

@@ -92,15 +92,14 @@ def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict, strateg
         print(f"\nDone: COCO AP {metrics['AP']:.3f}. Export with --mode=export --model_dir={model_dir}.")
         return metrics
     drawing = draw_validation_predictions(model, data, os.path.join(model_dir, "val_predictions.png"))
-    export_path = _export(model, data, flags, model_dir, config)
+    export_path = _export(model, flags, model_dir, config, data.class_names, data.category_ids)
     minutes = (time.time() - start) / 60
     print(f"\nDone in {minutes:.1f} min. COCO AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}).")
     print(f"  run directory:     {model_dir}")
     print(f"  checkpoints:       {os.path.join(model_dir, 'checkpoints')}")
     print(f"  metrics:           {os.path.join(model_dir, 'metrics.json')}")
     print(f"  predictions drawn: {drawing}")
-    if export_path:
-        print(f"  SavedModel:        {export_path}")
+    print(f"  SavedModel:        {export_path}")
     return metrics
 
 
@@ -127,29 +126,20 @@ def draw_validation_predictions(model, data, path: str) -> str:
     return path
 
 
-def _export(model, data, flags, model_dir, config):
+def _export(model, flags, model_dir, config, class_names, category_ids) -> str:
     from keras_retina import export as export_lib  # noqa: PLC0415
 
     export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
     return export_lib.export_saved_model(
-        model,
-        export_dir,
-        class_names=data.class_names,
-        category_ids=data.category_ids,
-        image_size=config.data.image_size,
+        model, export_dir, class_names=class_names, category_ids=category_ids, image_size=config.data.image_size
     )
 
 
 def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
+    """Exports ``<model_dir>/checkpoints/latest.keras`` as a SavedModel (``--export_dir``)."""
     model_dir = config.resolved_model_dir()
     model = training.load_trained_model(model_dir)
-    class_names, category_ids = training.read_classes(model_dir)
-    from keras_retina import export as export_lib  # noqa: PLC0415
-
-    export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
-    path = export_lib.export_saved_model(
-        model, export_dir, class_names=class_names, category_ids=category_ids, image_size=config.data.image_size
-    )
+    path = _export(model, flags, model_dir, config, *training.read_classes(model_dir))
     print(f"SavedModel written to {path}")
     return path
 
