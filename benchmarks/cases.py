@@ -1,0 +1,303 @@
+"""One benchmark case per process: ``python -m benchmarks.cases CASE [--flags]``.
+
+Each case builds its model from scratch, measures, and prints one JSON line
+(prefixed ``RESULT``) that :mod:`benchmarks.run` collects. A fresh process per
+case keeps one library's threads, caches and allocator state out of the
+other's figures.
+
+Cases (``--lib`` is ``keras_retina`` or ``keras_hub``):
+
+* ``train``: images/s of ``model.fit`` on one fixed in-memory batch repeated
+  (so neither library's input pipeline is measured), then, in the same
+  process, ``predict`` images/s after training (``--predict_after``).
+* ``predict``: images/s of ``model.predict`` (forward, decoding and NMS) in
+  a fresh process; ``--dense`` sets the classification bias to +0.5 so that
+  every anchor is a candidate for NMS.
+* ``loss``: forward + backward of the classification loss on a
+  ``(8, 49104, 80)`` logits tensor (``--lib=keras`` is Keras'
+  ``BinaryFocalCrossentropy``).
+* ``flops``: forward FLOPs per image of each model, counted by TensorFlow's
+  graph profiler.
+
+Peak memory is the process's maximum resident set size (``ru_maxrss``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("lib", "keras_retina", ["keras_retina", "keras_hub", "keras"], "Library measured.")
+flags.DEFINE_integer("image_size", 512, "Square input size, pixels.")
+flags.DEFINE_integer("batch_size", 2, "Images per step.")
+flags.DEFINE_integer("num_classes", 80, "Object classes.")
+flags.DEFINE_integer("warmup_steps", 2, "Steps run before timing (tracing, first allocations).")
+flags.DEFINE_integer("steps", 6, "Timed steps.")
+flags.DEFINE_bool("dense", False, "predict: classification bias +0.5, every anchor a candidate.")
+flags.DEFINE_bool("predict_after", True, "train: also time predict in the same process afterwards.")
+flags.DEFINE_string(
+    "trainable",
+    "default",
+    "train: 'default' (each library's own default for random weights), "
+    "'detectron' (stem and stage 1 (conv1, conv2_x) frozen, every BatchNorm frozen, as "
+    "keras_retina does with ImageNet weights), or 'all'.",
+)
+flags.DEFINE_string("jit_compile", "default", "train/loss: 'default', 'true' or 'false'.")
+flags.DEFINE_string("dtype_policy", "float32", "Keras dtype policy (float32, mixed_bfloat16, ...).")
+
+BOXES_PER_IMAGE = 8
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _jit_flag():
+    return {"default": None, "true": True, "false": False}[FLAGS.jit_compile]
+
+
+# ------------------------------------------------------------------ models
+def build_keras_retina(num_classes, image_size, trainable):
+    import keras_retina as kr
+
+    kwargs = {}
+    if trainable == "detectron":
+        kwargs = dict(freeze_at=2, freeze_batchnorm=True)
+    elif trainable == "all":
+        kwargs = dict(freeze_at=0, freeze_batchnorm=False)
+    model = kr.RetinaNet(num_classes=num_classes, backbone="resnet50", backbone_weights=None, **kwargs)
+    model.build((None, image_size, image_size, 3))
+    return model
+
+
+def build_keras_hub(num_classes, image_size, trainable):
+    """keras-hub's RetinaNet with the ResNet-50 layout of its COCO preset."""
+    import keras
+    import keras_hub
+
+    shape = (image_size, image_size, 3)
+    encoder = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 128, 256, 512],
+        stackwise_num_blocks=[3, 4, 6, 3],
+        stackwise_num_strides=[1, 2, 2, 2],
+        block_type="bottleneck_block",
+        use_pre_activation=False,
+        image_shape=shape,
+    )
+    backbone = keras_hub.models.RetinaNetBackbone(
+        image_encoder=encoder, min_level=3, max_level=7, use_p5=False, image_shape=shape
+    )
+    model = keras_hub.models.RetinaNetObjectDetector(backbone=backbone, num_classes=num_classes)
+    if trainable == "detectron":
+        # The same layers keras_retina freezes with pretrained weights: the
+        # stem and the first stage, and every BatchNorm (inference mode).
+        for layer in encoder.layers:
+            name = layer.name
+            if name.startswith(("conv1", "pool1", "stack0")) or isinstance(
+                layer, keras.layers.BatchNormalization
+            ):
+                layer.trainable = False
+    return model
+
+
+def _set_class_bias(model, lib, value):
+    import numpy as np
+
+    layer = model.classification_head.output_conv if lib == "keras_retina" else model.classification_head.prediction_layer
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, np.full_like(bias, value)])
+
+
+def _synthetic_batch(lib, batch, size, num_classes, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    xy = rng.uniform(0, size * 0.7, (batch, BOXES_PER_IMAGE, 2))
+    wh = rng.uniform(16, size * 0.3, (batch, BOXES_PER_IMAGE, 2))
+    xyxy = np.concatenate([xy, xy + wh], -1).astype("float32")
+    classes = rng.integers(0, num_classes, (batch, BOXES_PER_IMAGE)).astype("int32")
+    if lib == "keras_retina":
+        return images, {"boxes": xyxy, "classes": classes}
+    # keras-hub: yxyx boxes (its default format) and "labels".
+    yxyx = xyxy[..., [1, 0, 3, 2]]
+    return images.astype("float32"), {"boxes": yxyx, "labels": classes.astype("float32")}
+
+
+def _build(lib, trainable="default"):
+    builder = build_keras_retina if lib == "keras_retina" else build_keras_hub
+    return builder(FLAGS.num_classes, FLAGS.image_size, trainable)
+
+
+def _compile(model):
+    jit = _jit_flag()
+    model.compile(**({} if jit is None else {"jit_compile": jit}))
+
+
+class _Timer:
+    """Wall time of batches ``warmup..end`` through Keras callbacks."""
+
+    def __init__(self, warmup):
+        import keras
+
+        timer = self
+
+        class Callback(keras.callbacks.Callback):
+            def _begin(self, batch, logs=None):
+                if batch == warmup:
+                    timer.start = time.perf_counter()
+
+            on_train_batch_begin = _begin
+            on_predict_batch_begin = _begin
+
+            def on_train_end(self, logs=None):
+                timer.end = time.perf_counter()
+
+            def on_predict_end(self, logs=None):
+                timer.end = time.perf_counter()
+
+        self.callback = Callback()
+        self.start = self.end = None
+
+    def images_per_second(self, images):
+        return images / (self.end - self.start)
+
+
+def _time_predict(model, lib):
+    import numpy as np
+
+    batch, size = FLAGS.batch_size, FLAGS.image_size
+    images, _ = _synthetic_batch(lib, batch, size, FLAGS.num_classes, seed=1)
+    images = np.concatenate([images] * (FLAGS.warmup_steps + FLAGS.steps))
+    timer = _Timer(FLAGS.warmup_steps)
+    outputs = model.predict(images, batch_size=batch, verbose=0, callbacks=[timer.callback])
+    count = outputs["num_detections"] if "num_detections" in outputs else None
+    return {
+        "predict_images_per_s": timer.images_per_second(FLAGS.steps * batch),
+        "mean_detections": float(np.mean(count)) if count is not None else None,
+    }
+
+
+# ------------------------------------------------------------------- cases
+def case_train():
+    import tensorflow as tf
+
+    lib = FLAGS.lib
+    model = _build(lib, FLAGS.trainable)
+    _compile(model)
+    x, y = _synthetic_batch(lib, FLAGS.batch_size, FLAGS.image_size, FLAGS.num_classes)
+    dataset = tf.data.Dataset.from_tensors((x, y)).repeat()
+    timer = _Timer(FLAGS.warmup_steps)
+    start = time.perf_counter()
+    model.fit(
+        dataset,
+        epochs=1,
+        steps_per_epoch=FLAGS.warmup_steps + FLAGS.steps,
+        verbose=0,
+        callbacks=[timer.callback],
+    )
+    result = {
+        "train_images_per_s": timer.images_per_second(FLAGS.steps * FLAGS.batch_size),
+        "train_first_steps_s": timer.start - start,
+        "train_peak_rss_mib": _peak_rss_mib(),
+        "trainable_weights": len(model.trainable_weights),
+        "trainable_params": int(sum(w.numpy().size for w in model.trainable_weights)),
+        "jit_compile": bool(model.jit_compile),
+    }
+    if FLAGS.predict_after:
+        after = _time_predict(model, lib)
+        result["predict_after_fit_images_per_s"] = after["predict_images_per_s"]
+        result["peak_rss_mib"] = _peak_rss_mib()
+    return result
+
+
+def case_predict():
+    model = _build(FLAGS.lib)
+    if FLAGS.dense:
+        _set_class_bias(model, FLAGS.lib, 0.5)
+    result = _time_predict(model, FLAGS.lib)
+    result["predict_peak_rss_mib"] = _peak_rss_mib()
+    return result
+
+
+def case_loss():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    shape = (8, 49104, 80)
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.normal(-4.0, 2.0, shape).astype("float32"))
+    labels = np.zeros(shape, "float32")
+    positives = rng.integers(0, shape[1], (shape[0], 100))
+    for b in range(shape[0]):
+        labels[b, positives[b], rng.integers(0, shape[2], 100)] = 1.0
+    labels = tf.constant(labels)
+    if FLAGS.lib == "keras":
+        loss = keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, from_logits=True)
+    else:
+        import keras_retina as kr
+
+        loss = kr.FocalLoss()
+
+    def step(y_true, y_pred):
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred)
+            value = loss(y_true, y_pred)
+        return value, tape.gradient(value, y_pred)
+
+    jit = _jit_flag()
+    step = tf.function(step, jit_compile=jit)
+    for _ in range(FLAGS.warmup_steps):
+        value, grad = step(labels, logits)
+        grad.numpy()
+    start = time.perf_counter()
+    for _ in range(FLAGS.steps):
+        value, grad = step(labels, logits)
+        grad.numpy()
+    seconds = (time.perf_counter() - start) / FLAGS.steps
+    return {"loss_ms": seconds * 1000.0, "loss_value": float(value), "peak_rss_mib": _peak_rss_mib()}
+
+
+def case_flops():
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    model = _build(FLAGS.lib)
+    spec = tf.TensorSpec((1, FLAGS.image_size, FLAGS.image_size, 3), tf.float32)
+    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    graph = convert_variables_to_constants_v2(concrete).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    profile = tf.compat.v1.profiler.profile(graph=graph, options=options)
+    return {"forward_gflop_per_image": profile.total_float_ops / 1e9}
+
+
+CASES = {"train": case_train, "predict": case_predict, "loss": case_loss, "flops": case_flops}
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in CASES:
+        raise app.UsageError(f"usage: python -m benchmarks.cases {{{','.join(CASES)}}} [--flags]")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    keras.config.set_dtype_policy(FLAGS.dtype_policy)
+    keras.utils.set_random_seed(0)
+    result = CASES[argv[1]]()
+    result.update(case=argv[1], lib=FLAGS.lib)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
