@@ -49,6 +49,7 @@ flags.DEFINE_string(
     "keras_retina does with ImageNet weights), or 'all'.",
 )
 flags.DEFINE_string("jit_compile", "default", "train/loss: 'default', 'true' or 'false'.")
+flags.DEFINE_bool("fold_batchnorm", True, "keras_retina: fold inference-mode BatchNorm into convs.")
 flags.DEFINE_string("dtype_policy", "float32", "Keras dtype policy (float32, mixed_bfloat16, ...).")
 
 BOXES_PER_IMAGE = 8
@@ -71,7 +72,13 @@ def build_keras_retina(num_classes, image_size, trainable):
         kwargs = dict(freeze_at=2, freeze_batchnorm=True)
     elif trainable == "all":
         kwargs = dict(freeze_at=0, freeze_batchnorm=False)
-    model = kr.RetinaNet(num_classes=num_classes, backbone="resnet50", backbone_weights=None, **kwargs)
+    model = kr.RetinaNet(
+        num_classes=num_classes,
+        backbone="resnet50",
+        backbone_weights=None,
+        fold_batchnorm=FLAGS.fold_batchnorm,
+        **kwargs,
+    )
     model.build((None, image_size, image_size, 3))
     return model
 
@@ -283,7 +290,28 @@ def case_flops():
     return {"forward_gflop_per_image": profile.total_float_ops / 1e9}
 
 
-CASES = {"train": case_train, "predict": case_predict, "loss": case_loss, "flops": case_flops}
+def case_input():
+    """The training input pipeline alone (see ``benchmarks/bench_input.py``)."""
+    from benchmarks.bench_input import make_synthetic_jpegs, synthetic_raw, time_dataset
+    from keras_retina.data.pipeline import make_pipeline
+
+    batch = 8
+    jpegs, boxes, classes = make_synthetic_jpegs(64)
+    dataset = make_pipeline(
+        synthetic_raw(jpegs, boxes, classes), image_size=FLAGS.image_size, batch_size=batch,
+        training=True, seed=None,
+    )
+    rate = time_dataset(dataset, batches=40, warmup=10, batch_size=batch, repeats=3)
+    return {"input_images_per_s": rate}
+
+
+CASES = {
+    "train": case_train,
+    "predict": case_predict,
+    "loss": case_loss,
+    "flops": case_flops,
+    "input": case_input,
+}
 
 
 def main(argv):

@@ -8,6 +8,7 @@ are safe under ``mixed_float16`` / ``mixed_bfloat16`` policies.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 # Smallest normal float32: (1 - p_t) is floored here before the power, so that
@@ -72,6 +73,13 @@ def focal_loss(
     return ops.sum(loss, axis=-1)
 
 
+# Hand-wrapped because nothing in Keras fuses element-wise maths: unfused,
+# the ~20 element-wise ops of the loss and its gradient each make a pass over
+# the (B, A, C) tensor; XLA fuses them into a few loops. Forward + backward on
+# (8, 49104, 80) float32 ran 3x faster (`python -m benchmarks.run --only=loss`).
+_focal_loss_xla = tf.function(focal_loss, jit_compile=True, reduce_retracing=True)
+
+
 @keras.saving.register_keras_serializable(package="keras_retina")
 class FocalLoss(keras.losses.Loss):
     """Focal loss for dense detection, as in RetinaNet (Lin et al. 2017).
@@ -87,6 +95,9 @@ class FocalLoss(keras.losses.Loss):
         gamma: focusing parameter >= 0.
         from_logits: whether predictions are logits (default) or probabilities.
         label_smoothing: in [0, 1).
+        jit_compile: compute the loss and its gradient as one XLA cluster
+            (default ``True``; about 3x faster on a CPU, same values within
+            float32 rounding). ``False`` runs plain TensorFlow ops.
         reduction: a Keras reduction: ``"sum_over_batch_size"`` (default),
             ``"sum"``, ``"mean"``, ``"mean_with_sample_weight"`` or ``None``
             (one value per anchor, shape ``y_true.shape[:-1]``). A
@@ -109,6 +120,7 @@ class FocalLoss(keras.losses.Loss):
         gamma: float = 2.0,
         from_logits: bool = True,
         label_smoothing: float = 0.0,
+        jit_compile: bool = True,
         reduction: str | None = "sum_over_batch_size",
         name: str = "focal_loss",
     ):
@@ -125,9 +137,11 @@ class FocalLoss(keras.losses.Loss):
         self.gamma = float(gamma)
         self.from_logits = bool(from_logits)
         self.label_smoothing = float(label_smoothing)
+        self.jit_compile = bool(jit_compile)
 
     def call(self, y_true, y_pred):
-        return focal_loss(
+        loss_fn = _focal_loss_xla if self.jit_compile else focal_loss
+        return loss_fn(
             y_true,
             y_pred,
             alpha=self.alpha,
@@ -143,6 +157,7 @@ class FocalLoss(keras.losses.Loss):
             gamma=self.gamma,
             from_logits=self.from_logits,
             label_smoothing=self.label_smoothing,
+            jit_compile=self.jit_compile,
         )
         return config
 

@@ -11,7 +11,7 @@ from keras import ops
 from keras_retina import boxes as box_ops
 from keras_retina import matching, postprocess
 from keras_retina.anchors import AnchorGenerator
-from keras_retina.backbones import build_backbone, preprocessor
+from keras_retina.backbones import build_backbone, fold_batchnorm, preprocessor
 from keras_retina.layers import PRIOR_PROBABILITY, BoxHead, ClassificationHead, FeaturePyramid
 from keras_retina.losses import FocalLoss, get_box_loss
 
@@ -59,6 +59,11 @@ class RetinaNet(keras.Model):
         box_weights: ``(wx, wy, ww, wh)`` delta weights.
         score_threshold, pre_nms_topk, nms_iou_threshold, max_detections:
             inference, see :func:`keras_retina.postprocess.decode_detections`.
+        fold_batchnorm: when the backbone's BatchNorms use their moving
+            statistics (inference, or training with frozen BatchNorm), run a
+            twin of the backbone with each BatchNorm folded into its conv
+            (:func:`keras_retina.backbones.fold_batchnorm`; same weights,
+            same outputs within float32 rounding, faster). Default ``True``.
 
     Example:
         >>> model = RetinaNet(num_classes=3, backbone="tiny", fpn_channels=64,
@@ -93,6 +98,7 @@ class RetinaNet(keras.Model):
         pre_nms_topk: int = 1000,
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
+        fold_batchnorm: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -130,6 +136,7 @@ class RetinaNet(keras.Model):
         self.pre_nms_topk = int(pre_nms_topk)
         self.nms_iou_threshold = float(nms_iou_threshold)
         self.max_detections = int(max_detections)
+        self.fold_batchnorm = bool(fold_batchnorm)
 
         # === layers ===
         self.backbone = build_backbone(
@@ -139,6 +146,9 @@ class RetinaNet(keras.Model):
             freeze_batchnorm=pretrained if freeze_batchnorm is None else freeze_batchnorm,
         )
         self._preprocess = preprocessor(backbone)
+        # The BatchNorm-folded twin shares the backbone's variables; kept out
+        # of Keras' tracking (a plain object) so it is never saved twice.
+        self._folded = _Untracked()
         self.feature_pyramid = FeaturePyramid(
             channels=fpn_channels, max_level=max_level, p6_from=p6_from, name="feature_pyramid"
         )
@@ -188,12 +198,27 @@ class RetinaNet(keras.Model):
         """
         x = self._preprocess(ops.cast(images, "float32"))
         x = ops.cast(x, self.compute_dtype)
-        features = self.backbone(x, training=training)
+        features = self._backbone_for(training)(x, training=training)
         pyramid = self.feature_pyramid(features)
         return {
             "cls_logits": self.classification_head(pyramid),
             "box_deltas": self.box_head(pyramid),
         }
+
+    def _backbone_for(self, training):
+        """The backbone, or its BatchNorm-folded twin when no BatchNorm uses batch statistics."""
+        if not self.fold_batchnorm:
+            return self.backbone
+        batch_statistics = bool(training) and any(
+            layer.trainable
+            for layer in self.backbone.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+        )
+        if batch_statistics:
+            return self.backbone
+        if not hasattr(self._folded, "model"):
+            self._folded.model = fold_batchnorm(self.backbone)
+        return self._folded.model or self.backbone
 
     def anchors(self, image_shape: Sequence[int]):
         """Anchors ``(A, 4)`` float32 xyxy pixels for inputs of ``image_shape = (H, W)``.
@@ -451,6 +476,7 @@ class RetinaNet(keras.Model):
             pre_nms_topk=self.pre_nms_topk,
             nms_iou_threshold=self.nms_iou_threshold,
             max_detections=self.max_detections,
+            fold_batchnorm=self.fold_batchnorm,
         )
         return config
 
@@ -469,6 +495,10 @@ class RetinaNet(keras.Model):
                 config["freeze_batchnorm"] = True
             config["backbone_weights"] = None
         return cls(**config)
+
+
+class _Untracked:
+    """A plain attribute holder: Keras does not track what is inside it."""
 
 
 def _num_replicas() -> int:
