@@ -50,6 +50,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("jit_compile", "default", "train/loss: 'default', 'true' or 'false'.")
 flags.DEFINE_bool("fold_batchnorm", True, "keras_retina: fold inference-mode BatchNorm into convs.")
+flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0: TensorFlow's default).")
 flags.DEFINE_string("dtype_policy", "float32", "Keras dtype policy (float32, mixed_bfloat16, ...).")
 
 BOXES_PER_IMAGE = 8
@@ -319,7 +320,10 @@ def main(argv):
         raise app.UsageError(f"usage: python -m benchmarks.cases {{{','.join(CASES)}}} [--flags]")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
+    import tensorflow as tf
 
+    if FLAGS.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     keras.config.set_dtype_policy(FLAGS.dtype_policy)
     keras.utils.set_random_seed(0)
     result = CASES[argv[1]]()

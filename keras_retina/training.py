@@ -431,7 +431,25 @@ class FiniteModelCheckpoint(_SaveOnlyFiniteEpochs, keras.callbacks.ModelCheckpoi
 
 
 class FiniteBackupAndRestore(_SaveOnlyFiniteEpochs, keras.callbacks.BackupAndRestore):
-    """``keras.callbacks.BackupAndRestore`` that never backs up a NaN/inf epoch."""
+    """``keras.callbacks.BackupAndRestore`` that never backs up a NaN/inf epoch.
+
+    On a local disk each backup is written beside the previous one and then
+    renamed over it, so a process killed while saving leaves the previous
+    backup whole: Keras writes in place, and a SIGKILL mid-write left an
+    unreadable ``latest.weights.h5`` from which the run could not resume.
+    """
+
+    def _save_model(self):  # Keras 3.15's private save step, replaced for local paths only.
+        if "://" in self.backup_dir:
+            return super()._save_model()
+        os.makedirs(self.backup_dir, exist_ok=True)
+        incoming_weights = os.path.join(self.backup_dir, "incoming.weights.h5")
+        incoming_metadata = self._training_metadata_path + ".incoming"
+        self.model.save_weights(incoming_weights, overwrite=True)
+        with open(incoming_metadata, "w") as f:
+            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+        os.replace(incoming_weights, self._weights_path)
+        os.replace(incoming_metadata, self._training_metadata_path)
 
 
 # -------------------------------------------------------------- evaluation
@@ -522,6 +540,9 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
     resume_epoch = _backup_epoch(backup_dir)
     if resume_epoch:
         logging.info("Resuming %s after epoch %d.", model_dir, resume_epoch)
+    # Rows of epochs that run (again) now go: a fresh start, or a process
+    # killed after logging an epoch but before backing it up.
+    _trim_log(os.path.join(model_dir, "train_log.csv"), resume_epoch)
     data = build_data(config, training=True, resume_epoch=resume_epoch)
     write_classes(model_dir, data)
     steps = steps_per_epoch(config, data.num_train_images)
@@ -591,6 +612,24 @@ def _backup_epoch(backup_dir: str) -> int:
         return 0
     with open(path) as f:
         return int(json.load(f).get("epoch", 0))
+
+
+def _trim_log(path: str, resume_epoch: int) -> None:
+    """Drops rows of epochs >= ``resume_epoch`` from a CSVLogger file: those epochs run again.
+
+    A process killed after logging an epoch but before its backup was saved
+    resumes at that epoch; without this, the epoch would be logged twice. A
+    fresh start (``resume_epoch`` 0) keeps only the header.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    kept = lines[:1] + [line for line in lines[1:] if line and int(line.split(",")[0]) < resume_epoch]
+    if len(kept) < len(lines):
+        logging.info("%s: dropped %d row(s) of epochs to be run again.", path, len(lines) - len(kept))
+        with open(path, "w") as f:
+            f.write("\n".join(kept) + "\n")
 
 
 class TrainingDivergedError(RuntimeError):
