@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install clean ablation
+.PHONY: run test install clean ablation bench
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 ablation: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e ".[test,experiments]"
 	$(VENV)/bin/python -m experiments.focal_ablation $(ARGS)
+
+# keras_retina against keras-hub (writes docs/BENCHMARKS.md and docs/benchmarks.json).
+bench: $(STAMP)
+	$(VENV)/bin/python -m pip install -q -e ".[test,bench]"
+	$(VENV)/bin/python -m benchmarks.run --write_docs $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

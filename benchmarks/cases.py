@@ -249,12 +249,15 @@ def case_loss():
     for b in range(shape[0]):
         labels[b, positives[b], rng.integers(0, shape[2], 100)] = 1.0
     labels = tf.constant(labels)
+    jit = _jit_flag()
     if FLAGS.lib == "keras":
         loss = keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, from_logits=True)
     else:
         import keras_retina as kr
 
-        loss = kr.FocalLoss()
+        # --jit_compile=false: our loss without its XLA fusion.
+        loss = kr.FocalLoss(jit_compile=jit is not False)
+        jit = None
 
     def step(y_true, y_pred):
         with tf.GradientTape() as tape:
@@ -262,7 +265,7 @@ def case_loss():
             value = loss(y_true, y_pred)
         return value, tape.gradient(value, y_pred)
 
-    jit = _jit_flag()
+    # Called from an ordinary tf.function, as a train step calls it.
     step = tf.function(step, jit_compile=jit)
     for _ in range(FLAGS.warmup_steps):
         value, grad = step(labels, logits)

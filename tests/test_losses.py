@@ -458,17 +458,26 @@ def test_focal_xla_matches_plain_ops_with_gradients(kwargs):
     if kwargs.get("from_logits") is False:
         x = _np_sigmoid(x).astype(np.float32)
     x = tf.constant(x)
+    upstream = tf.constant(np.random.default_rng(5).uniform(0.5, 2.0, y.shape[:-1]).astype(np.float32))
     results = []
     for jit in (True, False):
         loss = FocalLoss(jit_compile=jit, reduction=None, **kwargs)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = loss(y, x)
-        results.append((value.numpy(), tape.gradient(value, x).numpy()))
-    (v_xla, g_xla), (v_tf, g_tf) = results
-    np.testing.assert_allclose(v_xla, v_tf, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(g_xla, g_tf, rtol=1e-4, atol=1e-6)
-    assert np.abs(g_tf).max() > 0  # a gradient that is all zeros would pass trivially
+
+        def value_and_gradient(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = loss(y, x)
+            return value, tape.gradient(value, x, output_gradients=upstream)
+
+        # Eagerly, and inside a graph as a train step calls it.
+        for run in (value_and_gradient, tf.function(value_and_gradient)):
+            value, gradient = run(x)
+            results.append((value.numpy(), gradient.numpy()))
+    v_ref, g_ref = results[-1]  # plain ops, in a graph
+    assert np.abs(g_ref).max() > 0  # a gradient that is all zeros would pass trivially
+    for value, gradient in results[:-1]:
+        np.testing.assert_allclose(value, v_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(gradient, g_ref, rtol=1e-4, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- #

@@ -1,0 +1,102 @@
+"""Where the time goes: TensorFlow profiler op statistics of a train or predict step.
+
+Traces ``--steps`` steps of keras_retina's ResNet-50 RetinaNet (80 classes,
+512x512, batch 2, random weights) after a warm-up, then prints the self time
+by op type and the slowest ops. Needs ``xprof`` (in the ``bench`` extra) to
+read the trace.
+
+Self times are summed over TensorFlow's inter-op threads, which run two ops
+at once on a 2-core machine: compare shares, not milliseconds, and expect
+small ops that overlap a large convolution to look slower than they are.
+
+Examples:
+    python -m benchmarks.profile --mode=train
+    python -m benchmarks.profile --mode=predict --top=40
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import os
+import tempfile
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("mode", "train", ["train", "predict"], "Step to profile.")
+flags.DEFINE_enum(
+    "trainable", "detectron", ["detectron", "all"],
+    "'detectron': stem + stage 1 and BatchNorm frozen (the default with ImageNet weights); 'all'.",
+)
+flags.DEFINE_integer("steps", 2, "Steps traced.")
+flags.DEFINE_integer("top", 25, "Slowest single ops listed.")
+flags.DEFINE_string("dtype_policy", "float32", "Keras dtype policy.")
+
+
+def op_table(xplane_path: str) -> list[dict]:
+    """Rows of xprof's ``framework_op_stats`` tool: one dict per op (type, name, self time in us)."""
+    from xprof.convert import raw_to_tool_data
+
+    data, _ = raw_to_tool_data.xspace_to_tool_data([xplane_path], "framework_op_stats", {})
+    table = json.loads(data)[0]
+    columns = [column["id"] for column in table["cols"]]
+    return [dict(zip(columns, [cell.get("v") for cell in row["c"]])) for row in table["rows"]]
+
+
+def main(argv):
+    del argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_retina as kr
+
+    keras.config.set_dtype_policy(FLAGS.dtype_policy)
+    keras.utils.set_random_seed(0)
+    frozen = FLAGS.trainable == "detectron"
+    model = kr.RetinaNet(
+        num_classes=80, backbone="resnet50", freeze_at=2 if frozen else 0, freeze_batchnorm=frozen
+    )
+    model.compile()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 512, 512, 3), dtype=np.uint8)
+    boxes = np.tile(np.array([[[40, 40, 200, 220]] * 8], "float32"), (2, 1, 1))
+    targets = {"boxes": boxes, "classes": rng.integers(0, 80, (2, 8)).astype("int32")}
+    dataset = tf.data.Dataset.from_tensors((images, targets)).repeat()
+    logdir = tempfile.mkdtemp(prefix="keras_retina_profile_")
+
+    def run(steps):
+        if FLAGS.mode == "train":
+            model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+        else:
+            model.predict(np.concatenate([images] * steps), batch_size=2, verbose=0)
+
+    run(2)  # tracing and first allocations stay out of the profile
+    tf.profiler.experimental.start(logdir)
+    run(FLAGS.steps)
+    tf.profiler.experimental.stop()
+    rows = op_table(sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1])
+
+    by_type, by_op = collections.Counter(), collections.Counter()
+    for row in rows:
+        by_type[row["type"]] += row["total_self_time"]
+        by_op[(row["type"], row["operation"])] += row["total_self_time"]
+    busy = sum(v for k, v in by_type.items() if k != "IDLE")
+    print(f"{FLAGS.mode}, trainable={FLAGS.trainable}, {FLAGS.dtype_policy}, {FLAGS.steps} steps; "
+          f"busy self time {busy / 1e3:.0f} ms (IDLE excluded)")
+    print("| op type | self time, ms | share of busy time |\n| --- | --- | --- |")
+    for op_type, micros in by_type.most_common():
+        if op_type == "IDLE" or micros < 0.002 * busy:
+            continue
+        print(f"| {op_type} | {micros / 1e3:.0f} | {100 * micros / busy:.1f} % |")
+    print(f"\nslowest {FLAGS.top} ops:")
+    for (op_type, name), micros in by_op.most_common(FLAGS.top + 1):
+        if op_type != "IDLE":
+            print(f"  {micros / 1e3:8.1f} ms  {op_type:40s} {name[-80:]}")
+
+
+if __name__ == "__main__":
+    app.run(main)
