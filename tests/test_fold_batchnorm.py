@@ -122,3 +122,29 @@ def test_folded_under_mixed_precision_matches_float32(restore_dtype_policy, poli
     assert np.all(np.isfinite(got))
     # bfloat16 keeps 8 bits of mantissa: agreement to a few percent of the range.
     np.testing.assert_allclose(got, want, atol=0.05 * float(np.max(np.abs(want))))
+
+
+def test_folded_model_round_trips_and_exports(tmp_path):
+    """`.keras` and SavedModel copies of a folded ResNet-50 model compute what the model computes."""
+    from keras_retina.export import export_saved_model
+
+    keras.utils.set_random_seed(0)
+    model = _model(freeze_at=2, freeze_batchnorm=True, score_threshold=0.0)
+    model.build((None, 64, 64, 3))
+    _randomise_batchnorm(model.backbone)
+    images = np.random.default_rng(4).integers(0, 256, (1, 64, 64, 3)).astype("uint8")
+    want = model.predict(images, verbose=0)
+    assert model._folded.model is not None  # prediction ran the folded twin
+
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    assert restored.get_config()["fold_batchnorm"] is True
+    got = restored.predict(images, verbose=0)
+    np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["boxes"], want["boxes"], atol=1e-3)
+
+    path = export_saved_model(model, str(tmp_path / "export"), class_names=["a", "b", "c"], image_size=64)
+    served = tf.saved_model.load(path).signatures["serving_images"](images=tf.constant(images))
+    count = int(want["num_detections"][0])
+    assert count > 0 and int(served["num_detections"][0]) == count
+    np.testing.assert_allclose(served["detection_scores"].numpy()[0, :count], want["scores"][0, :count], atol=1e-4)
