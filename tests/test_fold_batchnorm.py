@@ -20,15 +20,6 @@ def _randomise_batchnorm(model, seed=0):
             layer.beta.assign(rng.normal(0.0, 0.1, layer.beta.shape))
 
 
-@pytest.fixture
-def restore_dtype_policy():
-    policy = keras.config.dtype_policy()
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(policy)
-
-
 def test_tiny_backbone_has_nothing_to_fold():
     assert fold_batchnorm(build_backbone("tiny", freeze_at=0, freeze_batchnorm=False)) is None
 

@@ -97,15 +97,6 @@ def _data(seed, shape=(BATCH, ANCHORS, CLASSES), scale=3.0):
     return targets, logits
 
 
-@pytest.fixture
-def restore_dtype_policy():
-    policy = keras.config.dtype_policy()
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(policy)
-
-
 # --------------------------------------------------------------------------- #
 # FocalLoss against the paper's formula
 # --------------------------------------------------------------------------- #

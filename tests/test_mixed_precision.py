@@ -7,15 +7,6 @@ import pytest
 from helpers import small_model, toy_batch
 
 
-@pytest.fixture
-def restore_dtype_policy():
-    policy = keras.config.dtype_policy()
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(policy)
-
-
 def _iou(box, boxes):
     x1 = np.maximum(box[0], boxes[:, 0])
     y1 = np.maximum(box[1], boxes[:, 1])
