@@ -27,10 +27,11 @@ from __future__ import annotations
 import json
 import os
 import resource
-import sys
 import time
 
 from absl import app, flags
+
+from benchmarks.models import build_keras_hub, build_keras_retina, set_class_bias, synthetic_batch
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("lib", "keras_retina", ["keras_retina", "keras_hub", "keras"], "Library measured.")
@@ -53,9 +54,6 @@ flags.DEFINE_bool("fold_batchnorm", True, "keras_retina: fold inference-mode Bat
 flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0: TensorFlow's default).")
 flags.DEFINE_string("dtype_policy", "float32", "Keras dtype policy (float32, mixed_bfloat16, ...).")
 
-BOXES_PER_IMAGE = 8
-
-
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -65,84 +63,10 @@ def _jit_flag():
 
 
 # ------------------------------------------------------------------ models
-def build_keras_retina(num_classes, image_size, trainable):
-    import keras_retina as kr
-
-    kwargs = {}
-    if trainable == "detectron":
-        kwargs = dict(freeze_at=2, freeze_batchnorm=True)
-    elif trainable == "all":
-        kwargs = dict(freeze_at=0, freeze_batchnorm=False)
-    model = kr.RetinaNet(
-        num_classes=num_classes,
-        backbone="resnet50",
-        backbone_weights=None,
-        fold_batchnorm=FLAGS.fold_batchnorm,
-        **kwargs,
-    )
-    model.build((None, image_size, image_size, 3))
-    return model
-
-
-def build_keras_hub(num_classes, image_size, trainable):
-    """keras-hub's RetinaNet with the ResNet-50 layout of its COCO preset."""
-    import keras
-    import keras_hub
-
-    shape = (image_size, image_size, 3)
-    encoder = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64],
-        input_conv_kernel_sizes=[7],
-        stackwise_num_filters=[64, 128, 256, 512],
-        stackwise_num_blocks=[3, 4, 6, 3],
-        stackwise_num_strides=[1, 2, 2, 2],
-        block_type="bottleneck_block",
-        use_pre_activation=False,
-        image_shape=shape,
-    )
-    backbone = keras_hub.models.RetinaNetBackbone(
-        image_encoder=encoder, min_level=3, max_level=7, use_p5=False, image_shape=shape
-    )
-    model = keras_hub.models.RetinaNetObjectDetector(backbone=backbone, num_classes=num_classes)
-    if trainable == "detectron":
-        # The same layers keras_retina freezes with pretrained weights: the
-        # stem and the first stage, and every BatchNorm (inference mode).
-        for layer in encoder.layers:
-            name = layer.name
-            if name.startswith(("conv1", "pool1", "stack0")) or isinstance(
-                layer, keras.layers.BatchNormalization
-            ):
-                layer.trainable = False
-    return model
-
-
-def _set_class_bias(model, lib, value):
-    import numpy as np
-
-    layer = model.classification_head.output_conv if lib == "keras_retina" else model.classification_head.prediction_layer
-    kernel, bias = layer.get_weights()
-    layer.set_weights([kernel, np.full_like(bias, value)])
-
-
-def _synthetic_batch(lib, batch, size, num_classes, seed=0):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    xy = rng.uniform(0, size * 0.7, (batch, BOXES_PER_IMAGE, 2))
-    wh = rng.uniform(16, size * 0.3, (batch, BOXES_PER_IMAGE, 2))
-    xyxy = np.concatenate([xy, xy + wh], -1).astype("float32")
-    classes = rng.integers(0, num_classes, (batch, BOXES_PER_IMAGE)).astype("int32")
-    if lib == "keras_retina":
-        return images, {"boxes": xyxy, "classes": classes}
-    # keras-hub: yxyx boxes (its default format) and "labels".
-    yxyx = xyxy[..., [1, 0, 3, 2]]
-    return images.astype("float32"), {"boxes": yxyx, "labels": classes.astype("float32")}
-
-
 def _build(lib, trainable="default"):
-    builder = build_keras_retina if lib == "keras_retina" else build_keras_hub
-    return builder(FLAGS.num_classes, FLAGS.image_size, trainable)
+    if lib == "keras_retina":
+        return build_keras_retina(FLAGS.num_classes, FLAGS.image_size, trainable, FLAGS.fold_batchnorm)
+    return build_keras_hub(FLAGS.num_classes, FLAGS.image_size, trainable)
 
 
 def _compile(model):
@@ -183,7 +107,7 @@ def _time_predict(model, lib):
     import numpy as np
 
     batch, size = FLAGS.batch_size, FLAGS.image_size
-    images, _ = _synthetic_batch(lib, batch, size, FLAGS.num_classes, seed=1)
+    images, _ = synthetic_batch(lib, batch, size, FLAGS.num_classes, seed=1)
     images = np.concatenate([images] * (FLAGS.warmup_steps + FLAGS.steps))
     timer = _Timer(FLAGS.warmup_steps)
     outputs = model.predict(images, batch_size=batch, verbose=0, callbacks=[timer.callback])
@@ -201,7 +125,7 @@ def case_train():
     lib = FLAGS.lib
     model = _build(lib, FLAGS.trainable)
     _compile(model)
-    x, y = _synthetic_batch(lib, FLAGS.batch_size, FLAGS.image_size, FLAGS.num_classes)
+    x, y = synthetic_batch(lib, FLAGS.batch_size, FLAGS.image_size, FLAGS.num_classes)
     dataset = tf.data.Dataset.from_tensors((x, y)).repeat()
     timer = _Timer(FLAGS.warmup_steps)
     start = time.perf_counter()
@@ -230,7 +154,7 @@ def case_train():
 def case_predict():
     model = _build(FLAGS.lib)
     if FLAGS.dense:
-        _set_class_bias(model, FLAGS.lib, 0.5)
+        set_class_bias(model, FLAGS.lib, 0.5)
     result = _time_predict(model, FLAGS.lib)
     result["predict_peak_rss_mib"] = _peak_rss_mib()
     return result

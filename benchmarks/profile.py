@@ -52,19 +52,14 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    import keras_retina as kr
+    from benchmarks.models import build_keras_retina, synthetic_batch
 
     keras.config.set_dtype_policy(FLAGS.dtype_policy)
     keras.utils.set_random_seed(0)
-    frozen = FLAGS.trainable == "detectron"
-    model = kr.RetinaNet(
-        num_classes=80, backbone="resnet50", freeze_at=2 if frozen else 0, freeze_batchnorm=frozen
-    )
+    # The same model and batch as `benchmarks.run`'s keras_retina cases.
+    model = build_keras_retina(80, 512, FLAGS.trainable)
     model.compile()
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (2, 512, 512, 3), dtype=np.uint8)
-    boxes = np.tile(np.array([[[40, 40, 200, 220]] * 8], "float32"), (2, 1, 1))
-    targets = {"boxes": boxes, "classes": rng.integers(0, 80, (2, 8)).astype("int32")}
+    images, targets = synthetic_batch("keras_retina", 2, 512, 80)
     dataset = tf.data.Dataset.from_tensors((images, targets)).repeat()
     logdir = tempfile.mkdtemp(prefix="keras_retina_profile_")
 

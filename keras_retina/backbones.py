@@ -249,7 +249,7 @@ class _FoldedConv2D(keras.layers.Layer):
         # BiasAdd (not AddV2): TensorFlow's remapper then fuses conv, bias,
         # the residual Add and the ReLU after it into one oneDNN call.
         outputs = tf.nn.bias_add(outputs, ops.cast(bias, outputs.dtype))
-        return conv.activation(outputs) if conv.activation is not None else outputs
+        return conv.activation(outputs)  # Keras' Conv2D always has one (linear by default)
 
     def compute_output_shape(self, input_shape):
         return self._conv.compute_output_shape(input_shape)
