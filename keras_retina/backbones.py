@@ -8,6 +8,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_retina import compat
+
 #: Backbone names accepted by :func:`build_backbone`.
 BACKBONES = ("resnet50", "resnet101", "mobilenet_v2", "tiny")
 
@@ -186,17 +188,17 @@ def fold_batchnorm(backbone: keras.Model) -> keras.Model | None:
     """
     pairs = {}  # conv name -> its BatchNorm
     for layer in backbone.layers:
-        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+        if not isinstance(layer, keras.layers.BatchNormalization) or len(compat.inbound_nodes(layer)) != 1:
             continue
-        parents = layer._inbound_nodes[0].parent_nodes
+        parents = compat.inbound_nodes(layer)[0].parent_nodes
         conv = parents[0].operation if len(parents) == 1 else None
         if (
             type(conv) is keras.layers.Conv2D
             and conv.groups == 1
             and conv.data_format == "channels_last"
             and layer.axis in (-1, 3, [3], [-1])
-            and len(conv._outbound_nodes) == 1
-            and len(conv._inbound_nodes) == 1
+            and len(compat.outbound_nodes(conv)) == 1
+            and len(compat.inbound_nodes(conv)) == 1
         ):
             pairs[conv.name] = layer
     if not pairs:

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_retina import compat
 from keras_retina.data.coco_json import IMAGE_MAGIC_BYTES
 from keras_retina.data.pipeline import to_original_pixels, transform_example
 
@@ -266,8 +267,7 @@ def read_class_names(saved_model_path: str) -> tuple[list[str], list[int]]:
 
 
 def _built_image_size(model) -> int | None:
-    shape = getattr(model, "_build_shapes_dict", None) or {}
-    input_shape = next(iter(shape.values()), None) if shape else None
+    input_shape = compat.built_input_shape(model)
     if input_shape and input_shape[1] and input_shape[1] == input_shape[2]:
         return int(input_shape[1])
     return None

@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_retina import boxes as box_ops
-from keras_retina import matching, postprocess
+from keras_retina import compat, matching, postprocess
 from keras_retina.anchors import AnchorGenerator
 from keras_retina.backbones import build_backbone, fold_batchnorm, preprocessor
 from keras_retina.layers import PRIOR_PROBABILITY, BoxHead, ClassificationHead, FeaturePyramid
@@ -17,7 +17,7 @@ from keras_retina.losses import FocalLoss, get_box_loss
 
 
 @keras.saving.register_keras_serializable(package="keras_retina")
-class RetinaNet(keras.Model):
+class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
     """One-stage detector: backbone → FPN P3–P7 → shared class and box subnets.
 
     Inputs are RGB images, uint8 or float in [0, 255], ``(B, H, W, 3)`` with
@@ -363,39 +363,8 @@ class RetinaNet(keras.Model):
         if "num_truncated_boxes" in y:
             self.truncated_boxes_tracker.update_state(ops.sum(ops.cast(y["num_truncated_boxes"], "float32")))
         for extra in self.losses:  # regularisers, add_loss()
-            loss = loss + self._aggregate_additional_loss(extra)
+            loss = loss + compat.additional_loss(self, extra)
         return loss
-
-    def train_step(self, data):
-        logs = super().train_step(data)
-        if isinstance(self._distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras 3.15 averages logs over workers with
-            # strategy.reduce("MEAN", value, axis=0), which fails on scalars:
-            # give it shape (1,), and the reduce returns the workers' mean.
-            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
-        return logs
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3.15 builds metrics and optimizer from a first batch, which it
-        # averages over replicas with strategy.reduce; under
-        # MultiWorkerMirroredStrategy that reduce fails on PerReplica values
-        # (keras-team/keras#20585). One local replica's batch has the same
-        # shapes, which is all the symbolic build needs.
-        strategy = self._distribute_strategy
-        if strategy is None or iterator is None or not isinstance(
-            strategy, tf.distribute.MultiWorkerMirroredStrategy
-        ):
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        for _, _, batches in iterator:
-            data_batch = keras.tree.map_structure(
-                lambda x: strategy.experimental_local_results(x)[0]
-                if isinstance(x, tf.distribute.DistributedValues)
-                else x,
-                next(batches),
-            )
-            break
-        with strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
 
     # -------------------------------------------------------------- inference
     def predict_step(self, data):

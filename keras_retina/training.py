@@ -22,7 +22,7 @@ from absl import logging
 from pycocotools.coco import COCO
 
 from keras_retina import config as config_lib
-from keras_retina import evaluation, visualize
+from keras_retina import compat, evaluation, visualize
 from keras_retina.data.coco_json import CocoJsonSource
 from keras_retina.data.pipeline import make_pipeline, to_original_pixels
 from keras_retina.data.shapes import make_shapes_splits
@@ -430,7 +430,7 @@ class FiniteModelCheckpoint(_SaveOnlyFiniteEpochs, keras.callbacks.ModelCheckpoi
     """``keras.callbacks.ModelCheckpoint`` that never saves a NaN/inf epoch."""
 
 
-class FiniteBackupAndRestore(_SaveOnlyFiniteEpochs, keras.callbacks.BackupAndRestore):
+class FiniteBackupAndRestore(_SaveOnlyFiniteEpochs, compat.AtomicBackupSave, keras.callbacks.BackupAndRestore):
     """``keras.callbacks.BackupAndRestore`` that never backs up a NaN/inf epoch.
 
     On a local disk each backup is written beside the previous one and then
@@ -438,18 +438,6 @@ class FiniteBackupAndRestore(_SaveOnlyFiniteEpochs, keras.callbacks.BackupAndRes
     backup whole: Keras writes in place, and a SIGKILL mid-write left an
     unreadable ``latest.weights.h5`` from which the run could not resume.
     """
-
-    def _save_model(self):  # Keras 3.15's private save step, replaced for local paths only.
-        if "://" in self.backup_dir:
-            return super()._save_model()
-        os.makedirs(self.backup_dir, exist_ok=True)
-        incoming_weights = os.path.join(self.backup_dir, "incoming.weights.h5")
-        incoming_metadata = self._training_metadata_path + ".incoming"
-        self.model.save_weights(incoming_weights, overwrite=True)
-        with open(incoming_metadata, "w") as f:
-            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
-        os.replace(incoming_weights, self._weights_path)
-        os.replace(incoming_metadata, self._training_metadata_path)
 
 
 # -------------------------------------------------------------- evaluation

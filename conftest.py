@@ -1,0 +1,30 @@
+"""Set-up for the tests and the docstring examples (``pytest --doctest-modules keras_retina``).
+
+Quiet TF logs; two logical CPU devices for MirroredStrategy tests; the names
+every docstring example may use without importing them.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+# Must run before TensorFlow initialises its devices: tests that need two
+# replicas (tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])) rely on it.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+import keras_retina as kr  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _doctest_names(doctest_namespace):
+    doctest_namespace.update(np=np, tf=tf, keras=keras, ops=ops, kr=kr)
