@@ -19,8 +19,10 @@ class AnchorGenerator:
 
     At level ``l`` (stride ``s = 2**l``) the feature map has
     ``ceil(H / s) x ceil(W / s)`` cells. Each cell ``(i, j)`` has its anchor
-    centre at ``((j + 0.5) * s, (i + 0.5) * s)`` pixels (the centre of the cell
-    it covers; Detectron uses the cell's corner, keras-hub the centre). For each
+    centre at ``((j + 0.5) * s, (i + 0.5) * s)`` pixels, the centre of the cell
+    it covers. Detectron2 (default ``offset=0.0``) and keras-hub
+    (``arange(0, n) * stride``) put it at the cell's top-left corner,
+    ``(j * s, i * s)``, instead. For each
     scale ``k`` and aspect ratio ``r = height / width`` the anchor has area
     ``(size_multiplier * s * k)**2``, width ``size / sqrt(r)``, height
     ``size * sqrt(r)``.
@@ -54,19 +56,19 @@ class AnchorGenerator:
     ):
         if not 1 <= min_level <= max_level:
             raise ValueError(
-                f"AnchorGenerator: need 1 <= min_level <= max_level, got "
-                f"min_level={min_level}, max_level={max_level}."
+                "AnchorGenerator: `min_level` and `max_level` must satisfy 1 <= min_level "
+                f"<= max_level, got min_level={min_level!r}, max_level={max_level!r}."
             )
         if size_multiplier <= 0 or not scales or not aspect_ratios:
             raise ValueError(
-                "AnchorGenerator: size_multiplier must be > 0 and scales / "
-                f"aspect_ratios non-empty, got size_multiplier={size_multiplier}, "
-                f"scales={scales}, aspect_ratios={aspect_ratios}."
+                "AnchorGenerator: `size_multiplier` must be > 0 and `scales` / "
+                f"`aspect_ratios` non-empty, got size_multiplier={size_multiplier!r}, "
+                f"scales={scales!r}, aspect_ratios={aspect_ratios!r}."
             )
         if min(scales) <= 0 or min(aspect_ratios) <= 0:
             raise ValueError(
-                f"AnchorGenerator: scales and aspect_ratios must be > 0, got "
-                f"scales={scales}, aspect_ratios={aspect_ratios}."
+                f"AnchorGenerator: `scales` and `aspect_ratios` must be > 0, got "
+                f"scales={scales!r}, aspect_ratios={aspect_ratios!r}."
             )
         self.min_level = int(min_level)
         self.max_level = int(max_level)
@@ -142,12 +144,12 @@ class AnchorGenerator:
 def _check_image_shape(image_shape) -> tuple[int, int]:
     if image_shape is None or len(image_shape) < 2 or None in tuple(image_shape[:2]):
         raise ValueError(
-            "AnchorGenerator: image_shape must be a static (height, width), got "
+            "AnchorGenerator: `image_shape` must be a static (height, width), got "
             f"{image_shape!r}. Resize or pad images to a fixed size first."
         )
     height, width = int(image_shape[0]), int(image_shape[1])
     if height <= 0 or width <= 0:
-        raise ValueError(f"AnchorGenerator: image_shape must be positive, got {image_shape!r}.")
+        raise ValueError(f"AnchorGenerator: `image_shape` must be positive, got {image_shape!r}.")
     return height, width
 
 
@@ -155,7 +157,7 @@ def _check_image_shape(image_shape) -> tuple[int, int]:
 def _anchors(key, image_shape: tuple[int, int]) -> np.ndarray:
     min_level, max_level, size_multiplier, scales, aspect_ratios = key
     height, width = image_shape
-    # Per-cell anchor shapes, scale-major: (K, 2) widths and heights.
+    # Per-cell anchor shapes, scale-major: K tuples (width factor, height factor, scale).
     shapes = []
     for scale in scales:
         for ratio in aspect_ratios:
@@ -168,7 +170,7 @@ def _anchors(key, image_shape: tuple[int, int]) -> np.ndarray:
         half_wh = np.array(
             [(base * s * w_f / 2.0, base * s * h_f / 2.0) for w_f, h_f, s in shapes],
             dtype=np.float64,
-        )  # (K, 2)
+        )  # (K, 2) half widths and half heights in pixels
         cy, cx = np.meshgrid(
             (np.arange(rows) + 0.5) * stride, (np.arange(cols) + 0.5) * stride, indexing="ij"
         )

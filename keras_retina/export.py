@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_retina import compat
-from keras_retina.data.coco_json import IMAGE_MAGIC_BYTES
+from keras_retina.data.coco_json import IMAGE_FORMAT_NAMES, IMAGE_MAGIC_BYTES
 from keras_retina.data.pipeline import to_original_pixels, transform_example
 
 #: File (in the SavedModel's ``assets/``) listing ``category_id<TAB>name`` per class.
@@ -39,7 +39,14 @@ def prepare_image(image_uint8, image_size: int):
 def decode_image(contents, index=None):
     """Decodes JPEG/PNG/GIF/BMP/WebP bytes to RGB uint8 ``(H, W, 3)``; a clear InvalidArgument otherwise.
 
+    Bytes that start with none of the signatures in
+    :data:`keras_retina.data.coco_json.IMAGE_MAGIC_BYTES` fail before the
+    decoder runs, with a message naming the request image ``index``.
     Grayscale and RGBA become RGB; of an animated GIF the first frame is used.
+
+    Example:
+        >>> tuple(decode_image(tf.io.encode_png(np.zeros((4, 6, 1), np.uint8))).shape)
+        (4, 6, 3)
     """
     known = tf.reduce_any(
         [tf.equal(tf.strings.substr(contents, 0, len(magic)), magic) for magic, _ in IMAGE_MAGIC_BYTES]
@@ -49,7 +56,7 @@ def decode_image(contents, index=None):
         [
             tf.debugging.Assert(
                 known,
-                [tf.strings.join(["input bytes are not a JPEG, PNG, GIF, BMP or WebP image", where])],
+                [tf.strings.join([f"input bytes are not a {IMAGE_FORMAT_NAMES} image", where])],
             )
         ]
     ):
@@ -70,9 +77,17 @@ class InferenceModule(tf.Module):
         asset_path: a file listing ``category_id<TAB>name`` per class.
 
     Example:
-        >>> module = InferenceModule(model, 512, names, ids, "class_names.tsv")
-        >>> out = module.serve_encoded(tf.constant([jpeg_bytes]))
-        >>> out["detection_boxes"].shape      # (1, 100, 4), original pixels
+        >>> import os, tempfile
+        >>> model = kr.RetinaNet(num_classes=2, backbone="tiny", fpn_channels=16,
+        ...                      head_channels=16, num_head_convs=1)
+        >>> asset = write_class_names(os.path.join(tempfile.mkdtemp(), CLASS_NAMES_ASSET),
+        ...                           ["cat", "dog"], [17, 18])
+        >>> module = InferenceModule(model, 128, ["cat", "dog"], [17, 18], asset)
+        >>> jpeg = tf.io.encode_jpeg(np.zeros((60, 80, 3), np.uint8))
+        >>> out = module.serve_encoded(tf.stack([jpeg]))
+        >>> {name: tuple(value.shape) for name, value in out.items()}   # boxes in the 80 x 60 image
+        {'detection_boxes': (1, 100, 4), 'detection_scores': (1, 100),
+         'detection_classes': (1, 100), 'num_detections': (1,)}
     """
 
     def __init__(self, model, image_size: int, class_names: Sequence[str], category_ids: Sequence[int], asset_path: str):
@@ -84,6 +99,7 @@ class InferenceModule(tf.Module):
         self.class_names = tf.constant(list(class_names))
 
     def _detect(self, images, scales, image_shapes):
+        self._capture_model_variables()
         # An empty request skips the model (some CPU kernels reject a batch of 0).
         detections = tf.cond(
             tf.shape(images)[0] > 0,
@@ -100,6 +116,22 @@ class InferenceModule(tf.Module):
             "detection_classes": tf.where(valid, category, tf.constant(-1, tf.int64)),
             "num_detections": tf.cast(detections["num_detections"], tf.int32),
         }
+
+    def _capture_model_variables(self):
+        """In a serving function, captures every model variable as an input named ``model_variable_<i>``.
+
+        Captured first inside the ``tf.cond`` below, the variables would become
+        inputs ``cond/input_1`` … ``cond/input_<n>`` of the serving function;
+        ``tf.saved_model.save`` renames those to ``cond_input_*`` and logs every
+        name, a ~3,000-character INFO line per signature. Captured here, at the
+        function's top level under names that need no renaming, the cond reuses
+        these inputs and nothing is renamed. Eagerly this does nothing.
+        """
+        if not tf.inside_function():
+            return
+        graph = tf.compat.v1.get_default_graph()  # the serving tf.function's FuncGraph
+        for i, variable in enumerate(self.model.variables):
+            graph.capture(variable.handle, name=f"model_variable_{i}")
 
     def _no_detections(self):
         max_detections = self.model.max_detections
@@ -193,9 +225,20 @@ def export_saved_model(
         The path of the version directory.
 
     Example:
-        >>> path = export_saved_model(model, "/models/retinanet", class_names=names)
-        >>> # docker run -p 8501:8501 -v /models/retinanet:/models/retinanet \\
-        >>> #   -e MODEL_NAME=retinanet tensorflow/serving
+        >>> import os, tempfile
+        >>> model = kr.RetinaNet(num_classes=2, backbone="tiny", fpn_channels=16,
+        ...                      head_channels=16, num_head_convs=1)
+        >>> _ = model(np.zeros((1, 128, 128, 3), "float32"))   # build it at its input size
+        >>> export_dir = tempfile.mkdtemp()
+        >>> path = export_saved_model(model, export_dir, class_names=["cat", "dog"])
+        >>> os.path.relpath(path, export_dir), sorted(os.listdir(path))
+        ('1', ['assets', 'assets.extra', 'fingerprint.pb', 'saved_model.pb', 'variables'])
+        >>> read_class_names(path)
+        (['cat', 'dog'], [0, 1])
+
+        TF Serving then serves ``export_dir``, e.g.
+        ``docker run -p 8501:8501 -v <export_dir>:/models/retinanet -e
+        MODEL_NAME=retinanet tensorflow/serving``.
     """
     num_classes = model.num_classes
     class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]

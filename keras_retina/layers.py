@@ -49,9 +49,9 @@ class FeaturePyramid(keras.layers.Layer):
     def __init__(self, channels: int = 256, max_level: int = 7, p6_from: str = "c5", **kwargs):
         super().__init__(**kwargs)
         if max_level < 5:
-            raise ValueError(f"FeaturePyramid: max_level must be >= 5, got {max_level}.")
+            raise ValueError(f"FeaturePyramid: `max_level` must be >= 5, got {max_level!r}.")
         if p6_from not in ("c5", "p5"):
-            raise ValueError(f"FeaturePyramid: p6_from must be 'c5' or 'p5', got {p6_from!r}.")
+            raise ValueError(f"FeaturePyramid: `p6_from` must be 'c5' or 'p5', got {p6_from!r}.")
         self.channels = int(channels)
         self.max_level = int(max_level)
         self.p6_from = p6_from
@@ -235,7 +235,7 @@ class ClassificationHead(_DenseHead):
 
     Example:
         >>> head = ClassificationHead(num_classes=3, channels=32)
-        >>> head([ops.zeros((2, 4, 4, 32)), ops.zeros((2, 2, 2, 32))]).shape
+        >>> tuple(head([ops.zeros((2, 4, 4, 32)), ops.zeros((2, 2, 2, 32))]).shape)
         (2, 180, 3)
     """
 
@@ -251,10 +251,10 @@ class ClassificationHead(_DenseHead):
     ):
         if not 0.0 < prior_probability < 1.0:
             raise ValueError(
-                f"ClassificationHead: prior_probability must be in (0, 1), got {prior_probability}."
+                f"ClassificationHead: `prior_probability` must be in (0, 1), got {prior_probability!r}."
             )
         if num_classes < 1:
-            raise ValueError(f"ClassificationHead: num_classes must be >= 1, got {num_classes}.")
+            raise ValueError(f"ClassificationHead: `num_classes` must be >= 1, got {num_classes!r}.")
         self.num_classes = int(num_classes)
         self.prior_probability = float(prior_probability)
         super().__init__(
@@ -287,7 +287,7 @@ class BoxHead(_DenseHead):
         ``(B, A, 4)`` deltas, decoded with :func:`keras_retina.boxes.decode_deltas`.
 
     Example:
-        >>> BoxHead(channels=32)([ops.zeros((2, 4, 4, 32))]).shape
+        >>> tuple(BoxHead(channels=32)([ops.zeros((2, 4, 4, 32))]).shape)
         (2, 144, 4)
     """
 

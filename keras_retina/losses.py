@@ -47,9 +47,11 @@ def focal_loss(
         float32 ``y_true.shape[:-1]``: the loss summed over classes.
 
     Example:
-        >>> y_true = [[0., 1.]]
-        >>> focal_loss(y_true, [[-4.6, 0.0]])   # one easy negative, one unsure positive
-        ... # ≈ [0.75 * 0.0001 * 0.01 + 0.25 * 0.25 * 0.693] = [0.0433]
+        An easy negative (logit -4.6, ``p = 0.01``) and an unsure positive
+        (logit 0, ``p = 0.5``): ``0.75 * 0.01**2 * 0.01 + 0.25 * 0.5**2 * log(2)``.
+
+        >>> np.asarray(focal_loss([[0., 1.]], [[-4.6, 0.0]]))
+        array([0.0433], dtype=float32)
     """
     y_pred = ops.cast(y_pred, "float32")
     y_true = ops.cast(y_true, "float32")
@@ -78,8 +80,10 @@ def focal_loss(
 # pass over the (B, A, C) tensor. XLA fuses them, but a jit-compiled
 # tf.function called from an ordinary graph gets an uncompiled gradient, so
 # the forward and backward passes are two compiled functions joined by
-# tf.custom_gradient. Forward + backward on (8, 49104, 80) float32, 2 CPU
-# cores: 170 ms, against 569 ms unfused (`python -m benchmarks.run --only=loss`).
+# tf.custom_gradient. Forward + backward on (8, 49104, 80) float32 logits:
+# 165 ms, against 570 ms with jit_compile=False (3.45x), on 2 AVX-512 cores
+# (docs/benchmarks.json of 2026-11-26; `python -m benchmarks.run --only=loss`
+# re-measures, docs/BENCHMARKS.md explains the case).
 @tf.function(jit_compile=True, reduce_retracing=True)
 def _focal_forward(y_true, y_pred, alpha, gamma, from_logits, label_smoothing):
     return focal_loss(y_true, y_pred, alpha, gamma, from_logits, label_smoothing)
@@ -131,9 +135,10 @@ class FocalLoss(keras.losses.Loss):
         from_logits: whether predictions are logits (default) or probabilities.
         label_smoothing: in [0, 1).
         jit_compile: compute the loss, and its gradient, each as one XLA
-            cluster (default ``True``; 3.3x faster forward + backward on a
-            CPU, same values within float32 rounding; the targets get no
-            gradient). ``False`` runs plain TensorFlow ops.
+            cluster (default ``True``; about 3.4x faster forward + backward
+            on a CPU, see docs/BENCHMARKS.md; same values within float32
+            rounding; the targets get no gradient). ``False`` runs plain
+            TensorFlow ops.
         reduction: a Keras reduction: ``"sum_over_batch_size"`` (default),
             ``"sum"``, ``"mean"``, ``"mean_with_sample_weight"`` or ``None``
             (one value per anchor, shape ``y_true.shape[:-1]``). A
@@ -146,7 +151,7 @@ class FocalLoss(keras.losses.Loss):
 
     Example:
         >>> loss = FocalLoss(reduction=None)
-        >>> loss(ops.one_hot([1, 0], 3), ops.zeros((2, 3))).shape   # one per anchor
+        >>> tuple(loss(ops.one_hot([1, 0], 3), ops.zeros((2, 3))).shape)   # one per anchor
         (2,)
     """
 
@@ -161,12 +166,12 @@ class FocalLoss(keras.losses.Loss):
         name: str = "focal_loss",
     ):
         if alpha is not None and not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"FocalLoss: alpha must be in [0, 1] or None, got {alpha!r}.")
+            raise ValueError(f"FocalLoss: `alpha` must be in [0, 1] or None, got {alpha!r}.")
         if gamma < 0:
-            raise ValueError(f"FocalLoss: gamma must be >= 0, got {gamma!r}.")
+            raise ValueError(f"FocalLoss: `gamma` must be >= 0, got {gamma!r}.")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(
-                f"FocalLoss: label_smoothing must be in [0, 1), got {label_smoothing!r}."
+                f"FocalLoss: `label_smoothing` must be in [0, 1), got {label_smoothing!r}."
             )
         super().__init__(name=name, reduction=reduction, dtype="float32")
         self.alpha = None if alpha is None else float(alpha)
@@ -205,8 +210,8 @@ def smooth_l1_loss(y_true, y_pred, beta: float = 0.11):
         float32 ``y_true.shape[:-1]``.
 
     Example:
-        >>> smooth_l1_loss([[0., 0., 0., 0.]], [[1., 0., 0., 0.]])
-        ... # -> [0.945]
+        >>> np.asarray(smooth_l1_loss([[0., 0., 0., 0.]], [[1., 0., 0., 0.]]))   # 1 - 0.11 / 2
+        array([0.945], dtype=float32)
     """
     diff = ops.abs(ops.cast(y_pred, "float32") - ops.cast(y_true, "float32"))
     if beta <= 0:
@@ -236,13 +241,13 @@ class SmoothL1Loss(keras.losses.Loss):
         reduction, name: as for ``keras.losses.Loss`` (computes in float32).
 
     Example:
-        >>> SmoothL1Loss(reduction=None)(ops.zeros((2, 4)), ops.ones((2, 4))).shape
+        >>> tuple(SmoothL1Loss(reduction=None)(ops.zeros((2, 4)), ops.ones((2, 4))).shape)
         (2,)
     """
 
     def __init__(self, beta: float = 0.11, reduction="sum_over_batch_size", name="smooth_l1"):
         if beta < 0:
-            raise ValueError(f"SmoothL1Loss: beta must be >= 0, got {beta!r}.")
+            raise ValueError(f"SmoothL1Loss: `beta` must be >= 0, got {beta!r}.")
         super().__init__(name=name, reduction=reduction, dtype="float32")
         self.beta = float(beta)
 
@@ -260,13 +265,13 @@ class HuberLoss(keras.losses.Loss):
     """Huber box loss summed over the 4 deltas, one value per anchor (see :func:`huber_loss`).
 
     Example:
-        >>> HuberLoss(delta=1.0, reduction=None)(ops.zeros((2, 4)), ops.ones((2, 4)))
-        ... # -> [2., 2.]
+        >>> np.asarray(HuberLoss(delta=1.0, reduction=None)(ops.zeros((2, 4)), ops.ones((2, 4))))
+        array([2., 2.], dtype=float32)
     """
 
     def __init__(self, delta: float = 1.0, reduction="sum_over_batch_size", name="huber"):
         if delta <= 0:
-            raise ValueError(f"HuberLoss: delta must be > 0, got {delta!r}.")
+            raise ValueError(f"HuberLoss: `delta` must be > 0, got {delta!r}.")
         super().__init__(name=name, reduction=reduction, dtype="float32")
         self.delta = float(delta)
 
@@ -303,6 +308,6 @@ def get_box_loss(identifier) -> keras.losses.Loss:
     if isinstance(identifier, str) and identifier in _BOX_LOSSES:
         return _BOX_LOSSES[identifier]()
     raise ValueError(
-        f"box_loss must be one of {sorted(_BOX_LOSSES)} or a keras.losses.Loss, "
+        f"`box_loss` must be one of {sorted(_BOX_LOSSES)} or a keras.losses.Loss, "
         f"got {identifier!r}."
     )

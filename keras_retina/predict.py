@@ -82,9 +82,20 @@ def predict_files(
         the path of ``detections.json``.
 
     Example:
-        >>> predict_files(model, ["photos/"], "out", image_size=512,
-        ...               class_names=names, category_ids=ids)
-        'out/detections.json'
+        >>> import json, tempfile
+        >>> photos, out = tempfile.mkdtemp(), tempfile.mkdtemp()
+        >>> keras.utils.save_img(os.path.join(photos, "street.jpg"), np.zeros((60, 80, 3)), scale=False)
+        >>> model = kr.RetinaNet(num_classes=2, backbone="tiny", fpn_channels=16,
+        ...                      head_channels=16, num_head_convs=1)
+        >>> keras.config.disable_interactive_logging()   # no progress bar in this example
+        >>> path = predict_files(model, [photos], out, image_size=128,
+        ...                      class_names=["cat", "dog"], category_ids=[17, 18])
+        >>> keras.config.enable_interactive_logging()
+        >>> os.path.relpath(path, out), sorted(os.listdir(out))
+        ('detections.json', ['detections.json', 'street.png'])
+        >>> with open(path) as f:   # an untrained model: no detection above its score threshold
+        ...     json.load(f)
+        []
     """
     files = list_images(paths)
     os.makedirs(output_dir, exist_ok=True)

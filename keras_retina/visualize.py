@@ -46,10 +46,7 @@ def _to_uint8_image(image: Any, argument: str = "image") -> np.ndarray:
     """``(H, W, 3)`` uint8 copy of a uint8 or 0-255 float image."""
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"`{argument}` must have shape (H, W, 3) or (H, W, 1); received "
-            f"shape {array.shape}."
-        )
+        raise ValueError(f"`{argument}` must have shape (H, W, 3) or (H, W, 1), got shape {array.shape}.")
     if array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
     if array.dtype != np.uint8:
@@ -116,18 +113,18 @@ def draw_boxes(
     classes = np.asarray(classes).reshape(-1).astype(np.int64)
     if boxes.shape[0] != classes.shape[0]:
         raise ValueError(
-            f"`boxes` and `classes` must have the same number of rows; received "
-            f"boxes shape {boxes.shape} and classes shape {classes.shape}."
+            f"`boxes` and `classes` must have the same number of rows, got boxes shape "
+            f"{boxes.shape} and classes shape {classes.shape}."
         )
     if scores is not None:
         scores = np.asarray(scores, np.float64).reshape(-1)
         if scores.shape[0] != classes.shape[0]:
             raise ValueError(
-                f"`scores` must have one value per box; received scores shape "
-                f"{scores.shape} for {classes.shape[0]} boxes."
+                f"`scores` must have one value per box, got scores shape {scores.shape} for "
+                f"{classes.shape[0]} boxes."
             )
     if int(line_width) < 1:
-        raise ValueError(f"`line_width` must be >= 1; received line_width={line_width!r}.")
+        raise ValueError(f"`line_width` must be >= 1, got {line_width!r}.")
 
     pil_image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(pil_image)
@@ -176,9 +173,13 @@ def save_batch_png(
         ``path`` as a string.
 
     Example:
-        >>> images, y = next(iter(make_pipeline(raw, image_size=256, batch_size=8)))
-        >>> save_batch_png(images, y, "docs/augmented_examples.png", class_names=names)
-        'docs/augmented_examples.png'
+        >>> import os, tempfile
+        >>> y = {"boxes": [[[4., 4., 20., 28.]]], "classes": [[0]]}
+        >>> path = save_batch_png(np.zeros((1, 32, 32, 3), np.uint8), y,
+        ...                       os.path.join(tempfile.mkdtemp(), "grid", "batch.png"),
+        ...                       class_names=["square"])
+        >>> os.path.basename(path), os.path.getsize(path) > 0
+        ('batch.png', True)
     """
     grid = draw_batch(images, y, class_names, max_images, columns, line_width=line_width)
     path = os.fspath(path)
@@ -219,28 +220,31 @@ def draw_batch(
             is not positive.
 
     Example:
-        >>> grid = draw_batch(images, model.predict(images), class_names=names)
-        >>> grid.dtype
-        dtype('uint8')
+        Two 32 x 32 images with their detections, side by side:
+
+        >>> y = {"boxes": [[[4., 4., 20., 20.]], [[8., 8., 30., 30.]]],
+        ...      "classes": [[0], [1]], "scores": [[0.9], [0.6]]}
+        >>> grid = draw_batch(np.zeros((2, 32, 32, 3), np.uint8), y, class_names=["a", "b"])
+        >>> grid.shape, grid.dtype
+        ((40, 76, 3), dtype('uint8'))
     """
     images = np.asarray(images)
     if images.ndim != 4:
-        raise ValueError(f"`images` must have shape (B, H, W, 3); received shape {images.shape}.")
+        raise ValueError(f"`images` must have shape (B, H, W, 3), got shape {images.shape}.")
     missing = [key for key in ("boxes", "classes") if key not in y]
     if missing:
         raise ValueError(
-            f"`y` must have keys 'boxes' and 'classes'; missing {missing}; received "
-            f"keys {sorted(y)}."
+            f"`y` must have keys 'boxes' and 'classes', got keys {sorted(y)} (missing {missing})."
         )
     for argument, value in (("max_images", max_images), ("columns", columns)):
         if int(value) < 1:
-            raise ValueError(f"`{argument}` must be >= 1; received {argument}={value!r}.")
+            raise ValueError(f"`{argument}` must be >= 1, got {value!r}.")
     boxes = np.asarray(y["boxes"])
     classes = np.asarray(y["classes"])
     scores = np.asarray(y["scores"]) if "scores" in y else None
     count = min(int(max_images), images.shape[0])
     if count == 0:
-        raise ValueError(f"`images` must hold at least one image; received shape {images.shape}.")
+        raise ValueError(f"`images` must hold at least one image, got shape {images.shape}.")
     return _grid(images, boxes, classes, scores, class_names, count, int(columns), line_width)
 
 

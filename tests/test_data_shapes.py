@@ -212,12 +212,12 @@ def test_progress_bar_is_shown(tmp_path, capsys):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_images": 0}, "num_images must be an int ≥ 1, got 0"),
-        ({"image_size": (32, 256)}, "image_size must be (height, width) with both sides ≥ 64"),
-        ({"max_objects": 0}, "max_objects must be an int ≥ 1, got 0"),
-        ({"empty_fraction": 1.5}, "empty_fraction must be in [0, 1], got 1.5"),
-        ({"jpeg_quality": 100}, "jpeg_quality must be in [1, 95], got 100"),
-        ({"seed": -1}, "seed must be a non-negative int or a sequence of them, got -1"),
+        ({"num_images": 0}, "`num_images` must be an int >= 1, got 0."),
+        ({"image_size": (32, 256)}, "`image_size` must be (height, width) with both sides >= 64 pixels, got (32, 256)."),
+        ({"max_objects": 0}, "`max_objects` must be an int >= 1, got 0."),
+        ({"empty_fraction": 1.5}, "`empty_fraction` must be in [0, 1], got 1.5."),
+        ({"jpeg_quality": 100}, "`jpeg_quality` must be in [1, 95], got 100."),
+        ({"seed": -1}, "`seed` must be a non-negative int or a sequence of them, got -1."),
     ],
 )
 def test_bad_arguments_are_named(tmp_path, kwargs, message):

@@ -121,7 +121,7 @@ def test_preprocessing_lives_in_the_model():
 
 
 def test_bad_backbone_arguments():
-    with pytest.raises(ValueError, match="Unknown backbone 'vgg'"):
+    with pytest.raises(ValueError, match=r"Unknown backbone: `name` must be one of \(.*\), got 'vgg'\."):
         kr.build_backbone("vgg")
     with pytest.raises(ValueError, match="tiny"):
         kr.build_backbone("tiny", weights="imagenet")

@@ -87,10 +87,10 @@ def test_save_batch_png_writes_grid_with_boxes_in_place(tmp_path):
 
 def test_save_batch_png_rejects_bad_input(tmp_path):
     with pytest.raises(
-        ValueError, match=r"`y` must have keys 'boxes' and 'classes'; missing \['classes'\]"
+        ValueError, match=r"`y` must have keys 'boxes' and 'classes', got keys \['boxes'\] \(missing \['classes'\]\)\."
     ):
         save_batch_png(np.zeros((1, 8, 8, 3)), {"boxes": np.zeros((1, 1, 4))}, tmp_path / "x.png")
     with pytest.raises(
-        ValueError, match=r"`images` must have shape \(B, H, W, 3\); received shape \(8, 8, 3\)"
+        ValueError, match=r"`images` must have shape \(B, H, W, 3\), got shape \(8, 8, 3\)\."
     ):
         save_batch_png(np.zeros((8, 8, 3)), {"boxes": 0, "classes": 0}, tmp_path / "x.png")

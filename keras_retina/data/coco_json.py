@@ -12,7 +12,7 @@ A raw example is::
      "is_crowd": bool (N,),
      "image_id": int64 ()}
 
-Bad input (see ``DESIGN.md``): a malformed annotation file, an invalid
+Bad input: a malformed annotation file, an invalid
 annotation (bbox of wrong length, zero or negative size, outside the image,
 unknown category id or image id) or an image file that is missing, empty,
 corrupt, truncated, not an image or of another size than the JSON says
@@ -48,16 +48,27 @@ _REQUIRED_CATEGORY_FIELDS = ("id", "name")
 _REQUIRED_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox")
 _NUMBER_TYPES = (int, float)  # as json.loads makes them; bool excluded on purpose
 
-# Leading bytes of the formats tf.io.decode_image reads; TF has no op that
-# names a file's format without decoding it (tf.io.is_jpeg covers JPEG only),
-# so this table only serves to word the error for a file that fails to decode.
-#: Leading bytes of the image formats tf.io.decode_image reads, with their names.
+#: Leading bytes of the image formats ``tf.io.decode_image`` reads, with their
+#: names (WebP is checked by its ``RIFF`` container only). TensorFlow has no op
+#: that names a file's format without decoding it (``tf.io.is_jpeg`` covers
+#: JPEG only), hence this table. It has two readers:
+#:
+#: * here, after a decode failed, to word the error: "corrupt or truncated
+#:   PNG data" for known leading bytes, "not an image" otherwise;
+#: * :func:`keras_retina.export.decode_image`, before decoding a served
+#:   request, to reject bytes that start with none of these with a clear
+#:   ``InvalidArgumentError``.
 IMAGE_MAGIC_BYTES = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG", "PNG"),
     (b"GIF8", "GIF"),
     (b"BM", "BMP"),
     (b"RIFF", "WebP"),
+)
+
+#: The names of :data:`IMAGE_MAGIC_BYTES`, for messages: "JPEG, PNG, GIF, BMP or WebP".
+IMAGE_FORMAT_NAMES = (
+    ", ".join(name for _, name in IMAGE_MAGIC_BYTES[:-1]) + " or " + IMAGE_MAGIC_BYTES[-1][1]
 )
 
 
@@ -81,9 +92,21 @@ class SkipStats:
             the image id, the annotation id where relevant, and why.
 
     Example:
-        >>> source = CocoJsonSource("ann.json", "images/", skip_invalid=True)
-        >>> for _ in source.dataset(): pass
-        >>> source.stats.images_skipped, source.stats.reasons[:1]
+        A two-image dataset whose first image file is not an image:
+
+        >>> import os, tempfile
+        >>> files = kr.data.make_shapes_dataset(tempfile.mkdtemp(), num_images=2,
+        ...                                     image_size=(64, 64), verbose=False)
+        >>> with open(os.path.join(files.image_dir, "000001.jpg"), "wb") as f:
+        ...     _ = f.write(b"not a JPEG")
+        >>> source = CocoJsonSource(files.annotation_file, files.image_dir, skip_invalid=True)
+        >>> [int(example["image_id"]) for example in source.dataset()]
+        [2]
+        >>> source.stats.images_skipped
+        1
+        >>> print(source.stats.reasons[0])
+        Image file .../images/000001.jpg (image_id 1, listed in .../annotations.json) is
+        invalid: not an image: the bytes are not JPEG, PNG, GIF, BMP or WebP.
     """
 
     invalid_annotations: int = 0
@@ -113,8 +136,13 @@ class ImageRecord:
         annotation_ids: int64 ``(N,)`` the JSON's annotation ids.
 
     Example:
-        >>> record = source.image_record(source.image_ids[0])
-        >>> record.boxes.shape  # (N, 4)
+        >>> import tempfile
+        >>> files = kr.data.make_shapes_dataset(tempfile.mkdtemp(), num_images=2,
+        ...                                     image_size=(64, 64), verbose=False)
+        >>> source = CocoJsonSource(files.annotation_file, files.image_dir)
+        >>> record = source.image_record(1)
+        >>> record.file_name, record.boxes, record.classes
+        ('000001.jpg', array([[25.,  8., 57., 50.]], dtype=float32), array([1], dtype=int32))
     """
 
     image_id: int
@@ -165,12 +193,19 @@ class CocoJsonSource:
             exist, or (with ``skip_invalid=False``) an image file is missing.
 
     Example:
-        >>> source = CocoJsonSource("val/annotations.json", "val/images")
-        >>> source.num_classes, source.class_names[:2]
-        (5, ('circle', 'square'))
-        >>> raw = source.dataset(shuffle=True, seed=0)
-        >>> example = next(iter(raw))   # {"image", "boxes", "classes", ...}
-        >>> source.class_to_category_id(example["classes"])   # JSON's ids
+        A synthetic shapes dataset (COCO format, category ids 1 to 5):
+
+        >>> import tempfile
+        >>> files = kr.data.make_shapes_dataset(tempfile.mkdtemp(), num_images=2,
+        ...                                     image_size=(64, 64), verbose=False)
+        >>> source = CocoJsonSource(files.annotation_file, files.image_dir)
+        >>> source.num_classes, source.class_names[:2], source.image_ids
+        (5, ('circle', 'square'), (1, 2))
+        >>> example = next(iter(source.dataset()))
+        >>> tuple(example["image"].shape), example["boxes"].numpy(), example["classes"].numpy()
+        ((64, 64, 3), array([[25.,  8., 57., 50.]], dtype=float32), array([1], dtype=int32))
+        >>> source.class_to_category_id(example["classes"])   # the JSON's ids
+        array([2])
     """
 
     def __init__(
@@ -185,7 +220,7 @@ class CocoJsonSource:
         self.skip_invalid = bool(skip_invalid)
         self.box_tolerance = float(box_tolerance)
         if not self.box_tolerance >= 0.0:
-            raise ValueError(f"box_tolerance must be ≥ 0 pixels, got {box_tolerance!r}.")
+            raise ValueError(f"`box_tolerance` must be >= 0 pixels, got {box_tolerance!r}.")
         if not tf.io.gfile.isdir(self.image_dir):
             raise FileNotFoundError(
                 f"image_dir={self.image_dir!r} is not a directory (annotation file "
@@ -241,7 +276,12 @@ class CocoJsonSource:
             ValueError: a class id is out of range.
 
         Example:
-            >>> source.class_to_category_id([0, 2])   # e.g. array([1, 3])
+            >>> import tempfile
+            >>> files = kr.data.make_shapes_dataset(tempfile.mkdtemp(), num_images=2,
+            ...                                     image_size=(64, 64), verbose=False)
+            >>> source = CocoJsonSource(files.annotation_file, files.image_dir)
+            >>> source.class_to_category_id([0, 2])
+            array([1, 3])
         """
         classes = np.asarray(classes)
         if classes.size and (classes.min() < 0 or classes.max() >= self.num_classes):
@@ -264,7 +304,12 @@ class CocoJsonSource:
             ValueError: a category id is not in the file's ``categories``.
 
         Example:
-            >>> source.category_id_to_class([1, 3])   # e.g. array([0, 2])
+            >>> import tempfile
+            >>> files = kr.data.make_shapes_dataset(tempfile.mkdtemp(), num_images=2,
+            ...                                     image_size=(64, 64), verbose=False)
+            >>> source = CocoJsonSource(files.annotation_file, files.image_dir)
+            >>> source.category_id_to_class([1, 3])
+            array([0, 2], dtype=int32)
         """
         category_ids = np.asarray(category_ids, np.int64)
         unknown = sorted(set(category_ids.ravel().tolist()) - set(self.category_ids))
@@ -289,7 +334,12 @@ class CocoJsonSource:
             KeyError: ``image_id`` is not an example of this source.
 
         Example:
-            >>> source.image_record(42).path
+            >>> import tempfile
+            >>> files = kr.data.make_shapes_dataset(tempfile.mkdtemp(), num_images=2,
+            ...                                     image_size=(64, 64), verbose=False)
+            >>> source = CocoJsonSource(files.annotation_file, files.image_dir)
+            >>> source.image_record(2).path == os.path.join(files.image_dir, "000002.jpg")
+            True
         """
         try:
             return self._record_by_id[int(image_id)]
@@ -335,8 +385,14 @@ class CocoJsonSource:
             ``skip_invalid`` the cardinality is known (``num_images``).
 
         Example:
-            >>> for example in source.dataset().take(1):
-            ...     example["image"].shape, example["boxes"].shape
+            >>> import tempfile
+            >>> files = kr.data.make_shapes_dataset(tempfile.mkdtemp(), num_images=2,
+            ...                                     image_size=(64, 64), verbose=False)
+            >>> source = CocoJsonSource(files.annotation_file, files.image_dir)
+            >>> for example in source.dataset():
+            ...     print(int(example["image_id"]), example["image"].shape, example["boxes"].shape)
+            1 (64, 64, 3) (1, 4)
+            2 (64, 64, 3) (0, 4)
         """
         index = self._index_dataset()
         if shuffle:
@@ -725,9 +781,14 @@ def coco_json_dataset(
         "image_id": int64 ()}``.
 
     Example:
-        >>> raw = coco_json_dataset("annotations/instances_val2017.json", "val2017")
-        >>> example = next(iter(raw))
-        >>> example["boxes"].shape   # (N, 4)
+        >>> import tempfile
+        >>> files = kr.data.make_shapes_dataset(tempfile.mkdtemp(), num_images=2,
+        ...                                     image_size=(64, 64), verbose=False)
+        >>> raw = coco_json_dataset(files.annotation_file, files.image_dir)
+        >>> sorted(raw.element_spec)
+        ['boxes', 'classes', 'image', 'image_id', 'is_crowd']
+        >>> [tuple(example["boxes"].shape) for example in raw]
+        [(1, 4), (0, 4)]
     """
     source = CocoJsonSource(annotation_file, image_dir, skip_invalid=skip_invalid)
     return source.dataset(
@@ -838,7 +899,7 @@ def _decode_failure_reason(contents):
         tf.where(
             is_known,
             tf.strings.join(["corrupt or truncated ", format_name, " data (decode failed)"]),
-            tf.constant("not an image: the bytes are not JPEG, PNG, GIF, BMP or WebP"),
+            tf.constant(f"not an image: the bytes are not {IMAGE_FORMAT_NAMES}"),
         ),
     )
 

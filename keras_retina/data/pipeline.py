@@ -1,6 +1,7 @@
 """The tf.data pipeline: raw examples -> augmented, resized, padded batches.
 
-`make_pipeline` turns a dataset of raw examples (``DESIGN.md``)::
+`make_pipeline` turns a dataset of raw examples, what every source of
+:mod:`keras_retina.data` yields (docs/DATA.md)::
 
     {"image": uint8 (H, W, 3), "boxes": float32 (N, 4) xyxy pixels,
      "classes": int32 (N,), "is_crowd": bool (N,), "image_id": int64 ()}
@@ -57,9 +58,6 @@ from absl import logging
 #: Class id of padding rows in ``y["classes"]`` (matches the model's convention).
 PADDING_CLASS = -1
 
-#: Keys of ``y`` that carry per-example box counts.
-COUNT_KEYS = ("num_dropped_boxes", "num_truncated_boxes")
-
 #: Extra keys of ``y`` in evaluation mode.
 EVAL_KEYS = ("image_id", "scale", "image_shape")
 
@@ -77,10 +75,10 @@ def _as_size_pair(value: Any, argument: str) -> tuple[int, int]:
     else:
         raise ValueError(
             f"`{argument}` must be a positive int or a (height, width) pair of "
-            f"positive ints; received {argument}={value!r}."
+            f"positive ints, got {value!r}."
         )
     if min(pair) <= 0:
-        raise ValueError(f"`{argument}` must be positive; received {argument}={value!r}.")
+        raise ValueError(f"`{argument}` must be positive, got {value!r}.")
     return pair
 
 
@@ -109,10 +107,7 @@ def output_image_size(
         or isinstance(pad_to_multiple, bool)
         or pad_to_multiple <= 0
     ):
-        raise ValueError(
-            "`pad_to_multiple` must be None or a positive int; received "
-            f"pad_to_multiple={pad_to_multiple!r}."
-        )
+        raise ValueError(f"`pad_to_multiple` must be None or a positive int, got {pad_to_multiple!r}.")
     m = int(pad_to_multiple)
     return math.ceil(target_h / m) * m, math.ceil(target_w / m) * m
 
@@ -171,9 +166,13 @@ def transform_example(
         ...       "boxes": tf.constant([[20., 10., 60., 50.]]),
         ...       "classes": tf.constant([3])}
         >>> image, y = transform_example(ex, image_size=400, max_boxes=2)
-        >>> image.shape          # (400, 400, 3): scale 2, zero rows 200-399
-        >>> y["boxes"][0]        # [40., 20., 120., 100.]
-        >>> y["classes"]         # [3, -1]
+        >>> tuple(image.shape)   # scale 2: 200 x 400 pixels, zero rows 200-399
+        (400, 400, 3)
+        >>> y["boxes"].numpy(), y["classes"].numpy()
+        (array([[ 40.,  20., 120., 100.],
+               [  0.,   0.,   0.,   0.]], dtype=float32), array([ 3, -1], dtype=int32))
+        >>> y["scale"].numpy(), y["image_shape"].numpy()
+        (array([2., 2.], dtype=float32), array([100, 200], dtype=int32))
     """
     target_h, target_w = _as_size_pair(image_size, "image_size")
     out_h, out_w = output_image_size(image_size, pad_to_multiple)
@@ -287,27 +286,26 @@ def _check_raw_spec(raw: tf.data.Dataset, training: bool) -> None:
     """Raises ValueError if ``raw`` is not a dataset of raw examples."""
     if not isinstance(raw, tf.data.Dataset):
         raise ValueError(
-            "`raw` must be a tf.data.Dataset of raw examples; received "
-            f"raw={type(raw).__name__}."
+            f"`raw` must be a tf.data.Dataset of raw examples, got a {type(raw).__name__}."
         )
     spec = raw.element_spec
     required = ("image", "boxes", "classes") + (() if training else ("image_id",))
     missing = [k for k in required if not isinstance(spec, dict) or k not in spec]
     if missing:
         raise ValueError(
-            f"`raw` examples must be dicts with keys {list(required)} (see "
-            f"DESIGN.md); missing {missing}; received element_spec={spec!r}."
+            f"`raw` examples must be dicts with keys {list(required)} (a raw example: "
+            '{"image": uint8 (H, W, 3), "boxes": float32 (N, 4) xyxy pixels, "classes": '
+            'int32 (N,), optional "is_crowd": bool (N,), "image_id": int64 ()}), missing '
+            f"{missing}, got element_spec={spec!r}."
         )
     image_spec = spec["image"]
     if image_spec.shape.rank != 3 or image_spec.shape[-1] not in (None, 3):
         raise ValueError(
-            "`raw` images must have shape (H, W, 3) (unbatched RGB); received "
-            f"image spec {image_spec!r}."
+            f"`raw` images must have shape (H, W, 3) (unbatched RGB), got image spec {image_spec!r}."
         )
     if spec["boxes"].shape.rank != 2 or spec["boxes"].shape[-1] not in (None, 4):
         raise ValueError(
-            "`raw` boxes must have shape (N, 4) xyxy pixels (unbatched); "
-            f"received boxes spec {spec['boxes']!r}."
+            f"`raw` boxes must have shape (N, 4) xyxy pixels (unbatched), got boxes spec {spec['boxes']!r}."
         )
 
 
@@ -344,8 +342,9 @@ def make_pipeline(
     new iterator) draws new augmentations.
 
     Args:
-        raw: dataset of raw examples (``DESIGN.md``); ``image_id`` is required
-            for evaluation, ``is_crowd`` defaults to False.
+        raw: dataset of raw examples (the structure in the module docstring);
+            ``image_id`` is required for evaluation, ``is_crowd`` defaults
+            to False.
         image_size: target size in pixels: an int (square) or
             ``(height, width)``.
         batch_size: examples per batch.
@@ -374,14 +373,23 @@ def make_pipeline(
 
     Raises:
         ValueError: for a ``raw`` that is not a dataset of raw examples or an
-            argument out of range; the message names the argument, the value
-            received and what was expected.
+            argument out of range; the message names the argument, what was
+            expected and the value it got.
 
     Example:
-        >>> train = make_pipeline(raw, image_size=512, batch_size=8, seed=0)
+        >>> raw = tf.data.Dataset.from_tensors(
+        ...     {"image": tf.zeros((100, 200, 3), tf.uint8), "boxes": [[20., 10., 60., 50.]],
+        ...      "classes": [3], "image_id": tf.constant(7, tf.int64)}).repeat(4)
+        >>> train = make_pipeline(raw, image_size=128, batch_size=2, seed=0)
         >>> images, y = next(iter(train))
-        >>> images.shape, y["boxes"].shape, y["classes"].shape
-        ... # -> (8, 512, 512, 3), (8, 100, 4), (8, 100)
+        >>> tuple(images.shape), tuple(y["boxes"].shape), tuple(y["classes"].shape)
+        ((2, 128, 128, 3), (2, 100, 4), (2, 100))
+        >>> sorted(y)
+        ['boxes', 'classes', 'is_crowd', 'num_dropped_boxes', 'num_truncated_boxes']
+        >>> images, y = next(iter(make_pipeline(raw, image_size=128, batch_size=2, training=False)))
+        >>> y["image_id"].numpy(), y["scale"].numpy()   # evaluation keeps the metadata
+        (array([7, 7]), array([[0.64, 0.64],
+               [0.64, 0.64]], dtype=float32))
     """
     _check_raw_spec(raw, training)
     output_image_size(image_size, pad_to_multiple)  # Validates both arguments.
@@ -391,9 +399,7 @@ def make_pipeline(
         ("shuffle_buffer", shuffle_buffer, 0),
     ):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-            raise ValueError(
-                f"`{argument}` must be an int >= {minimum}; received " f"{argument}={value!r}."
-            )
+            raise ValueError(f"`{argument}` must be an int >= {minimum}, got {value!r}.")
     if scale_jitter is not None:
         if (
             not isinstance(scale_jitter, (tuple, list))
@@ -401,8 +407,7 @@ def make_pipeline(
             or not 0 < scale_jitter[0] <= scale_jitter[1]
         ):
             raise ValueError(
-                "`scale_jitter` must be None or (low, high) with 0 < low <= "
-                f"high; received scale_jitter={scale_jitter!r}."
+                f"`scale_jitter` must be None or (low, high) with 0 < low <= high, got {scale_jitter!r}."
             )
     if deterministic is None:
         deterministic = (not training) or seed is not None
@@ -479,8 +484,8 @@ def to_original_pixels(boxes_xyxy: Any, scale: Any, image_shape: Any | None = No
         float32 ``(..., N, 4)`` xyxy in original-image pixels.
 
     Example:
-        >>> to_original_pixels([[[40., 20., 120., 100.]]], [[2., 2.]], [[100, 200]])
-        ... # -> [[[20., 10., 60., 50.]]]
+        >>> to_original_pixels([[[40., 20., 120., 100.]]], [[2., 2.]], [[100, 200]]).numpy()
+        array([[[20., 10., 60., 50.]]], dtype=float32)
     """
     boxes = tf.convert_to_tensor(boxes_xyxy, tf.float32)
     scale = tf.convert_to_tensor(scale, tf.float32)
@@ -509,8 +514,14 @@ def summarize_box_counts(
         after clipping, and of boxes cut by ``max_boxes``.
 
     Example:
-        >>> summarize_box_counts(make_pipeline(raw, training=False))
-        ... # -> {'examples': 500, 'boxes': 3611, 'dropped_boxes': 2, 'truncated_boxes': 0}
+        Three examples with two boxes each, one of them outside the image:
+
+        >>> raw = tf.data.Dataset.from_tensors(
+        ...     {"image": tf.zeros((64, 64, 3), tf.uint8),
+        ...      "boxes": [[8., 8., 32., 32.], [70., 70., 90., 90.]], "classes": [0, 1],
+        ...      "image_id": tf.constant(1, tf.int64)}).repeat(3)
+        >>> summarize_box_counts(make_pipeline(raw, image_size=64, batch_size=2, training=False))
+        {'examples': 3, 'boxes': 3, 'dropped_boxes': 3, 'truncated_boxes': 0}
     """
     totals = {"examples": 0, "boxes": 0, "dropped_boxes": 0, "truncated_boxes": 0}
     for i, (_, y) in enumerate(batches):

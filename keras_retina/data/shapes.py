@@ -76,9 +76,13 @@ class ShapesFiles:
         class_names: class names in category-id order (ids 1, 2, ...).
 
     Example:
-        >>> files = make_shapes_dataset("/tmp/shapes", num_images=8)
-        >>> files.annotation_file
-        '/tmp/shapes/annotations.json'
+        >>> import tempfile
+        >>> directory = tempfile.mkdtemp()
+        >>> files = make_shapes_dataset(directory, num_images=2, image_size=(64, 64), verbose=False)
+        >>> os.path.relpath(files.annotation_file, directory), os.path.relpath(files.image_dir, directory)
+        ('annotations.json', 'images')
+        >>> files.num_images, files.num_annotations
+        (2, 1)
     """
 
     annotation_file: str
@@ -128,9 +132,14 @@ def make_shapes_dataset(
         ValueError: if an argument is out of range.
 
     Example:
-        >>> files = make_shapes_dataset("/tmp/shapes", num_images=100, seed=0)
-        >>> raw = keras_retina.data.coco_json_dataset(
-        ...     files.annotation_file, files.image_dir)
+        >>> import tempfile
+        >>> files = make_shapes_dataset(tempfile.mkdtemp(), num_images=4, seed=0,
+        ...                             image_size=(64, 96), verbose=False)
+        >>> sorted(os.listdir(files.image_dir))
+        ['000001.jpg', '000002.jpg', '000003.jpg', '000004.jpg']
+        >>> raw = kr.data.coco_json_dataset(files.annotation_file, files.image_dir)
+        >>> [tuple(example["image"].shape) for example in raw]
+        [(64, 96, 3), (64, 96, 3), (64, 96, 3), (64, 96, 3)]
     """
     seed_key = _seed_key(seed)
     height, width = _check_arguments(
@@ -234,12 +243,17 @@ def make_shapes_splits(
         ``{"train": ShapesFiles, "val": ShapesFiles}``.
 
     Example:
-        >>> splits = make_shapes_splits("/tmp/shapes", num_train=200, num_val=50)
-        >>> splits["val"].annotation_file
-        '/tmp/shapes/val/annotations.json'
+        >>> import tempfile
+        >>> directory = tempfile.mkdtemp()
+        >>> splits = make_shapes_splits(directory, num_train=3, num_val=2,
+        ...                             image_size=(64, 64), verbose=False)
+        >>> os.path.relpath(splits["val"].annotation_file, directory)
+        'val/annotations.json'
+        >>> splits["train"].num_images, splits["val"].num_images
+        (3, 2)
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an int, got {seed!r}.")
+        raise ValueError(f"`seed` must be an int, got {seed!r}.")
     directory = os.fspath(directory)
     return {
         "train": make_shapes_dataset(os.path.join(directory, "train"), num_train, seed, **kwargs),
@@ -254,24 +268,24 @@ def _seed_key(seed) -> tuple[int, ...]:
         isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in values
     ):
         raise ValueError(
-            f"seed must be a non-negative int or a sequence of them, got {seed!r}."
+            f"`seed` must be a non-negative int or a sequence of them, got {seed!r}."
         )
     return tuple(int(v) for v in values)
 
 
 def _check_arguments(num_images, image_size, max_objects, empty_fraction, jpeg_quality):
     if not isinstance(num_images, (int, np.integer)) or num_images < 1:
-        raise ValueError(f"num_images must be an int ≥ 1, got {num_images!r}.")
+        raise ValueError(f"`num_images` must be an int >= 1, got {num_images!r}.")
     if len(image_size) != 2 or min(image_size) < 64:
         raise ValueError(
-            f"image_size must be (height, width) with both sides ≥ 64 pixels, got {image_size!r}."
+            f"`image_size` must be (height, width) with both sides >= 64 pixels, got {image_size!r}."
         )
     if not isinstance(max_objects, (int, np.integer)) or max_objects < 1:
-        raise ValueError(f"max_objects must be an int ≥ 1, got {max_objects!r}.")
+        raise ValueError(f"`max_objects` must be an int >= 1, got {max_objects!r}.")
     if not 0.0 <= empty_fraction <= 1.0:
-        raise ValueError(f"empty_fraction must be in [0, 1], got {empty_fraction!r}.")
+        raise ValueError(f"`empty_fraction` must be in [0, 1], got {empty_fraction!r}.")
     if not 1 <= jpeg_quality <= 95:
-        raise ValueError(f"jpeg_quality must be in [1, 95], got {jpeg_quality!r}.")
+        raise ValueError(f"`jpeg_quality` must be in [1, 95], got {jpeg_quality!r}.")
     return int(image_size[0]), int(image_size[1])
 
 
@@ -417,7 +431,7 @@ def _shape_mask(rng, name, box_w, box_h) -> np.ndarray:
         draw.rectangle((right / 2 - half_w, 0, right / 2 + half_w, bottom), fill=1)
         draw.rectangle((0, bottom / 2 - half_h, right, bottom / 2 + half_h), fill=1)
     else:
-        raise ValueError(f"name must be one of {SHAPE_CLASSES}, got {name!r}.")
+        raise ValueError(f"`name` must be one of {SHAPE_CLASSES}, got {name!r}.")
     return np.asarray(canvas, dtype=bool)
 
 

@@ -3,8 +3,8 @@
 `tfds_dataset` loads any TFDS detection dataset whose examples have an
 ``image`` plus ``objects/bbox`` (``tfds.features.BBoxFeature``: normalised
 ``[ymin, xmin, ymax, xmax]``) and ``objects/label`` (``ClassLabel``), and
-converts each example to the raw structure that every source of this package
-yields (see ``DESIGN.md``)::
+converts each example to the raw structure that every source of
+:mod:`keras_retina.data` yields (docs/DATA.md)::
 
     {"image": uint8 (H, W, 3), "boxes": float32 (N, 4) xyxy absolute pixels,
      "classes": int32 (N,) contiguous from 0, "is_crowd": bool (N,),
@@ -221,9 +221,13 @@ def tfds_dataset(
             ``objects/label``; the message names the dataset and the feature.
 
     Example:
-        >>> raw = tfds_dataset("voc/2007", split="validation")
-        >>> ex = next(iter(raw))
-        >>> ex["boxes"].shape, ex["classes"].dtype  # (N, 4), tf.int32
+        Not run as a doctest: the first call downloads and prepares the
+        dataset into ``data_dir``::
+
+            raw, info = tfds_dataset("voc/2007", split="validation", with_info=True)
+            example = next(iter(raw))
+            example["boxes"]      # float32 (N, 4) xyxy pixels of example["image"]
+            example["classes"]    # int32 (N,): info.features["objects"]["label"].names
     """
     builder = tfds.builder(name, data_dir=data_dir)
     features = builder.info.features
