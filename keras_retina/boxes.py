@@ -1,4 +1,4 @@
-"""Box maths: format conversion, pairwise IoU, and anchor-relative deltas.
+"""Box maths: format conversion, pairwise IoU, and anchor-relative deltas (:class:`BoxCoder`).
 
 All functions take and return float tensors (or NumPy arrays) in absolute
 pixels. ``xyxy`` is ``(x_min, y_min, x_max, y_max)``; see
@@ -8,7 +8,9 @@ pixels. ``xyxy`` is ``(x_min, y_min, x_max, y_max)``; see
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 from typing import Sequence
 
 import keras
@@ -41,8 +43,8 @@ def convert_format(
         float tensor ``(..., 4)`` in ``target`` format.
 
     Example:
-        >>> convert_format([[10., 20., 30., 40.]], "xywh", "xyxy")
-        ... # -> [[10., 20., 40., 60.]]
+        >>> ops.convert_to_numpy(convert_format([[10., 20., 30., 40.]], "xywh", "xyxy"))
+        array([[10., 20., 40., 60.]], dtype=float32)
     """
     height = width = None
     if image_shape is not None:
@@ -62,7 +64,8 @@ def box_area(boxes_xyxy):
     """Area of ``xyxy`` boxes, ``(..., 4)`` -> ``(...)`` in pixels²; 0 if degenerate.
 
     Example:
-        >>> box_area([[0., 0., 10., 5.], [3., 3., 1., 9.]])   # -> [50., 0.]
+        >>> ops.convert_to_numpy(box_area(np.array([[0., 0., 10., 5.], [3., 3., 1., 9.]], "float32")))
+        array([50.,  0.], dtype=float32)
     """
     widths = ops.maximum(boxes_xyxy[..., 2] - boxes_xyxy[..., 0], 0.0)
     heights = ops.maximum(boxes_xyxy[..., 3] - boxes_xyxy[..., 1], 0.0)
@@ -73,7 +76,9 @@ def pairwise_intersection(boxes1_xyxy, boxes2_xyxy):
     """Intersection areas (pixels²) of every pair: ``(..., N, 4), (..., M, 4) -> (..., N, M)``.
 
     Example:
-        >>> pairwise_intersection([[0., 0., 10., 10.]], [[5., 0., 15., 10.]])   # -> [[50.]]
+        >>> ops.convert_to_numpy(pairwise_intersection(np.array([[0., 0., 10., 10.]], "float32"),
+        ...                                            np.array([[5., 0., 15., 10.]], "float32")))
+        array([[50.]], dtype=float32)
     """
     b1 = ops.expand_dims(boxes1_xyxy, -2)  # (..., N, 1, 4)
     b2 = ops.expand_dims(boxes2_xyxy, -3)  # (..., 1, M, 4)
@@ -93,8 +98,8 @@ def pairwise_iou(boxes1_xyxy, boxes2_xyxy):
         ``(N, M)`` or ``(B, N, M)`` IoU in [0, 1]; 0 where either box is empty.
 
     Example:
-        >>> pairwise_iou([[0., 0., 10., 10.]], [[5., 0., 15., 10.]])
-        ... # -> [[0.3333]]
+        >>> ops.convert_to_numpy(pairwise_iou([[0., 0., 10., 10.]], [[5., 0., 15., 10.]]))
+        array([[0.3333]], dtype=float32)
     """
     # Hand-written instead of keras.utils.bounding_boxes.compute_iou: that one
     # needs the same batch rank on both sides (anchors are unbatched here) and
@@ -110,7 +115,8 @@ def pairwise_iou_and_intersection(boxes1_xyxy, boxes2_xyxy):
 
     Example:
         >>> iou, inter = pairwise_iou_and_intersection([[0., 0., 10., 10.]], [[5., 0., 15., 10.]])
-        ... # -> [[0.3333]], [[50.]]
+        >>> ops.convert_to_numpy(iou), ops.convert_to_numpy(inter)
+        (array([[0.3333]], dtype=float32), array([[50.]], dtype=float32))
     """
     boxes1_xyxy = ops.convert_to_tensor(boxes1_xyxy, "float32")
     boxes2_xyxy = ops.convert_to_tensor(boxes2_xyxy, "float32")
@@ -131,18 +137,134 @@ def pairwise_ioa(boxes1_xyxy, regions_xyxy):
     crowd box has IoA 1 whatever the crowd box's size). Values in [0, 1].
 
     Example:
-        >>> pairwise_ioa([[0., 0., 10., 10.]], [[0., 0., 100., 5.]])   # -> [[0.5]]
+        >>> ops.convert_to_numpy(pairwise_ioa(np.array([[0., 0., 10., 10.]], "float32"),
+        ...                                   np.array([[0., 0., 100., 5.]], "float32")))
+        array([[0.5]], dtype=float32)
     """
     intersection = pairwise_intersection(boxes1_xyxy, regions_xyxy)
     area1 = ops.expand_dims(box_area(boxes1_xyxy), -1)
     return ops.where(area1 > 0.0, intersection / ops.maximum(area1, 1e-8), 0.0)
 
 
-def encode_deltas(anchors_xyxy, boxes_xyxy, weights: Sequence[float] = DEFAULT_BOX_WEIGHTS):
-    """Encodes boxes as ``(dx, dy, dw, dh)`` regression targets relative to anchors.
+@keras.saving.register_keras_serializable(package="keras_retina")
+@dataclasses.dataclass(frozen=True)
+class BoxCoder:
+    """Anchor-relative box deltas ``(dx, dy, dw, dh)``: encoding and decoding.
 
-    ``dx = wx * (x_box - x_anchor) / w_anchor``, ``dw = ww * log(w_box / w_anchor)``
-    with centres ``x``, ``y`` and sizes ``w``, ``h`` (Girshick et al., R-CNN).
+    ``dx = wx * (x_box - x_anchor) / w_anchor``, ``dy = wy * (y_box -
+    y_anchor) / h_anchor``, ``dw = ww * log(w_box / w_anchor)``, ``dh = wh *
+    log(h_box / h_anchor)``, with centres ``x``, ``y`` and sizes ``w``, ``h``
+    (Girshick et al., R-CNN). When decoding, ``dw / ww`` and ``dh / wh`` are
+    clamped at ``scale_clamp`` so that ``exp`` stays finite for an untrained
+    model.
+
+    The one object that matching (:func:`keras_retina.matching.assign_targets`,
+    encoding the regression targets) and post-processing
+    (:func:`keras_retina.postprocess.decode_detections`, decoding the
+    predictions) share: :class:`keras_retina.RetinaNet` builds it once from
+    its ``box_weights``.
+
+    Args:
+        weights: ``(wx, wy, ww, wh)``, positive multipliers of the deltas
+            (RetinaNet: all 1).
+        scale_clamp: largest ``dw / ww`` and ``dh / wh`` when decoding,
+            log(1000 / 16) as in Detectron.
+
+    Example:
+        >>> coder = BoxCoder(weights=(10., 10., 5., 5.))
+        >>> deltas = coder.encode([[0., 0., 10., 10.]], [[1., 0., 11., 10.]])
+        >>> ops.convert_to_numpy(deltas)
+        array([[1., 0., 0., 0.]], dtype=float32)
+        >>> ops.convert_to_numpy(coder.decode([[0., 0., 10., 10.]], deltas))
+        array([[ 1.,  0., 11., 10.]], dtype=float32)
+    """
+
+    weights: tuple[float, float, float, float] = DEFAULT_BOX_WEIGHTS
+    scale_clamp: float = BBOX_XFORM_CLIP
+
+    def __post_init__(self):
+        try:
+            weights = tuple(float(w) for w in self.weights)
+        except (TypeError, ValueError):
+            weights = ()
+        if len(weights) != 4 or not all(math.isfinite(w) and w > 0 for w in weights):
+            raise ValueError(
+                f"`weights` must be 4 positive numbers (wx, wy, ww, wh), got {self.weights!r}."
+            )
+        if isinstance(self.scale_clamp, bool) or not isinstance(self.scale_clamp, numbers.Real) or not (
+            self.scale_clamp > 0
+        ):
+            raise ValueError(f"`scale_clamp` must be a positive number, got {self.scale_clamp!r}.")
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "scale_clamp", float(self.scale_clamp))
+
+    def encode(self, anchors_xyxy, boxes_xyxy):
+        """Encodes boxes as deltas relative to their anchors.
+
+        Args:
+            anchors_xyxy: ``(A, 4)`` pixels.
+            boxes_xyxy: ``(A, 4)`` or ``(B, A, 4)`` pixels, one box per anchor.
+
+        Returns:
+            float32 deltas (unitless), ``boxes_xyxy``'s shape.
+        """
+        variance = [1.0 / w for w in self.weights]
+        return keras.utils.bounding_boxes.encode_box_to_deltas(
+            anchors=ops.convert_to_tensor(anchors_xyxy, "float32"),
+            boxes=ops.convert_to_tensor(boxes_xyxy, "float32"),
+            anchor_format="xyxy",
+            box_format="xyxy",
+            encoding_format="center_xywh",
+            variance=variance,
+        )
+
+    def decode(self, anchors_xyxy, deltas):
+        """Inverse of :meth:`encode`, with ``dw``/``dh`` clamped at ``scale_clamp``.
+
+        Args:
+            anchors_xyxy: ``(A, 4)`` pixels, or ``(B, A, 4)`` (one anchor per delta).
+            deltas: ``(A, 4)`` or ``(B, A, 4)`` float deltas, any float dtype.
+
+        Returns:
+            float32 ``xyxy`` boxes in pixels, ``deltas``' shape.
+        """
+        # Hand-written: keras.utils.bounding_boxes.decode_deltas_to_boxes does not
+        # clamp dw/dh, so an untrained model's exp(dw) overflows to inf.
+        anchors_xyxy = ops.convert_to_tensor(anchors_xyxy, "float32")
+        deltas = ops.cast(deltas, "float32")
+        widths = anchors_xyxy[..., 2] - anchors_xyxy[..., 0]
+        heights = anchors_xyxy[..., 3] - anchors_xyxy[..., 1]
+        centers_x = anchors_xyxy[..., 0] + 0.5 * widths
+        centers_y = anchors_xyxy[..., 1] + 0.5 * heights
+        wx, wy, ww, wh = self.weights
+        dx = deltas[..., 0] / wx
+        dy = deltas[..., 1] / wy
+        dw = ops.minimum(deltas[..., 2] / ww, self.scale_clamp)
+        dh = ops.minimum(deltas[..., 3] / wh, self.scale_clamp)
+        pred_cx = dx * widths + centers_x
+        pred_cy = dy * heights + centers_y
+        pred_w = ops.exp(dw) * widths
+        pred_h = ops.exp(dh) * heights
+        return ops.stack(
+            [
+                pred_cx - 0.5 * pred_w,
+                pred_cy - 0.5 * pred_h,
+                pred_cx + 0.5 * pred_w,
+                pred_cy + 0.5 * pred_h,
+            ],
+            axis=-1,
+        )
+
+    def get_config(self) -> dict:
+        return {"weights": self.weights, "scale_clamp": self.scale_clamp}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "BoxCoder":
+        return cls(**config)
+
+
+def encode_deltas(anchors_xyxy, boxes_xyxy, weights: Sequence[float] = DEFAULT_BOX_WEIGHTS):
+    """``BoxCoder(weights).encode(anchors_xyxy, boxes_xyxy)``: see :class:`BoxCoder`.
 
     Args:
         anchors_xyxy: ``(A, 4)`` pixels.
@@ -153,18 +275,10 @@ def encode_deltas(anchors_xyxy, boxes_xyxy, weights: Sequence[float] = DEFAULT_B
         ``boxes_xyxy.shape`` float32 deltas (unitless).
 
     Example:
-        >>> encode_deltas([[0., 0., 10., 10.]], [[1., 0., 11., 10.]])
-        ... # -> [[0.1, 0., 0., 0.]]
+        >>> ops.convert_to_numpy(encode_deltas([[0., 0., 10., 10.]], [[1., 0., 11., 10.]]))
+        array([[0.1, 0. , 0. , 0. ]], dtype=float32)
     """
-    variance = [1.0 / float(w) for w in weights]
-    return keras.utils.bounding_boxes.encode_box_to_deltas(
-        anchors=ops.convert_to_tensor(anchors_xyxy, "float32"),
-        boxes=ops.convert_to_tensor(boxes_xyxy, "float32"),
-        anchor_format="xyxy",
-        box_format="xyxy",
-        encoding_format="center_xywh",
-        variance=variance,
-    )
+    return BoxCoder(weights).encode(anchors_xyxy, boxes_xyxy)
 
 
 def decode_deltas(
@@ -173,7 +287,7 @@ def decode_deltas(
     weights: Sequence[float] = DEFAULT_BOX_WEIGHTS,
     clip: float = BBOX_XFORM_CLIP,
 ):
-    """Inverse of :func:`encode_deltas`, with ``dw``/``dh`` clamped at ``clip``.
+    """``BoxCoder(weights, clip).decode(anchors_xyxy, deltas)``: see :class:`BoxCoder`.
 
     Args:
         anchors_xyxy: ``(A, 4)`` pixels.
@@ -185,35 +299,10 @@ def decode_deltas(
         ``deltas.shape`` float32 boxes, ``xyxy`` pixels.
 
     Example:
-        >>> decode_deltas([[0., 0., 10., 10.]], [[0.1, 0., 0., 0.]])
-        ... # -> [[1., 0., 11., 10.]]
+        >>> ops.convert_to_numpy(decode_deltas([[0., 0., 10., 10.]], [[0.1, 0., 0., 0.]]))
+        array([[ 1.,  0., 11., 10.]], dtype=float32)
     """
-    # Hand-written: keras.utils.bounding_boxes.decode_deltas_to_boxes does not
-    # clamp dw/dh, so an untrained model's exp(dw) overflows to inf.
-    anchors_xyxy = ops.convert_to_tensor(anchors_xyxy, "float32")
-    deltas = ops.cast(deltas, "float32")
-    widths = anchors_xyxy[..., 2] - anchors_xyxy[..., 0]
-    heights = anchors_xyxy[..., 3] - anchors_xyxy[..., 1]
-    centers_x = anchors_xyxy[..., 0] + 0.5 * widths
-    centers_y = anchors_xyxy[..., 1] + 0.5 * heights
-    wx, wy, ww, wh = (float(w) for w in weights)
-    dx = deltas[..., 0] / wx
-    dy = deltas[..., 1] / wy
-    dw = ops.minimum(deltas[..., 2] / ww, clip)
-    dh = ops.minimum(deltas[..., 3] / wh, clip)
-    pred_cx = dx * widths + centers_x
-    pred_cy = dy * heights + centers_y
-    pred_w = ops.exp(dw) * widths
-    pred_h = ops.exp(dh) * heights
-    return ops.stack(
-        [
-            pred_cx - 0.5 * pred_w,
-            pred_cy - 0.5 * pred_h,
-            pred_cx + 0.5 * pred_w,
-            pred_cy + 0.5 * pred_h,
-        ],
-        axis=-1,
-    )
+    return BoxCoder(weights, clip).decode(anchors_xyxy, deltas)
 
 
 def clip_to_image(boxes_xyxy, image_shape: Sequence[int]):
@@ -224,7 +313,8 @@ def clip_to_image(boxes_xyxy, image_shape: Sequence[int]):
         image_shape: ``(height, width)`` pixels.
 
     Example:
-        >>> clip_to_image([[-5., 3., 130., 70.]], (64, 128))   # -> [[0., 3., 128., 64.]]
+        >>> ops.convert_to_numpy(clip_to_image(np.array([[-5., 3., 130., 70.]], "float32"), (64, 128)))
+        array([[  0.,   3., 128.,  64.]], dtype=float32)
     """
     height, width = float(image_shape[0]), float(image_shape[1])
     x1 = ops.clip(boxes_xyxy[..., 0], 0.0, width)

@@ -28,7 +28,8 @@ def assign_targets(
     background_iou: float = 0.4,
     allow_low_quality_matches: bool = True,
     crowd_ioa: float = 0.5,
-    box_weights: Sequence[float] = box_ops.DEFAULT_BOX_WEIGHTS,
+    box_weights: Sequence[float] | None = None,
+    box_coder: box_ops.BoxCoder | None = None,
 ) -> dict:
     """Labels every anchor as foreground, background or ignored.
 
@@ -54,7 +55,11 @@ def assign_targets(
         allow_low_quality_matches: see above.
         crowd_ioa: intersection-over-anchor-area with a crowd box at or
             above which a background anchor is ignored.
-        box_weights: ``(wx, wy, ww, wh)`` for :func:`boxes.encode_deltas`.
+        box_weights: ``(wx, wy, ww, wh)``: shorthand for
+            ``box_coder=BoxCoder(box_weights)``; default all 1.
+        box_coder: the :class:`keras_retina.boxes.BoxCoder` that encodes the
+            box targets (the one decoding will use); give it or
+            ``box_weights``, not both.
 
     Returns:
         dict with
@@ -66,16 +71,25 @@ def assign_targets(
         ``"cls_weights"``: float32 ``(B, A)``, 0 where ignored, else 1.
 
     Example:
-        >>> anchors = AnchorGenerator()((128, 128))
+        One image (B = 1) with one 32-pixel box of class 3, against the 3069
+        anchors of a 128 × 128 input:
+
+        >>> anchors = kr.AnchorGenerator()((128, 128))
         >>> t = assign_targets(anchors, [[[0., 0., 32., 32.]]], [[3]])
-        >>> int(ops.sum(ops.cast(t["foreground"], "int32"))) >= 1
-        True
+        >>> t["cls_targets"].shape, t["box_targets"].shape
+        (TensorShape([1, 3069]), TensorShape([1, 3069, 4]))
+        >>> cls_targets = ops.convert_to_numpy(t["cls_targets"])[0]
+        >>> [int((cls_targets == label).sum()) for label in (3, BACKGROUND, IGNORE)]
+        [16, 3021, 32]
     """
     if background_iou > foreground_iou:
         raise ValueError(
-            f"assign_targets: background_iou ({background_iou}) must be <= "
-            f"foreground_iou ({foreground_iou})."
+            f"`background_iou` must be <= `foreground_iou` ({foreground_iou}), got {background_iou}."
         )
+    if box_coder is None:
+        box_coder = box_ops.BoxCoder(box_ops.DEFAULT_BOX_WEIGHTS if box_weights is None else box_weights)
+    elif box_weights is not None:
+        raise ValueError(f"`box_weights` must be None when `box_coder` is given, got {box_weights!r}.")
     anchors_xyxy = ops.convert_to_tensor(anchors_xyxy, "float32")
     gt_boxes_xyxy = ops.cast(gt_boxes_xyxy, "float32")
     gt_classes = ops.cast(gt_classes, "int32")
@@ -133,7 +147,7 @@ def assign_targets(
     matched_boxes = ops.take_along_axis(
         gt_boxes_xyxy, ops.expand_dims(matched_index, -1), axis=1
     )  # (B, A, 4)
-    box_targets = box_ops.encode_deltas(anchors_xyxy, matched_boxes, weights=box_weights)
+    box_targets = box_coder.encode(anchors_xyxy, matched_boxes)  # (B, A, 4)
     box_targets = ops.where(ops.expand_dims(foreground, -1), box_targets, 0.0)
     return {
         "cls_targets": ops.cast(cls_targets, "int32"),

@@ -33,7 +33,24 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
       are matched inside the train step (:meth:`compute_loss`).
     * ``model.predict(images)`` returns final detections ``{"boxes": (B, D, 4)
       xyxy pixels, "scores": (B, D), "classes": (B, D), "num_detections":
-      (B,)}`` with ``D = max_detections``.
+      (B,)}`` with ``D = max_detections``; :meth:`detect_function` does the
+      same on this device only.
+
+    The stages are one method each, as in detectron2's ``DenseDetector``:
+    :meth:`label_anchors` → :meth:`loss_terms` → :meth:`update_metrics`
+    (called by :meth:`compute_loss`) for training, :meth:`detect` for
+    inference.
+
+    The four inference settings live in one frozen
+    :class:`keras_retina.postprocess.InferenceSettings`,
+    ``model.inference_settings``; ``model.score_threshold``,
+    ``model.pre_nms_topk``, ``model.nms_iou_threshold`` and
+    ``model.max_detections`` read it, and setting any of them (or
+    ``model.inference_settings`` itself) validates the value and takes effect
+    at the next ``predict``, ``detect`` or :meth:`detect_function` call.
+    The box deltas are encoded (matching) and decoded (inference) by one
+    :class:`keras_retina.boxes.BoxCoder`, ``model.box_coder``, built from
+    ``box_weights``.
 
     Args:
         num_classes: C object classes (no background class).
@@ -56,9 +73,10 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             predictions are always ``xyxy``.
         foreground_iou, background_iou, allow_low_quality_matches: matching,
             see :func:`keras_retina.matching.assign_targets`.
-        box_weights: ``(wx, wy, ww, wh)`` delta weights.
+        box_weights: ``(wx, wy, ww, wh)`` delta weights of the
+            :class:`keras_retina.boxes.BoxCoder`.
         score_threshold, pre_nms_topk, nms_iou_threshold, max_detections:
-            inference, see :func:`keras_retina.postprocess.decode_detections`.
+            inference, see :class:`keras_retina.postprocess.InferenceSettings`.
         fold_batchnorm: when the backbone's BatchNorms use their moving
             statistics (inference, or training with frozen BatchNorm), run a
             twin of the backbone with each BatchNorm folded into its conv
@@ -66,12 +84,23 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             same outputs within float32 rounding, faster). Default ``True``.
 
     Example:
-        >>> model = RetinaNet(num_classes=3, backbone="tiny", fpn_channels=64,
-        ...                   head_channels=64)
+        A tiny model, one training step on two 64 × 64 images (the second
+        has one box and one padding row), then detections:
+
+        >>> model = RetinaNet(num_classes=3, backbone="tiny", fpn_channels=16,
+        ...                   head_channels=16, num_head_convs=1)
+        >>> images = np.zeros((2, 64, 64, 3), "uint8")
+        >>> y = {"boxes": np.array([[[8., 8., 40., 40.], [30., 20., 60., 50.]],
+        ...                         [[0., 0., 32., 64.], [0., 0., 0., 0.]]], "float32"),
+        ...      "classes": np.array([[0, 2], [1, -1]], "int32")}
         >>> model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-        >>> model.fit(images, {"boxes": boxes, "classes": classes}, epochs=1)
-        >>> model.predict(images)["boxes"].shape
-        (B, 100, 4)
+        >>> history = model.fit(images, y, epochs=1, verbose=0)
+        >>> sorted(history.history)
+        ['box_loss', 'cls_loss', 'dropped_boxes', 'loss', 'num_positives', 'truncated_boxes']
+        >>> model.score_threshold = 0.0   # keep every candidate
+        >>> detections = model.predict(images, verbose=0)
+        >>> detections["boxes"].shape, detections["num_detections"]
+        ((2, 100, 4), array([100, 100], dtype=int32))
     """
 
     def __init__(
@@ -108,9 +137,8 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             anchor_generator = AnchorGenerator(min_level=3, max_level=max_level)
         if anchor_generator.min_level != 3 or anchor_generator.max_level != max_level:
             raise ValueError(
-                "RetinaNet: anchor_generator must cover levels 3.."
-                f"{max_level} (max_level), got {anchor_generator.min_level}.."
-                f"{anchor_generator.max_level}."
+                f"`anchor_generator` must cover levels 3..{max_level} (`max_level`), got levels "
+                f"{anchor_generator.min_level}..{anchor_generator.max_level}."
             )
         pretrained = backbone_weights is not None
         # === config ===
@@ -131,11 +159,18 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         self.foreground_iou = float(foreground_iou)
         self.background_iou = float(background_iou)
         self.allow_low_quality_matches = bool(allow_low_quality_matches)
-        self.box_weights = tuple(float(w) for w in box_weights)
-        self.score_threshold = float(score_threshold)
-        self.pre_nms_topk = int(pre_nms_topk)
-        self.nms_iou_threshold = float(nms_iou_threshold)
-        self.max_detections = int(max_detections)
+        # One coder encodes the box targets (matching) and decodes the
+        # predictions (inference); box_weights is read back from it.
+        self.box_coder = box_ops.BoxCoder(box_weights)
+        # The cached detect_function(), in a plain holder so that Keras
+        # neither tracks nor saves it; dropped when a setting changes.
+        self._detect_cache = _Untracked()
+        self.inference_settings = postprocess.InferenceSettings(
+            score_threshold=score_threshold,
+            pre_nms_topk=pre_nms_topk,
+            nms_iou_threshold=nms_iou_threshold,
+            max_detections=max_detections,
+        )
         self.fold_batchnorm = bool(fold_batchnorm)
 
         # === layers ===
@@ -254,7 +289,8 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         """
         if kwargs.get("loss") is not None:
             raise ValueError(
-                "RetinaNet.compile: pass classification_loss= and box_loss= instead of loss=."
+                "`loss` must be None (pass `classification_loss` and `box_loss` instead), "
+                f"got {kwargs['loss']!r}."
             )
         kwargs.pop("loss", None)
         if isinstance(classification_loss, dict):
@@ -285,14 +321,13 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Focal loss + box loss, each summed and divided by the global foreground count.
 
-        Anchors are matched to ``y`` here (:func:`matching.assign_targets`).
-        The normaliser is the number of foreground anchors over the whole
-        global batch (all replicas, at least 1; weighted by ``sample_weight``
-        when given); each replica returns its share, so that the sum over
-        replicas — what ``tf.distribute`` all-reduces — is the global loss.
-        Batches from :func:`keras_retina.data.make_pipeline` also carry the
-        boxes it dropped or truncated; their per-epoch sums are logged as
-        ``dropped_boxes`` and ``truncated_boxes``.
+        Three stages: :meth:`label_anchors` matches the anchors to ``y``,
+        :meth:`loss_terms` computes the two losses, :meth:`update_metrics`
+        logs them. The normaliser is the number of foreground anchors over
+        the whole global batch (all replicas, at least 1; weighted by
+        ``sample_weight`` when given); each replica returns its share, so
+        that the sum over replicas — what ``tf.distribute`` all-reduces — is
+        the global loss. Regularisers and ``add_loss`` terms are added.
 
         Args:
             x: images ``(B, H, W, 3)``, static ``H, W``.
@@ -304,30 +339,83 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         Returns:
             scalar float32 loss.
         """
+        targets = self.label_anchors(tuple(x.shape[1:3]), y)
+        cls_loss, box_loss, num_positives = self.loss_terms(targets, y_pred, sample_weight)
+        self.update_metrics(cls_loss, box_loss, num_positives, y)
+        loss = cls_loss + box_loss
+        for extra in self.losses:  # regularisers, add_loss()
+            loss = loss + compat.additional_loss(self, extra)
+        return loss
+
+    def label_anchors(self, image_shape: Sequence[int], y: dict) -> dict:
+        """Matches the anchors of an ``(H, W)`` input to the ground truth ``y``.
+
+        Boxes in ``bounding_box_format`` are converted to ``xyxy`` first; the
+        rules are those of :func:`keras_retina.matching.assign_targets`, the
+        box targets encoded by ``self.box_coder``.
+
+        Args:
+            image_shape: ``(H, W)`` of the input images, pixels.
+            y: ``{"boxes": (B, N, 4), "classes": (B, N)}`` and optionally
+                ``"is_crowd": (B, N)``; padding rows have class -1.
+
+        Returns:
+            the targets of :func:`keras_retina.matching.assign_targets`:
+            ``"cls_targets"`` int32 ``(B, A)``, ``"box_targets"`` float32
+            ``(B, A, 4)``, ``"foreground"`` bool ``(B, A)``,
+            ``"cls_weights"`` float32 ``(B, A)``.
+
+        Example:
+            >>> model = RetinaNet(num_classes=3, backbone="tiny")
+            >>> targets = model.label_anchors(
+            ...     (64, 64), {"boxes": [[[8., 8., 40., 40.]]], "classes": [[2]]})
+            >>> targets["cls_targets"].shape, int(ops.sum(ops.cast(targets["foreground"], "int32")))
+            (TensorShape([1, 774]), 16)
+        """
         if not isinstance(y, dict) or "boxes" not in y or "classes" not in y:
             raise ValueError(
-                "RetinaNet expects targets y = {'boxes': (B, N, 4), 'classes': (B, N)}, "
+                "`y` must be a dict {'boxes': (B, N, 4), 'classes': (B, N)}, "
                 f"got {type(y).__name__}"
                 + (f" with keys {sorted(y)}" if isinstance(y, dict) else "")
                 + "."
             )
-        image_shape = tuple(x.shape[1:3])
-        anchors_xyxy = self.anchors(image_shape)
-        gt_boxes = ops.cast(y["boxes"], "float32")
+        image_shape = tuple(image_shape)
+        gt_boxes = ops.cast(y["boxes"], "float32")  # (B, N, 4)
         if self.bounding_box_format != "xyxy":
             gt_boxes = box_ops.convert_format(
                 gt_boxes, self.bounding_box_format, "xyxy", image_shape=image_shape
             )
-        targets = matching.assign_targets(
-            anchors_xyxy,
+        return matching.assign_targets(
+            self.anchors(image_shape),
             gt_boxes,
             y["classes"],
             y.get("is_crowd"),
             foreground_iou=self.foreground_iou,
             background_iou=self.background_iou,
             allow_low_quality_matches=self.allow_low_quality_matches,
-            box_weights=self.box_weights,
+            box_coder=self.box_coder,
         )
+
+    def loss_terms(self, targets: dict, y_pred: dict, sample_weight=None) -> tuple:
+        """The classification and box losses of one replica's batch.
+
+        (Not ``losses``: that is Keras' list of regularisation terms.)
+
+        Args:
+            targets: the output of :meth:`label_anchors`, ``(B, A)`` and
+                ``(B, A, 4)`` tensors.
+            y_pred: ``{"cls_logits": (B, A, C), "box_deltas": (B, A, 4)}``
+                from :meth:`call`.
+            sample_weight: optional ``(B,)`` per-image weights; an image of
+                weight 0 counts as absent, in the losses and the normaliser.
+
+        Returns:
+            ``(cls_loss, box_loss, num_positives)``, float32 scalars: this
+            replica's shares of the two losses (summed over anchors and
+            classes, divided by the global normaliser; ``box_loss`` already
+            multiplied by ``box_loss_weight``) and the (weighted) number of
+            foreground anchors over all replicas.
+        """
         foreground = ops.cast(targets["foreground"], "float32")  # (B, A)
         cls_weights = targets["cls_weights"]  # (B, A)
         if sample_weight is not None:
@@ -337,7 +425,7 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         else:
             foreground_weighted = foreground
 
-        cls_one_hot = ops.one_hot(ops.maximum(targets["cls_targets"], 0), self.num_classes)
+        cls_one_hot = ops.one_hot(ops.maximum(targets["cls_targets"], 0), self.num_classes)  # (B, A, C)
         cls_one_hot = cls_one_hot * ops.expand_dims(foreground, -1)  # background rows all 0
         cls_per_anchor = self.classification_loss.call(cls_one_hot, y_pred["cls_logits"])  # (B, A)
         box_per_anchor = self.box_loss.call(targets["box_targets"], y_pred["box_deltas"])  # (B, A)
@@ -350,21 +438,30 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         normalizer = ops.maximum(global_positives, 1.0)
         cls_loss = cls_sum / normalizer
         box_loss = self.box_loss_weight * box_sum / normalizer
-        loss = cls_loss + box_loss
+        return cls_loss, box_loss, global_positives
 
+    def update_metrics(self, cls_loss, box_loss, num_positives, y: dict) -> None:
+        """Logs the loss terms, the positives and the pipeline's box counts.
+
+        Batches from :func:`keras_retina.data.make_pipeline` also carry the
+        boxes it dropped or truncated (``"num_dropped_boxes"``,
+        ``"num_truncated_boxes"``: ``(B,)``); their per-epoch sums are logged
+        as ``dropped_boxes`` and ``truncated_boxes``.
+
+        Args:
+            cls_loss, box_loss, num_positives: scalars from :meth:`loss_terms`.
+            y: the batch's targets.
+        """
         # Trackers average over replicas; scaling by the replica count makes
         # them report the global (summed) loss.
         replicas = float(_num_replicas())
         self.cls_loss_tracker.update_state(cls_loss * replicas)
         self.box_loss_tracker.update_state(box_loss * replicas)
-        self.num_positives_tracker.update_state(global_positives)
+        self.num_positives_tracker.update_state(num_positives)
         if "num_dropped_boxes" in y:
             self.dropped_boxes_tracker.update_state(ops.sum(ops.cast(y["num_dropped_boxes"], "float32")))
         if "num_truncated_boxes" in y:
             self.truncated_boxes_tracker.update_state(ops.sum(ops.cast(y["num_truncated_boxes"], "float32")))
-        for extra in self.losses:  # regularisers, add_loss()
-            loss = loss + compat.additional_loss(self, extra)
-        return loss
 
     # -------------------------------------------------------------- inference
     def predict_step(self, data):
@@ -376,16 +473,20 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         """Final detections for images ``(B, H, W, 3)`` (static ``H, W``).
 
         Unlike :meth:`predict`, this runs in the caller's graph or eagerly
-        (the SavedModel export calls it inside its serving function).
+        (the SavedModel export calls it inside its serving function); the
+        settings are ``self.inference_settings`` at the time it is called
+        (traced).
 
         Returns:
             ``{"boxes": (B, D, 4) float32 xyxy pixels of the input,
             "scores": (B, D) float32, "classes": (B, D) int32 (-1 past
-            num_detections), "num_detections": (B,) int32}``.
+            num_detections), "num_detections": (B,) int32}``,
+            ``D = max_detections``.
 
         Example:
-            >>> model.detect(np.zeros((1, 256, 256, 3), "uint8"))["boxes"].shape
-            TensorShape([1, 100, 4])
+            >>> model = RetinaNet(num_classes=3, backbone="tiny", max_detections=5)
+            >>> model.detect(np.zeros((1, 64, 64, 3), "uint8"))["boxes"].shape
+            TensorShape([1, 5, 4])
         """
         outputs = self(images, training=False)
         image_shape = tuple(images.shape[1:3])
@@ -395,12 +496,114 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             self.anchors(image_shape),
             self.anchor_generator.anchors_per_level(image_shape),
             image_shape,
-            score_threshold=self.score_threshold,
-            pre_nms_topk=self.pre_nms_topk,
-            nms_iou_threshold=self.nms_iou_threshold,
-            max_detections=self.max_detections,
-            box_weights=self.box_weights,
+            **self.inference_settings.as_dict(),
+            box_coder=self.box_coder,
         )
+
+    def detect_function(self):
+        """:meth:`detect` as a cached ``tf.function`` that runs on this device only.
+
+        Not ``predict_on_batch``: under MultiWorkerMirroredStrategy that is a
+        collective call whose result concatenates every worker's batch,
+        while evaluation on each worker runs its own local dataset. The
+        function is kept out of Keras' tracking (never saved) and rebuilt
+        after any change of the inference settings.
+
+        Returns:
+            a callable mapping images ``(B, H, W, 3)`` to the dict of
+            :meth:`detect`.
+
+        Example:
+            >>> model = RetinaNet(num_classes=3, backbone="tiny", max_detections=5)
+            >>> detect = model.detect_function()
+            >>> detect(np.zeros((2, 64, 64, 3), "uint8"))["classes"].shape
+            TensorShape([2, 5])
+            >>> model.detect_function() is detect
+            True
+            >>> model.max_detections = 2
+            >>> model.detect_function()(np.zeros((2, 64, 64, 3), "uint8"))["classes"].shape
+            TensorShape([2, 2])
+        """
+        function = getattr(self._detect_cache, "function", None)
+        if function is None:
+            function = tf.function(self.detect, reduce_retracing=True)
+            self._detect_cache.function = function
+        return function
+
+    # The settings in one frozen object; each setter replaces it.
+    @property
+    def inference_settings(self) -> postprocess.InferenceSettings:
+        """The :class:`keras_retina.postprocess.InferenceSettings` of :meth:`detect` and ``predict``.
+
+        Setting it (or one of the four properties that read it) drops the
+        cached predict and detect functions, so the next call uses the new
+        values.
+
+        Example:
+            >>> model = RetinaNet(num_classes=3, backbone="tiny")
+            >>> model.score_threshold = 0.3
+            >>> model.inference_settings
+            InferenceSettings(score_threshold=0.3, pre_nms_topk=1000, nms_iou_threshold=0.5, max_detections=100)
+            >>> model.max_detections = 0
+            Traceback (most recent call last):
+            ...
+            ValueError: `max_detections` must be an integer >= 1, got 0.
+        """
+        return self._inference_settings
+
+    @inference_settings.setter
+    def inference_settings(self, settings: postprocess.InferenceSettings):
+        if not isinstance(settings, postprocess.InferenceSettings):
+            raise ValueError(
+                "`inference_settings` must be a keras_retina.postprocess.InferenceSettings, "
+                f"got {settings!r}."
+            )
+        self._inference_settings = settings
+        # Keras caches the traced predict function, and a tf.function captures
+        # the settings as constants: both are rebuilt at their next use.
+        self.predict_function = None
+        self._detect_cache.function = None
+
+    @property
+    def score_threshold(self) -> float:
+        """Candidates scoring at or below it are dropped (see :attr:`inference_settings`)."""
+        return self.inference_settings.score_threshold
+
+    @score_threshold.setter
+    def score_threshold(self, value: float):
+        self.inference_settings = self.inference_settings.replace(score_threshold=value)
+
+    @property
+    def pre_nms_topk(self) -> int:
+        """(anchor, class) pairs kept per level before NMS (see :attr:`inference_settings`)."""
+        return self.inference_settings.pre_nms_topk
+
+    @pre_nms_topk.setter
+    def pre_nms_topk(self, value: int):
+        self.inference_settings = self.inference_settings.replace(pre_nms_topk=value)
+
+    @property
+    def nms_iou_threshold(self) -> float:
+        """IoU above which NMS suppresses a box of the same class (see :attr:`inference_settings`)."""
+        return self.inference_settings.nms_iou_threshold
+
+    @nms_iou_threshold.setter
+    def nms_iou_threshold(self, value: float):
+        self.inference_settings = self.inference_settings.replace(nms_iou_threshold=value)
+
+    @property
+    def max_detections(self) -> int:
+        """Detections per image, ``D`` (see :attr:`inference_settings`)."""
+        return self.inference_settings.max_detections
+
+    @max_detections.setter
+    def max_detections(self, value: int):
+        self.inference_settings = self.inference_settings.replace(max_detections=value)
+
+    @property
+    def box_weights(self) -> tuple:
+        """``(wx, wy, ww, wh)`` of :attr:`box_coder` (read-only: a constructor argument)."""
+        return self.box_coder.weights
 
     def make_predict_function(self, force=False):
         # Class-wise NMS (tf.image.combined_non_max_suppression) has no XLA

@@ -130,5 +130,25 @@ def test_crowd_boxes_are_ignored_regions_never_positive():
 
 
 def test_thresholds_validated():
-    with pytest.raises(ValueError, match="background_iou"):
+    with pytest.raises(ValueError, match=r"^`background_iou` must be <= `foreground_iou` \(0.3\), got 0.4\.$"):
         assign_targets(ANCHORS, np.zeros((1, 1, 4)), np.zeros((1, 1)), foreground_iou=0.3, background_iou=0.4)
+
+
+def test_box_targets_come_from_the_box_coder():
+    boxes = np.array([[[10, 20, 60, 50], [70, 64, 120, 128]]], "float32")
+    classes = np.array([[1, 0]], "int32")
+    coder = kr.boxes.BoxCoder((10.0, 10.0, 5.0, 5.0))
+    with_coder = _as_np(assign_targets(ANCHORS, boxes, classes, box_coder=coder))
+    with_weights = _as_np(assign_targets(ANCHORS, boxes, classes, box_weights=(10, 10, 5, 5)))
+    plain = _as_np(assign_targets(ANCHORS, boxes, classes))
+    for key in with_coder:
+        np.testing.assert_array_equal(with_coder[key], with_weights[key], err_msg=key)
+    foreground = plain["foreground"][0]
+    np.testing.assert_allclose(
+        with_coder["box_targets"][0, foreground], plain["box_targets"][0, foreground] * [10, 10, 5, 5], rtol=1e-5, atol=1e-5
+    )
+    decoded = np.asarray(coder.decode(ANCHORS, with_coder["box_targets"][0]))[foreground]
+    expected = boxes[0][np.asarray(kr.boxes.pairwise_iou(ANCHORS[foreground], boxes[0])).argmax(1)]
+    np.testing.assert_allclose(decoded, expected, atol=1e-3)
+    with pytest.raises(ValueError, match="`box_weights` must be None when `box_coder` is given"):
+        assign_targets(ANCHORS, boxes, classes, box_coder=coder, box_weights=(1, 1, 1, 1))

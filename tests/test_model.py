@@ -88,7 +88,6 @@ def test_bounding_box_format_converts_targets():
     images, y = toy_batch()
     model_xyxy = small_model()
     model_xywh = small_model(bounding_box_format="xywh")
-    model_xywh.set_weights(model_xyxy.get_weights()) if model_xywh.built else None
     model_xyxy(images)
     model_xywh(images)
     model_xywh.set_weights(model_xyxy.get_weights())
@@ -99,12 +98,42 @@ def test_bounding_box_format_converts_targets():
     assert a == pytest.approx(b, rel=1e-5)
 
 
+def test_compute_loss_is_the_sum_of_its_stages():
+    images, y = toy_batch()
+    model = small_model(box_weights=(10.0, 10.0, 5.0, 5.0))
+    model.compile(optimizer="sgd", box_loss_weight=2.0)
+    y_pred = model(images)
+    targets = model.label_anchors((128, 128), y)
+    expected = kr.assign_targets(model.anchors((128, 128)), y["boxes"], y["classes"], box_weights=(10, 10, 5, 5))
+    for key in expected:
+        np.testing.assert_array_equal(targets[key], expected[key], err_msg=key)
+    cls_loss, box_loss, num_positives = model.loss_terms(targets, y_pred)
+    assert float(num_positives) == float(np.sum(targets["foreground"]))
+    assert float(cls_loss) > 0 and float(box_loss) > 0
+    loss = float(model.compute_loss(images, y, y_pred))
+    assert loss == pytest.approx(float(cls_loss) + float(box_loss), rel=1e-6)
+    model.update_metrics(cls_loss, box_loss, num_positives, {"num_dropped_boxes": np.array([2, 1])})
+    assert float(model.dropped_boxes_tracker.result()) == 3.0
+
+
+def test_one_box_coder_for_matching_and_decoding():
+    model = small_model(box_weights=(10.0, 10.0, 5.0, 5.0))
+    assert model.box_coder == box_ops.BoxCoder((10.0, 10.0, 5.0, 5.0))
+    assert model.box_weights == (10.0, 10.0, 5.0, 5.0)
+    _, y = toy_batch()
+    targets = model.label_anchors((128, 128), y)
+    foreground = np.asarray(targets["foreground"])[0]
+    decoded = np.asarray(model.box_coder.decode(model.anchors((128, 128)), targets["box_targets"][0]))[foreground]
+    matched = np.asarray(box_ops.pairwise_iou(decoded, y["boxes"][0])).max(axis=1)
+    np.testing.assert_allclose(matched, 1.0, atol=1e-4)  # each target decodes back to its box
+
+
 def test_bad_targets_and_compile_arguments():
     model = small_model()
     images, _ = toy_batch()
-    with pytest.raises(ValueError, match="'boxes'"):
+    with pytest.raises(ValueError, match="`y` must be a dict .*'boxes'.*, got ndarray."):
         model.compute_loss(images, np.zeros((2, 4)), model(images))
-    with pytest.raises(ValueError, match="classification_loss"):
+    with pytest.raises(ValueError, match="`loss` must be None .*classification_loss.*, got 'mse'."):
         model.compile(loss="mse")
     with pytest.raises(ValueError, match="box_loss"):
         model.compile(box_loss="bogus")
@@ -127,6 +156,92 @@ def test_untrained_model_keeps_no_detection_below_threshold():
     detections = small_model().predict(images, verbose=0)  # scores start near 0.01 < 0.05
     assert detections["num_detections"].tolist() == [0, 0]
     assert (detections["classes"] == -1).all()
+
+
+def _half_sure_model(**overrides):
+    """A small model whose class scores are all about 0.5 (class-head bias 0), built at 128 x 128."""
+    model = small_model(**overrides)
+    model(np.zeros((1, 128, 128, 3), "float32"))
+    model.classification_head.output_conv.bias.assign(np.zeros_like(model.classification_head.output_conv.bias))
+    return model
+
+
+def _same_class_max_iou(detections, b):
+    n = detections["num_detections"][b]
+    boxes, classes = np.asarray(detections["boxes"][b, :n]), np.asarray(detections["classes"][b, :n])
+    iou = np.asarray(box_ops.pairwise_iou(boxes, boxes))
+    same = (classes[:, None] == classes[None, :]) & ~np.eye(n, dtype=bool)
+    return iou[same].max()
+
+
+def test_changed_score_threshold_takes_effect_after_predict():
+    images, _ = toy_batch()
+    model = _half_sure_model()
+    scores = np.asarray(model.predict(images, verbose=0)["scores"])
+    assert model.predict(images, verbose=0)["num_detections"].tolist() == [100, 100]
+    assert 0.4 < scores[:, 0].min() and scores.max() < 0.6
+    detect = model.detect_function()
+    assert detect(images)["num_detections"].numpy().tolist() == [100, 100]
+    model.score_threshold = 0.9
+    assert model.score_threshold == 0.9 and model.inference_settings.score_threshold == 0.9
+    assert model.predict(images, verbose=0)["num_detections"].tolist() == [0, 0]
+    assert model.detect_function() is not detect  # rebuilt with the new setting
+    assert model.detect_function()(images)["num_detections"].numpy().tolist() == [0, 0]
+    assert model.detect_function() is model.detect_function()  # cached until the next change
+    assert model.detect(images)["num_detections"].numpy().tolist() == [0, 0]
+
+
+def test_changed_max_detections_changes_the_output_shape():
+    images, _ = toy_batch()
+    model = _half_sure_model()
+    assert model.predict(images, verbose=0)["boxes"].shape == (2, 100, 4)
+    assert model.detect_function()(images)["scores"].shape == (2, 100)
+    model.max_detections = 7
+    detections = model.predict(images, verbose=0)
+    assert detections["boxes"].shape == (2, 7, 4)
+    assert detections["num_detections"].tolist() == [7, 7]
+    assert model.detect_function()(images)["scores"].shape == (2, 7)
+
+
+def test_changed_nms_iou_threshold_and_pre_nms_topk_take_effect():
+    images, _ = toy_batch()
+    model = _half_sure_model()
+    assert _same_class_max_iou(model.predict(images, verbose=0), 0) > 0.2
+    model.nms_iou_threshold = 0.2
+    for detections in (model.predict(images, verbose=0), model.detect_function()(images)):
+        detections = {key: np.asarray(value) for key, value in detections.items()}
+        assert _same_class_max_iou(detections, 0) <= 0.2 + 1e-6
+    model.pre_nms_topk = 1  # one (anchor, class) pair per level: at most 5 candidates
+    num_levels = len(model.anchor_generator.anchors_per_level((128, 128)))
+    assert model.predict(images, verbose=0)["num_detections"].max() <= num_levels
+    assert np.asarray(model.detect_function()(images)["num_detections"]).max() <= num_levels
+
+
+def test_inference_settings_are_validated_and_saved(tmp_path):
+    model = small_model()
+    model.inference_settings = kr.postprocess.InferenceSettings(score_threshold=0.2, max_detections=9)
+    model.pre_nms_topk = 300
+    model.nms_iou_threshold = 0.7
+    for name, bad, message in (
+        ("score_threshold", 1.5, "`score_threshold` must be a number in [0, 1], got 1.5."),
+        ("nms_iou_threshold", -0.1, "`nms_iou_threshold` must be a number in [0, 1], got -0.1."),
+        ("pre_nms_topk", 0, "`pre_nms_topk` must be an integer >= 1, got 0."),
+        ("max_detections", 2.5, "`max_detections` must be an integer >= 1, got 2.5."),
+    ):
+        with pytest.raises(ValueError) as error:
+            setattr(model, name, bad)
+        assert str(error.value) == message
+    with pytest.raises(ValueError, match="`inference_settings` must be a keras_retina.postprocess.InferenceSettings"):
+        model.inference_settings = {"score_threshold": 0.2}
+    expected = dict(score_threshold=0.2, pre_nms_topk=300, nms_iou_threshold=0.7, max_detections=9)
+    assert model.inference_settings == kr.postprocess.InferenceSettings(**expected)  # failed sets changed nothing
+    config = model.get_config()
+    assert {key: config[key] for key in expected} == expected
+    model(np.zeros((1, 64, 64, 3), "float32"))
+    model.save(tmp_path / "m.keras")
+    restored = keras.saving.load_model(tmp_path / "m.keras")
+    assert restored.inference_settings == model.inference_settings
+    assert restored.detect(np.zeros((1, 64, 64, 3), "uint8"))["boxes"].shape == (1, 9, 4)
 
 
 def test_get_config_matches_constructor_arguments():
