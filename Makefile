@@ -19,12 +19,12 @@ run: $(STAMP)
 	$(VENV)/bin/python main.py $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -ra tests
+	$(VENV)/bin/python -m pytest -q -ra --doctest-modules keras_retina tests
 
 # The paper's Table 1a/1b study on the shapes data (writes docs/focal_ablation.*).
 ablation: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e ".[test,experiments]"
-	$(VENV)/bin/python -m experiments.focal_ablation $(ARGS)
+	$(VENV)/bin/python -m keras_retina.experiments.focal_ablation $(ARGS)
 
 # keras_retina against keras-hub (writes docs/BENCHMARKS.md and docs/benchmarks.json).
 bench: $(STAMP)

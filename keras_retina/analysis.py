@@ -26,6 +26,7 @@ def anchor_coverage(
     image_size: int,
     anchor_generator: AnchorGenerator | None = None,
     max_images: int | None = None,
+    verbose: bool = True,
 ) -> dict:
     """Share of ground-truth boxes whose best anchor IoU reaches 0.5 (and 0.4), by size.
 
@@ -38,20 +39,24 @@ def anchor_coverage(
         image_size: the model's square input size.
         anchor_generator: default: the paper's anchors.
         max_images: stop after this many images.
+        verbose: show a progress bar.
 
     Returns:
         dict: ``"num_images"``, ``"num_boxes"``, and per bucket plus
         ``"all"``: ``{"boxes", "iou_0.5", "iou_0.4", "median_best_iou"}`` (shares in [0, 1]).
 
     Example:
-        >>> anchor_coverage(source.dataset().as_numpy_iterator(), image_size=512)["all"]["iou_0.5"]
-        0.97
+        >>> example = {"image": np.zeros((256, 256, 3), "uint8"),
+        ...            "boxes": np.array([[0., 0., 64., 64.], [10., 10., 14., 200.]], "float32")}
+        >>> report = anchor_coverage([example], image_size=256, verbose=False)
+        >>> report["all"]["boxes"], report["all"]["iou_0.5"]   # the 4 x 190 sliver fits no anchor
+        (2, 0.5)
     """
     anchor_generator = anchor_generator or AnchorGenerator()
     anchors = anchor_generator((image_size, image_size))
     best_ious, areas = [], []
     num_images = 0
-    progress = keras.utils.Progbar(max_images, unit_name="image")
+    progress = keras.utils.Progbar(max_images, unit_name="image", verbose=1 if verbose else 0)
     for example in raw_examples:
         if max_images is not None and num_images >= max_images:
             break
@@ -129,20 +134,22 @@ def format_report(report: dict, tips: list[str]) -> str:
     return "\n".join(lines)
 
 
-def analyze_config(config, split: str = "val", max_images: int | None = 2000) -> dict:
-    """``main.py --mode=analyze``: anchor coverage of the configured dataset split.
+def analyze_split(data, split: str, model_dir: str, max_images: int | None = 2000) -> dict:
+    """``main.py --mode=analyze``: anchor coverage of one split of a run's data.
 
-    Prints the table and writes ``<model_dir>/anchor_coverage.json``.
+    Args:
+        data: a :class:`keras_retina.datasets.RunData`.
+        split: ``"train"`` or ``"val"``.
+        model_dir: where ``anchor_coverage.json`` is written.
+        max_images: images read at most.
+
+    Prints the table and the suggestions; returns the report of :func:`anchor_coverage`.
     """
-    from keras_retina import training  # noqa: PLC0415 (training imports this module's peers)
-
     if split not in ("train", "val"):
         raise ValueError(f"--split must be 'train' or 'val', got {split!r}.")
-    raw = training.build_raw(config, split)
-    report = anchor_coverage(raw.as_numpy_iterator(), config.data.image_size, max_images=max_images)
+    report = anchor_coverage(data.raw(split).as_numpy_iterator(), data.config.image_size, max_images=max_images)
     tips = suggestions(report)
     print(format_report(report, tips))
-    model_dir = config.resolved_model_dir()
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, "anchor_coverage.json"), "w") as f:
         json.dump({**report, "suggestions": tips}, f, indent=2)

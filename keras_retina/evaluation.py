@@ -1,4 +1,8 @@
-"""COCO evaluation (bbox AP) with pycocotools, and a Keras callback running it."""
+"""COCO evaluation (bbox AP) with pycocotools: detections over a pipeline, scored.
+
+The callback that runs it during training is
+:class:`keras_retina.callbacks.CocoEvaluationCallback`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,15 @@ import json
 import os
 from typing import Iterable, Sequence
 
+import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from keras_retina import visualize
+from keras_retina.data.pipeline import to_original_pixels
 
 #: Summary metrics in the order pycocotools' COCOeval.stats holds them.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -188,3 +197,68 @@ def write_metrics(metrics: dict, path: str) -> None:
     with open(path, "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
     logging.info("Wrote %s", path)
+
+
+def evaluate_model(model, dataset: tf.data.Dataset, coco_gt: COCO, category_ids, verbose: bool = True) -> dict:
+    """Predicts on an evaluation pipeline and scores the detections with COCOeval.
+
+    Args:
+        model: a :class:`keras_retina.RetinaNet`.
+        dataset: a :func:`keras_retina.data.make_pipeline` evaluation
+            pipeline (``training=False``: its ``y`` carries ``image_id``,
+            ``scale`` and ``image_shape``).
+        coco_gt: the split's ground truth.
+        category_ids: the dataset's category id of each contiguous class.
+        verbose: progress bar and COCOeval's printed summary.
+
+    Returns:
+        the metrics of :func:`coco_evaluate`.
+    """
+    results, image_ids = predict_to_coco(model, dataset, category_ids, verbose=verbose)
+    return coco_evaluate(coco_gt, results, image_ids=image_ids, verbose=verbose)
+
+
+def predict_to_coco(model, dataset: tf.data.Dataset, category_ids, verbose: bool = True) -> tuple[list, list]:
+    """COCO results (original pixels, dataset category ids) for every image of ``dataset``.
+
+    Detection runs on this worker only (``model.detect_function()``), not
+    through ``predict_on_batch``: under MultiWorkerMirroredStrategy that is a
+    collective call whose result concatenates every worker's batch.
+
+    Returns:
+        ``(results, image_ids)``: :func:`detections_to_coco` entries and the
+        ids of every image seen (images without detections included).
+    """
+    results, image_ids = [], []
+    cardinality = int(dataset.cardinality())
+    progress = keras.utils.Progbar(cardinality if cardinality > 0 else None, unit_name="batch", verbose=1 if verbose else 0)
+    detect = model.detect_function()
+    for images, y in dataset:
+        detections = {key: value.numpy() for key, value in detect(images).items()}
+        ids = y["image_id"].numpy()
+        image_ids.extend(int(i) for i in ids)
+        boxes = to_original_pixels(detections["boxes"], y["scale"], y["image_shape"]).numpy()
+        results.extend(
+            detections_to_coco(
+                boxes, detections["scores"], detections["classes"], detections["num_detections"], ids, category_ids
+            )
+        )
+        progress.add(1)
+    return results, image_ids
+
+
+#: Detections drawn in pictures of predictions score at least this much.
+DRAW_SCORE_THRESHOLD = 0.3
+
+
+def detection_grid(model, dataset: tf.data.Dataset, class_names, max_images: int = 8) -> np.ndarray:
+    """Detections (score >= 0.3) on the first batch of ``dataset``, drawn in a uint8 ``(H, W, 3)`` grid."""
+    images, _ = next(iter(dataset))
+    detections = {key: value.numpy() for key, value in model.detect_function()(images).items()}
+    keep = detections["scores"] >= DRAW_SCORE_THRESHOLD
+    shown = {
+        "boxes": detections["boxes"],
+        "classes": np.where(keep, detections["classes"], -1),
+        "scores": detections["scores"],
+    }
+    return visualize.draw_batch(images.numpy(), shown, class_names=class_names, max_images=max_images)

@@ -1,15 +1,19 @@
-"""What each ``main.py --mode`` does, from a resolved config (main.py only parses flags)."""
+"""What each ``main.py --mode`` does, from a resolved config (:mod:`keras_retina.cli` only parses flags).
+
+One function per mode; a new mode is a function here, a name in
+``cli.MODES`` and a line in :func:`run`. Data comes from one
+:class:`keras_retina.datasets.RunData` per mode, the trained model and its
+classes from the run directory (:mod:`keras_retina.rundir`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
-
 from keras_retina import config as config_lib
-from keras_retina import evaluation, training
+from keras_retina import datasets, evaluation, experiments, rundir, training
 
 # Flags that map one-to-one onto config fields.
 _FLAG_FIELDS = {
@@ -40,15 +44,13 @@ def config_from_flags(flags: dict) -> config_lib.ExperimentConfig:
     In a mode other than training, an existing ``<model_dir>/config.json``
     is the starting point, so evaluation and export see the trained config.
     """
-    import experiments  # noqa: PLC0415 (the folder beside main.py)
-
     config = experiments.load(flags.get("experiment") or "shapes")
     if flags.get("model_dir"):
         config = dataclasses.replace(config, model_dir=flags["model_dir"])
-    written = os.path.join(config.resolved_model_dir(), training.CONFIG_FILE)
-    if flags.get("mode") not in (None, "train", "train_and_evaluate") and os.path.exists(written):
-        with open(written) as f:
-            config = dataclasses.replace(config_lib.from_dict(json.load(f)), model_dir=config.resolved_model_dir())
+    if flags.get("mode") not in (None, "train", "train_and_evaluate"):
+        written = rundir.read_config(config.resolved_model_dir())
+        if written is not None:
+            config = dataclasses.replace(written, model_dir=config.resolved_model_dir())
     for flag, field in _FLAG_FIELDS.items():
         value = flags.get(flag)
         if value is None:
@@ -106,23 +108,19 @@ def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict, strateg
 def evaluate(config: config_lib.ExperimentConfig) -> dict:
     """Evaluates ``<model_dir>/checkpoints/latest.keras`` on the validation split."""
     model_dir = config.resolved_model_dir()
-    model = training.load_trained_model(model_dir)
-    data = training.build_data(config, training=False)
-    return _evaluate_and_write(model, data, model_dir)
-
-
-def _evaluate_and_write(model, data, model_dir: str) -> dict:
-    metrics = training.evaluate_model(model, data.val, data.coco_gt, data.category_ids, verbose=False)
-    evaluation.write_metrics(metrics, os.path.join(model_dir, "metrics.json"))
+    model = rundir.load_trained_model(model_dir)
+    data = datasets.RunData(config.data)
+    metrics = evaluation.evaluate_model(model, data.pipeline("val"), data.coco_gt, data.category_ids, verbose=False)
+    evaluation.write_metrics(metrics, os.path.join(model_dir, rundir.METRICS_FILE))
     print(evaluation.format_metrics(metrics))
     return metrics
 
 
-def draw_validation_predictions(model, data, path: str) -> str:
+def draw_validation_predictions(model, data: datasets.RunData, path: str) -> str:
     """Draws the first validation batch's detections (score >= 0.3) to a PNG at ``path``."""
     from PIL import Image  # noqa: PLC0415
 
-    Image.fromarray(training.detection_grid(model, data.val, data.class_names)).save(path)
+    Image.fromarray(evaluation.detection_grid(model, data.pipeline("val"), data.class_names)).save(path)
     return path
 
 
@@ -138,18 +136,19 @@ def _export(model, flags, model_dir, config, class_names, category_ids) -> str:
 def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
     """Exports ``<model_dir>/checkpoints/latest.keras`` as a SavedModel (``--export_dir``)."""
     model_dir = config.resolved_model_dir()
-    model = training.load_trained_model(model_dir)
-    path = _export(model, flags, model_dir, config, *training.read_classes(model_dir))
+    model = rundir.load_trained_model(model_dir)
+    path = _export(model, flags, model_dir, config, *rundir.read_classes(model_dir))
     print(f"SavedModel written to {path}")
     return path
 
 
 def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
+    """Detections on ``--image`` files with ``<model_dir>``'s model: detections.json and drawn PNGs."""
     from keras_retina import predict as predict_lib  # noqa: PLC0415
 
     model_dir = config.resolved_model_dir()
-    model = training.load_trained_model(model_dir)
-    class_names, category_ids = training.read_classes(model_dir)
+    model = rundir.load_trained_model(model_dir)
+    class_names, category_ids = rundir.read_classes(model_dir)
     output_dir = flags.get("output_dir") or os.path.join(model_dir, "predictions")
     return predict_lib.predict_files(
         model,
@@ -162,6 +161,8 @@ def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
 
 
 def analyze(config: config_lib.ExperimentConfig, flags: dict) -> dict:
+    """Anchor coverage of a split's boxes (``--split``), printed and written to ``anchor_coverage.json``."""
     from keras_retina import analysis  # noqa: PLC0415
 
-    return analysis.analyze_config(config, split=flags.get("split") or "val")
+    data = datasets.RunData(config.data)
+    return analysis.analyze_split(data, flags.get("split") or "val", config.resolved_model_dir())

@@ -27,3 +27,44 @@ def toy_batch(size=128, seed=0):
             if c >= 0:
                 images[b, int(y1) : int(y2), int(x1) : int(x2), c] = 255
     return images, {"boxes": boxes, "classes": classes}
+
+
+def assert_keras_round_trip(obj, inputs, directory, targets=None):
+    """Saves ``obj`` in a ``.keras`` file, loads it, and checks config and outputs are unchanged.
+
+    ``obj`` is a registered keras_retina Model, Layer or Loss:
+    * a Model is saved as it is and called on ``inputs``;
+    * a Layer is wrapped in a functional model over ``inputs``' shapes;
+    * a Loss is the compiled loss of an identity model, called on ``(targets, inputs)``.
+
+    Returns the restored object (the loaded model, its layer, or its loss).
+    """
+    import os  # noqa: PLC0415
+
+    import keras  # noqa: PLC0415
+
+    path = os.path.join(str(directory), f"{type(obj).__name__}.keras")
+    if isinstance(obj, keras.losses.Loss):
+        model = keras.Sequential([keras.Input(np.shape(inputs)[1:]), keras.layers.Identity()])
+        model.compile(optimizer="sgd", loss=obj)
+        want = obj(targets, inputs)
+        model.save(path)
+        restored = keras.saving.load_model(path).loss
+        got = restored(targets, inputs)
+    elif isinstance(obj, keras.Model):
+        want = obj(inputs)
+        obj.save(path)
+        restored = keras.saving.load_model(path)
+        got = restored(inputs)
+    else:
+        symbolic = keras.tree.map_structure(lambda x: keras.Input(np.shape(x)[1:], batch_size=np.shape(x)[0]), inputs)
+        model = keras.Model(symbolic, obj(symbolic))
+        want = model(inputs)
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+        restored = loaded.get_layer(obj.name)
+        got = loaded(inputs)
+    assert type(restored) is type(obj), (type(restored), type(obj))
+    assert restored.get_config() == obj.get_config()
+    keras.tree.map_structure(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=0), want, got)
+    return restored

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-import experiments
+from keras_retina import experiments
 from keras_retina import config as config_lib
 from keras_retina.config import ExperimentConfig
 
@@ -84,5 +84,5 @@ def test_coco_recipe_is_the_papers():
 
 
 def test_unknown_experiment():
-    with pytest.raises(ValueError, match="no file experiments/nope.py"):
+    with pytest.raises(ValueError, match="no file keras_retina/experiments/nope.py"):
         experiments.load("nope")

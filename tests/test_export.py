@@ -492,7 +492,7 @@ def test_very_large_image(loaded):
 # ------------------------------------------------------------ AP parity
 @pytest.mark.slow
 def test_exported_ap_equals_in_process_ap(tmp_path):
-    from keras_retina import evaluation, training
+    from keras_retina import evaluation
     from keras_retina.data import CocoJsonSource, make_pipeline, make_shapes_splits
     from pycocotools.coco import COCO
 
@@ -517,7 +517,7 @@ def test_exported_ap_equals_in_process_ap(tmp_path):
     category_ids = [int(c) for c in val_source.category_ids]
     coco_gt = COCO(splits["val"].annotation_file)
     val = make_pipeline(val_source.dataset(), image_size=128, batch_size=8, training=False)
-    in_process = training.evaluate_model(model, val, coco_gt, category_ids, verbose=False)
+    in_process = evaluation.evaluate_model(model, val, coco_gt, category_ids, verbose=False)
 
     path = export_saved_model(
         model,

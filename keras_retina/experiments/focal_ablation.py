@@ -5,8 +5,8 @@ budget, evaluates each with COCO AP, and writes ``docs/focal_ablation.md``
 (a table) and ``docs/focal_ablation.png`` (AP against gamma). The alpha of
 each gamma is the paper's best pairing from Table 1b.
 
-    python -m experiments.focal_ablation                 # 1 seed, 600 steps each
-    python -m experiments.focal_ablation --seeds=0,1,2 --steps=1200
+    python -m keras_retina.experiments.focal_ablation                 # 1 seed, 600 steps each
+    python -m keras_retina.experiments.focal_ablation --seeds=0,1,2 --steps=1200
 
 Each run is a ``main.py`` subprocess (``--mode=train`` then
 ``--mode=evaluate``) in ``runs/focal_ablation/<setting>_seed<k>``, so an
@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: (label, alpha, gamma): Table 1a's alpha-balanced CE and Table 1b's best alpha per gamma.
 SETTINGS = (
@@ -43,7 +42,8 @@ def run_one(alpha: float, gamma: float, seed: int, steps: int, steps_per_epoch: 
             return json.load(f)
     common = [
         sys.executable,
-        os.path.join(ROOT, "main.py"),
+        "-m",
+        "keras_retina.cli",
         f"--model_dir={model_dir}",
         f"--seed={seed}",
         f"--override=model.focal_alpha={alpha}",
@@ -57,8 +57,8 @@ def run_one(alpha: float, gamma: float, seed: int, steps: int, steps_per_epoch: 
         f"--steps_per_epoch={steps_per_epoch}",
         f"--override=train.eval_every_epochs={epochs}",
     ]
-    subprocess.run(train, cwd=ROOT, check=True)
-    subprocess.run(common + ["--mode=evaluate"], cwd=ROOT, check=True)
+    subprocess.run(train, check=True)
+    subprocess.run(common + ["--mode=evaluate"], check=True)
     with open(metrics_path) as f:
         return json.load(f)
 
@@ -74,8 +74,8 @@ def write_report(rows: list[dict], output_dir: str, steps: int, seeds: list[int]
     table = [
         f"# Focal loss ablation on the shapes data ({steps} steps, seeds {', '.join(map(str, seeds))})",
         "",
-        "Command: `python -m experiments.focal_ablation "
-        f"--steps={steps} --seeds={','.join(map(str, seeds))}`; model and data as `experiments/shapes.py`.",
+        "Command: `python -m keras_retina.experiments.focal_ablation "
+        f"--steps={steps} --seeds={','.join(map(str, seeds))}`; model and data as `keras_retina/experiments/shapes.py`.",
         "",
         "| setting | alpha | gamma | AP (mean) | AP per seed | AP50 | AP75 | paper COCO AP |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -116,8 +116,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=600, help="training steps per run")
     parser.add_argument("--steps_per_epoch", type=int, default=100)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
-    parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs", "focal_ablation"))
-    parser.add_argument("--output_dir", default=os.path.join(ROOT, "docs"))
+    parser.add_argument("--runs_dir", default=os.path.join("runs", "focal_ablation"))
+    parser.add_argument("--output_dir", default="docs")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []

@@ -1,0 +1,135 @@
+"""Keras callbacks of a training run: COCO evaluation, NaN stop, checkpoints that skip NaN epochs."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from keras_retina import compat, evaluation, rundir
+
+
+class CocoEvaluationCallback(keras.callbacks.Callback):
+    """Runs COCO evaluation after the first and last epochs of a run and every ``every_epochs`` epochs.
+
+    Adds ``val_AP``, ``val_AP50``, ... to the epoch logs (so CSV and
+    TensorBoard logs get them), draws the first validation batch's
+    detections into TensorBoard (``image_log_dir``) and, with ``best_path``,
+    saves the model there whenever the AP improves.
+
+    Args:
+        dataset: an evaluation pipeline (:meth:`keras_retina.datasets.RunData.pipeline`).
+        coco_gt: its pycocotools ground truth.
+        category_ids: the dataset's category id of each contiguous class.
+        every_epochs: evaluate every this many epochs.
+        best_path: where the best model is saved (with a ``.json`` note).
+        class_names: for the TensorBoard picture.
+        image_log_dir: TensorBoard directory of the picture; None for none.
+
+    Attributes:
+        last_metrics: the metrics of the last evaluation
+            (:func:`keras_retina.evaluation.coco_evaluate`).
+    """
+
+    def __init__(
+        self,
+        dataset,
+        coco_gt,
+        category_ids,
+        every_epochs: int = 1,
+        best_path: str | None = None,
+        class_names=None,
+        image_log_dir: str | None = None,
+    ):
+        super().__init__()
+        self.class_names = class_names
+        self.image_writer = tf.summary.create_file_writer(image_log_dir) if image_log_dir else None
+        self.dataset = dataset
+        self.coco_gt = coco_gt
+        self.category_ids = category_ids
+        self.every_epochs = max(int(every_epochs), 1)
+        self.best_path = best_path
+        self.best_ap = rundir.read_best_ap(best_path)
+        self.last_metrics: dict | None = None
+        self._evaluated_in_this_run = False
+
+    def on_train_begin(self, logs=None):
+        self._evaluated_in_this_run = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.params and epoch + 1 == self.params.get("epochs")
+        # The first epoch of each fit() (a resumed run too) is always
+        # evaluated: CSVLogger fixes its columns from the first logs it sees.
+        first = not self._evaluated_in_this_run
+        if (epoch + 1) % self.every_epochs and not last and not first:
+            return
+        self._evaluated_in_this_run = True
+        metrics = evaluation.evaluate_model(self.model, self.dataset, self.coco_gt, self.category_ids, verbose=False)
+        self.last_metrics = metrics
+        if logs is not None:
+            for name in evaluation.METRIC_NAMES[:6]:
+                logs[f"val_{name}"] = metrics[name]
+        print(f"\nepoch {epoch + 1}: COCO AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
+        if self.image_writer is not None:
+            grid = evaluation.detection_grid(self.model, self.dataset, self.class_names)
+            with self.image_writer.as_default():
+                tf.summary.image("val_detections", grid[None], step=epoch + 1)
+        if self.best_path and metrics["AP"] > self.best_ap:
+            self.best_ap = metrics["AP"]
+            self.model.save(self.best_path)
+            rundir.write_best_ap(self.best_path, epoch + 1, metrics["AP"])
+
+
+class TerminateOnNaNKeepingLast(keras.callbacks.Callback):
+    """Stops training at the first NaN or inf batch loss, keeping the last good checkpoint.
+
+    Used with :class:`FiniteModelCheckpoint` and :class:`FiniteBackupAndRestore`,
+    which skip the save at the end of an epoch whose loss is not finite, so
+    ``checkpoint_path`` keeps the state of the last good epoch.
+
+    Attributes:
+        stopped_at: the batch at which the loss stopped being finite, or None.
+    """
+
+    def __init__(self, checkpoint_path: str):
+        super().__init__()
+        self.checkpoint_path = checkpoint_path
+        self.stopped_at = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.stopped_at = batch
+            self.model.stop_training = True
+            logging.error(
+                "Loss became %s at batch %d: training stopped. The last good state is %s.",
+                loss,
+                batch,
+                self.checkpoint_path,
+            )
+
+
+class _SaveOnlyFiniteEpochs:
+    """Mixin for saving callbacks: no save at the end of an epoch whose loss is NaN or inf."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            logging.warning("%s: not saving epoch %d, its loss is %s.", type(self).__name__, epoch + 1, loss)
+            return
+        super().on_epoch_end(epoch, logs)
+
+
+class FiniteModelCheckpoint(_SaveOnlyFiniteEpochs, keras.callbacks.ModelCheckpoint):
+    """``keras.callbacks.ModelCheckpoint`` that never saves a NaN/inf epoch."""
+
+
+class FiniteBackupAndRestore(_SaveOnlyFiniteEpochs, compat.AtomicBackupSave, keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` that never backs up a NaN/inf epoch.
+
+    On a local disk each backup is written beside the previous one and then
+    renamed over it (:class:`keras_retina.compat.AtomicBackupSave`), so a
+    process killed while saving leaves the previous backup whole.
+    """

@@ -1,0 +1,140 @@
+"""The run directory: what a training run writes, and reading it back.
+
+::
+
+    <model_dir>/
+      config.json                 the resolved ExperimentConfig
+      classes.json                contiguous class -> dataset category id, name
+      checkpoints/latest.keras    every epoch; best.keras (+ .json) best val_AP
+      backup/                     BackupAndRestore state while a run is unfinished
+      train_log.csv               one row per epoch
+      logs/                       TensorBoard
+      metrics.json                the last COCO evaluation
+      workers/<type>_<id>/        what the non-chief workers of a multi-worker run write
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from keras_retina import config as config_lib
+
+CONFIG_FILE = "config.json"
+CLASSES_FILE = "classes.json"
+LATEST_CHECKPOINT = "checkpoints/latest.keras"
+BEST_CHECKPOINT = "checkpoints/best.keras"
+BACKUP_DIR = "backup"
+TRAIN_LOG = "train_log.csv"
+METRICS_FILE = "metrics.json"
+
+
+def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+    """``model_dir`` for the chief (or a single worker), ``model_dir/workers/<type>_<id>`` for the others.
+
+    Under MultiWorkerMirroredStrategy only the chief writes the run
+    directory; the other workers write their own copies (their backups too,
+    so that every worker can resume).
+
+    Example:
+        >>> worker_dir("runs/shapes", tf.distribute.get_strategy())
+        'runs/shapes'
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return model_dir
+    task_type, task_id = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and not has_chief):
+        return model_dir
+    return os.path.join(model_dir, "workers", f"{task_type}_{task_id}")
+
+
+def write_config(model_dir: str, config: config_lib.ExperimentConfig) -> None:
+    """Writes the resolved config as ``config.json``."""
+    config_lib.write_json(config, os.path.join(model_dir, CONFIG_FILE))
+
+
+def read_config(model_dir: str) -> config_lib.ExperimentConfig | None:
+    """The ``config.json`` of a run directory, or ``None`` if it has none."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return config_lib.from_dict(json.load(f))
+
+
+def write_classes(model_dir: str, class_names, category_ids) -> None:
+    """Writes ``classes.json``: contiguous class → (dataset category id, name).
+
+    Example:
+        >>> import tempfile
+        >>> run = tempfile.mkdtemp()
+        >>> write_classes(run, ("cat", "dog"), (17, 18)); read_classes(run)
+        (('cat', 'dog'), (17, 18))
+    """
+    with open(os.path.join(model_dir, CLASSES_FILE), "w") as f:
+        json.dump({"class_names": list(class_names), "category_ids": [int(c) for c in category_ids]}, f, indent=2)
+
+
+def read_classes(model_dir: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``(class_names, category_ids)`` from a run directory's ``classes.json``: the classes the model was trained on."""
+    path = os.path.join(model_dir, CLASSES_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No {CLASSES_FILE} in {model_dir}: train first (--mode=train) or check --model_dir.")
+    with open(path) as f:
+        values = json.load(f)
+    return tuple(values["class_names"]), tuple(int(c) for c in values["category_ids"])
+
+
+def load_trained_model(model_dir: str, which: str = "latest") -> keras.Model:
+    """Loads ``checkpoints/<which>.keras`` (``"latest"`` or ``"best"``) from a run directory."""
+    path = os.path.join(model_dir, LATEST_CHECKPOINT if which == "latest" else BEST_CHECKPOINT)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No checkpoint at {path}: train first (--mode=train) or check --model_dir.")
+    return keras.saving.load_model(path)
+
+
+def read_best_ap(best_path: str | None) -> float:
+    """AP of the best checkpoint so far (its ``.json`` note), -1 if none, so a resumed run keeps the best."""
+    if best_path and os.path.exists(best_path + ".json"):
+        with open(best_path + ".json") as f:
+            return float(json.load(f)["AP"])
+    return -1.0
+
+
+def write_best_ap(best_path: str, epoch: int, ap: float) -> None:
+    """Writes the note beside ``best.keras``: which epoch it is and its AP."""
+    with open(best_path + ".json", "w") as f:
+        json.dump({"epoch": int(epoch), "AP": float(ap)}, f)
+
+
+def backup_epoch(backup_dir: str) -> int:
+    """Epochs already done according to a BackupAndRestore directory (0 if none)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("epoch", 0))
+
+
+def trim_log(path: str, resume_epoch: int) -> None:
+    """Drops rows of epochs >= ``resume_epoch`` from a CSVLogger file: those epochs run again.
+
+    A process killed after logging an epoch but before its backup was saved
+    resumes at that epoch; without this, the epoch would be logged twice. A
+    fresh start (``resume_epoch`` 0) keeps only the header.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    kept = lines[:1] + [line for line in lines[1:] if line and int(line.split(",")[0]) < resume_epoch]
+    if len(kept) < len(lines):
+        logging.info("%s: dropped %d row(s) of epochs to be run again.", path, len(lines) - len(kept))
+        with open(path, "w") as f:
+            f.write("\n".join(kept) + "\n")

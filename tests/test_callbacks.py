@@ -1,0 +1,72 @@
+"""Callbacks: NaN stop keeping the last good checkpoint, backups that survive a kill mid-save, COCO evaluation."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_retina import callbacks
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
+    from helpers import small_model, toy_batch
+
+    images, y = toy_batch()
+    # Epoch 1: two good batches. Epoch 2: a good batch, then one whose per-image
+    # weights are NaN (a NaN image does not do: ReLU maps NaN to 0 on this CPU).
+    weights = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [np.nan, np.nan]], "float32")
+    # Repeated, so that each epoch continues the iterator (a finite dataset restarts).
+    dataset = tf.data.Dataset.from_tensor_slices(weights).map(lambda w: (images, y, w)).repeat()
+    model = small_model()
+    model(images)  # BackupAndRestore needs a built model
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    latest = str(tmp_path / "latest.keras")
+    stopper = callbacks.TerminateOnNaNKeepingLast(latest)
+    history = model.fit(
+        dataset,
+        epochs=3,
+        steps_per_epoch=2,
+        verbose=0,
+        callbacks=[
+            callbacks.FiniteBackupAndRestore(str(tmp_path / "backup")),
+            callbacks.FiniteModelCheckpoint(latest),
+            stopper,
+        ],
+    ).history
+    assert stopper.stopped_at == 1  # second batch of epoch 2
+    assert len(history["loss"]) == 2 and np.isfinite(history["loss"][0]) and not np.isfinite(history["loss"][1])
+    restored = keras.saving.load_model(latest)
+    assert int(restored.optimizer.iterations.numpy()) == 2  # the state after epoch 1
+    assert all(np.isfinite(w).all() for w in restored.get_weights())
+
+
+def test_backup_interrupted_while_saving_leaves_the_previous_backup_loadable(tmp_path):
+    """A save that dies half-way (as under SIGKILL) must not damage the backup a rerun resumes from."""
+    from helpers import small_model
+
+    model = small_model()
+    model.build((None, 64, 64, 3))
+    backup = callbacks.FiniteBackupAndRestore(str(tmp_path), save_freq="epoch")
+    backup.set_model(model)
+    backup.on_epoch_end(0, {"loss": 1.0})
+    saved = [w.copy() for w in model.get_weights()]
+
+    def dies_half_way(filepath, overwrite=True):
+        with open(filepath, "wb") as f:
+            f.write(b"\x89HDF\r\n\x1a\n half a file")
+        raise KeyboardInterrupt("killed while saving")
+
+    model.set_weights([w + 1.0 for w in saved])
+    original_save = model.save_weights
+    model.save_weights = dies_half_way
+    with pytest.raises(KeyboardInterrupt):
+        backup.on_epoch_end(1, {"loss": 1.0})
+    model.save_weights = original_save
+    assert json.loads((tmp_path / "training_metadata.json").read_text())["epoch"] == 1
+    restored = small_model()
+    restored.build((None, 64, 64, 3))
+    restored.load_weights(tmp_path / "latest.weights.h5")
+    for want, got in zip(saved, restored.get_weights()):
+        np.testing.assert_array_equal(got, want)

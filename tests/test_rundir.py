@@ -1,0 +1,53 @@
+"""The run directory: classes, config, best AP, backups and log trimming."""
+
+import json
+
+import pytest
+import tensorflow as tf
+
+from keras_retina import rundir
+from keras_retina.config import ExperimentConfig, override
+
+
+def test_trim_log_drops_epochs_that_run_again(tmp_path):
+    log = tmp_path / "train_log.csv"
+    log.write_text("epoch,loss\n0,1.5\n1,1.2\n2,1.1\n")
+    rundir.trim_log(str(log), 2)
+    assert log.read_text() == "epoch,loss\n0,1.5\n1,1.2\n"
+    rundir.trim_log(str(log), 0)
+    assert log.read_text() == "epoch,loss\n"
+    rundir.trim_log(str(tmp_path / "missing.csv"), 3)  # nothing to trim: no error
+
+
+def test_classes_and_config_round_trip(tmp_path):
+    rundir.write_classes(str(tmp_path), ("cat", "dog"), (17, 18))
+    assert rundir.read_classes(str(tmp_path)) == (("cat", "dog"), (17, 18))
+    config = override(ExperimentConfig(), ["data.image_size=320", "model.backbone=tiny"])
+    rundir.write_config(str(tmp_path), config)
+    assert rundir.read_config(str(tmp_path)) == config
+    assert rundir.read_config(str(tmp_path / "missing")) is None
+
+
+def test_missing_classes_and_checkpoint_name_the_run_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No classes.json in .*train first"):
+        rundir.read_classes(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="checkpoints/latest.keras: train first"):
+        rundir.load_trained_model(str(tmp_path))
+
+
+def test_best_ap_note(tmp_path):
+    best = str(tmp_path / "best.keras")
+    assert rundir.read_best_ap(best) == -1.0
+    rundir.write_best_ap(best, epoch=3, ap=0.5)
+    assert rundir.read_best_ap(best) == 0.5
+    assert json.loads((tmp_path / "best.keras.json").read_text()) == {"epoch": 3, "AP": 0.5}
+
+
+def test_backup_epoch_reads_keras_metadata(tmp_path):
+    assert rundir.backup_epoch(str(tmp_path)) == 0
+    (tmp_path / "training_metadata.json").write_text(json.dumps({"epoch": 4, "batch": -1}))
+    assert rundir.backup_epoch(str(tmp_path)) == 4
+
+
+def test_single_worker_writes_the_run_directory_itself():
+    assert rundir.worker_dir("runs/x", tf.distribute.get_strategy()) == "runs/x"
