@@ -1,6 +1,6 @@
 """Experiment configuration: frozen dataclasses, validation and ``field=value`` overrides.
 
-One config system: an experiment is a Python function in ``experiments/``
+One config system: an experiment is a Python function in ``keras_retina/experiments/``
 returning an :class:`ExperimentConfig`; ``main.py`` flags only pick the
 experiment and override fields. The resolved config is written as JSON next
 to the checkpoints.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -235,7 +236,7 @@ def _convert(annotation, value, where: str):
         raise ValueError(f"{where} cannot be null.")
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):  # Optional[X] and X | None
         return _convert(args[0], value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

@@ -94,8 +94,16 @@ def coco_evaluate(
         → AP at IoU 0.50:0.95 (-1 where the class has no ground truth).
 
     Example:
-        >>> metrics = coco_evaluate("annotations.json", results)
-        >>> metrics["AP"], metrics["per_class_AP"]["circle"]
+        >>> import json, tempfile
+        >>> gt = {"images": [{"id": 1, "width": 100, "height": 100}],
+        ...       "categories": [{"id": 7, "name": "circle"}],
+        ...       "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 40, 40],
+        ...                        "area": 1600, "iscrowd": 0}]}
+        >>> path = tempfile.mktemp(suffix=".json"); json.dump(gt, open(path, "w"))
+        >>> results = [{"image_id": 1, "category_id": 7, "bbox": [10, 10, 40, 40], "score": 0.9}]
+        >>> metrics = coco_evaluate(path, results, verbose=False)
+        >>> round(metrics["AP"], 3), round(metrics["per_class_AP"]["circle"], 3)
+        (1.0, 1.0)
     """
     if isinstance(coco_gt, (str, os.PathLike)):
         with contextlib.redirect_stdout(io.StringIO()):
