@@ -18,6 +18,12 @@ Cases (``--lib`` is ``keras_retina`` or ``keras_hub``):
   ``BinaryFocalCrossentropy``).
 * ``flops``: forward FLOPs per image of each model, counted by TensorFlow's
   graph profiler.
+* ``default_step``: seconds per training step of the default experiment
+  (``python main.py``: the ``tiny`` model on shapes images through the run's
+  own input pipeline), with ``--override`` applied: the levers of the first run.
+* ``time_to_accuracy``: the default experiment end to end as ``python
+  main.py`` trains it (the data written first), evaluated every
+  ``--tta_eval_every`` epochs: COCO AP against wall-clock seconds.
 
 Peak memory is the process's maximum resident set size (``ru_maxrss``).
 """
@@ -53,6 +59,8 @@ flags.DEFINE_string("jit_compile", "default", "train/loss: 'default', 'true' or 
 flags.DEFINE_bool("fold_batchnorm", True, "keras_retina: fold inference-mode BatchNorm into convs.")
 flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0: TensorFlow's default).")
 flags.DEFINE_string("dtype_policy", "float32", "Keras dtype policy (float32, mixed_bfloat16, ...).")
+flags.DEFINE_multi_string("override", [], "default_step / time_to_accuracy: section.field=value for the default experiment.")
+flags.DEFINE_integer("tta_eval_every", 2, "time_to_accuracy: evaluate every this many epochs.")
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -233,7 +241,73 @@ def case_input():
     return {"input_images_per_s": rate}
 
 
+def case_default_step():
+    import tempfile
+
+    from benchmarks.models import default_config, default_model_and_data
+
+    config = default_config(FLAGS.override)
+    model, data = default_model_and_data(config, tempfile.mkdtemp(prefix="keras_retina_step_"))
+    timer = _Timer(FLAGS.warmup_steps)
+    start = time.perf_counter()
+    model.fit(
+        data.pipeline("train"), epochs=1, steps_per_epoch=FLAGS.warmup_steps + FLAGS.steps, verbose=0,
+        callbacks=[timer.callback],
+    )
+    seconds = (timer.end - timer.start) / FLAGS.steps
+    return {
+        "step_s": seconds,
+        "train_images_per_s": config.data.batch_size / seconds,
+        "train_first_steps_s": timer.start - start,
+        "overrides": FLAGS.override,
+        "trainable_params": int(sum(w.numpy().size for w in model.trainable_weights)),
+    }
+
+
+def case_time_to_accuracy():
+    import csv
+    import dataclasses
+    import tempfile
+
+    import keras
+
+    from benchmarks.models import default_config
+    from keras_retina import training
+
+    start = time.perf_counter()
+    workdir = tempfile.mkdtemp(prefix="keras_retina_tta_")
+    base = default_config(FLAGS.override)
+    config = default_config(
+        FLAGS.override
+        + [f"data.shapes_dir={workdir}/shapes", f"train.eval_every_epochs={FLAGS.tta_eval_every}", "train.tensorboard=false"],
+        model_dir=f"{workdir}/run",
+    )
+    curve = []
+
+    class Curve(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs and logs.get("val_AP") is not None:
+                curve.append({"epoch": epoch + 1, "seconds": time.perf_counter() - start, "AP": logs["val_AP"]})
+
+    _, _, _, metrics = training.train(config, callbacks=[Curve()])
+    with open(f"{workdir}/run/train_log.csv") as f:
+        epochs = len(list(csv.DictReader(f)))
+    return {
+        "curve": curve,
+        "final_AP": metrics["AP"],
+        "final_AP50": metrics["AP50"],
+        "train_seconds": time.perf_counter() - start,
+        "epochs": epochs,
+        "eval_every_epochs": FLAGS.tta_eval_every,
+        "default_eval_every_epochs": base.train.eval_every_epochs,
+        "overrides": FLAGS.override,
+        "config": dataclasses.asdict(config),
+    }
+
+
 CASES = {
+    "default_step": case_default_step,
+    "time_to_accuracy": case_time_to_accuracy,
     "train": case_train,
     "predict": case_predict,
     "loss": case_loss,

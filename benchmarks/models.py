@@ -89,3 +89,41 @@ def synthetic_batch(lib, batch, size, num_classes, seed=0):
     # keras-hub: yxyx boxes (its default format) and "labels".
     yxyx = xyxy[..., [1, 0, 3, 2]]
     return images.astype("float32"), {"boxes": yxyx, "labels": classes.astype("float32")}
+
+
+# ------------------------------------------------- the default experiment (issue: the first run)
+#: Shapes images written for the step benchmark and the profile (the run itself writes 800 + 100).
+STEP_DATA_IMAGES = (64, 16)
+
+
+def default_config(overrides=(), **replace):
+    """The default experiment (``python main.py``'s ``shapes``) with ``--override`` strings applied."""
+    import dataclasses
+
+    from keras_retina import config as config_lib
+    from keras_retina import experiments
+
+    config = config_lib.override(experiments.load("shapes"), list(overrides))
+    return config_lib.validate(dataclasses.replace(config, **replace))
+
+
+def default_model_and_data(config, directory):
+    """The default experiment's compiled model and a small shapes dataset at its sizes, under ``directory``.
+
+    Returns ``(model, data)``: ``data`` is a :class:`keras_retina.datasets.RunData`
+    whose training pipeline is the run's own (augmentation, batch size, image size).
+    """
+    import dataclasses
+
+    from keras_retina import datasets, training
+
+    num_train, num_val = STEP_DATA_IMAGES
+    data_config = dataclasses.replace(
+        config.data, shapes_dir=str(directory), shapes_num_train=num_train, shapes_num_val=num_val
+    )
+    data = datasets.RunData(data_config, seed=config.train.seed)
+    model = training.build_model(config.model, num_classes=len(data.class_names))
+    model.build((None, config.data.image_size, config.data.image_size, 3))
+    steps = (config.train.steps_per_epoch or 100) * config.train.epochs
+    training.compile_model(model, config, total_steps=steps)
+    return model, data

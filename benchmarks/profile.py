@@ -1,9 +1,11 @@
 """Where the time goes: TensorFlow profiler op statistics of a train or predict step.
 
 Traces ``--steps`` steps of keras_retina's ResNet-50 RetinaNet (80 classes,
-512x512, batch 2, random weights) after a warm-up, then prints the self time
-by op type and the slowest ops. Needs ``xprof`` (in the ``bench`` extra) to
-read the trace.
+512x512, batch 2, random weights) after a warm-up, or with ``--model=default``
+the default experiment's model on its own shapes batches (what ``python
+main.py`` trains; ``--override`` changes it), then prints the self time by op
+type and the slowest ops. Needs ``xprof`` (in the ``bench`` extra) to read the
+trace.
 
 Self times are summed over TensorFlow's inter-op threads, which run two ops
 at once on a 2-core machine: compare shares, not milliseconds, and expect
@@ -12,6 +14,8 @@ small ops that overlap a large convolution to look slower than they are.
 Examples:
     python -m benchmarks.profile --mode=train
     python -m benchmarks.profile --mode=predict --top=40
+    python -m benchmarks.profile --model=default --steps=5
+    ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.profile --model=default   # AVX2 kernels only
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("steps", 2, "Steps traced.")
 flags.DEFINE_integer("top", 25, "Slowest single ops listed.")
 flags.DEFINE_string("dtype_policy", "float32", "Keras dtype policy.")
+flags.DEFINE_enum("model", "resnet50", ["resnet50", "default"], "resnet50: the benchmark's; default: python main.py's.")
+flags.DEFINE_multi_string("override", [], "--model=default: section.field=value for the default experiment.")
 
 
 def op_table(xplane_path: str) -> list[dict]:
@@ -52,22 +58,30 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from benchmarks.models import build_keras_retina, synthetic_batch
+    from benchmarks.models import build_keras_retina, default_config, default_model_and_data, synthetic_batch
 
     keras.config.set_dtype_policy(FLAGS.dtype_policy)
     keras.utils.set_random_seed(0)
-    # The same model and batch as `benchmarks.run`'s keras_retina cases.
-    model = build_keras_retina(80, 512, FLAGS.trainable)
-    model.compile()
-    images, targets = synthetic_batch("keras_retina", 2, 512, 80)
-    dataset = tf.data.Dataset.from_tensors((images, targets)).repeat()
+    if FLAGS.model == "default":
+        # The same model and pipeline as `benchmarks.run`'s default_step case.
+        model, data = default_model_and_data(default_config(FLAGS.override), tempfile.mkdtemp())
+        dataset = data.pipeline("train")
+        images = next(iter(data.pipeline("val")))[0].numpy()
+        batch = images.shape[0]
+    else:
+        # The same model and batch as `benchmarks.run`'s keras_retina cases.
+        model = build_keras_retina(80, 512, FLAGS.trainable)
+        model.compile()
+        images, targets = synthetic_batch("keras_retina", 2, 512, 80)
+        dataset = tf.data.Dataset.from_tensors((images, targets)).repeat()
+        batch = 2
     logdir = tempfile.mkdtemp(prefix="keras_retina_profile_")
 
     def run(steps):
         if FLAGS.mode == "train":
             model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
         else:
-            model.predict(np.concatenate([images] * steps), batch_size=2, verbose=0)
+            model.predict(np.concatenate([images] * steps), batch_size=batch, verbose=0)
 
     run(2)  # tracing and first allocations stay out of the profile
     tf.profiler.experimental.start(logdir)
@@ -80,7 +94,7 @@ def main(argv):
         by_type[row["type"]] += row["total_self_time"]
         by_op[(row["type"], row["operation"])] += row["total_self_time"]
     busy = sum(v for k, v in by_type.items() if k != "IDLE")
-    print(f"{FLAGS.mode}, trainable={FLAGS.trainable}, {FLAGS.dtype_policy}, {FLAGS.steps} steps; "
+    print(f"{FLAGS.model} model, {FLAGS.mode}, trainable={FLAGS.trainable}, {FLAGS.dtype_policy}, {FLAGS.steps} steps; "
           f"busy self time {busy / 1e3:.0f} ms (IDLE excluded)")
     print("| op type | self time, ms | share of busy time |\n| --- | --- | --- |")
     for op_type, micros in by_type.most_common():

@@ -6,13 +6,22 @@ default), then prints a table of the figures, the ratios keras_retina /
 peer, and the achieved GFLOP/s against this machine's fp32 peak. keras-hub
 comes from the optional ``bench`` extra (``pip install -e .[bench]``).
 
-With ``--write_docs`` the table replaces the generated section of
-``docs/BENCHMARKS.md`` and the raw figures go to ``docs/benchmarks.json``.
+Two more groups measure the first run a newcomer makes (``python main.py``,
+the default experiment): ``first_step`` times one training step of the
+default model under each lever (an ``--override`` of the experiment), and
+``time_to_accuracy`` trains the default experiment end to end, evaluating
+every few epochs, for COCO AP against wall-clock seconds.
+
+With ``--write_docs`` the tables replace the generated sections of
+``docs/BENCHMARKS.md`` whose groups ran (the peer comparison, the first
+run), and the raw figures go to ``docs/benchmarks.json`` and
+``docs/benchmarks_first_run.json``.
 
 Examples:
     python -m benchmarks.run                  # everything, about 25 min on 2 cores
     python -m benchmarks.run --only=loss,predict --steps=3
     python -m benchmarks.run --write_docs
+    python -m benchmarks.run --only=first_step,time_to_accuracy --nopeers --write_docs
 """
 
 from __future__ import annotations
@@ -31,8 +40,9 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
-    "only", [], "Groups to run (default all): flops, loss, input, predict, train, bf16 (a prefix selects "
-    "every group it starts: 'train' runs train_all, train_frozen, train_xla, train_nofold)."
+    "only", [], "Groups to run (default all): flops, loss, input, predict, train, bf16, first_step, "
+    "time_to_accuracy (a prefix selects every group it starts: 'train' runs train_all, train_frozen, "
+    "train_xla, train_nofold)."
 )
 flags.DEFINE_integer("steps", 5, "Timed training steps per case (prediction times 2x as many batches).")
 flags.DEFINE_float(
@@ -43,6 +53,20 @@ flags.DEFINE_bool("peers", True, "Also measure keras-hub and Keras' BinaryFocalC
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- benchmarks.run: begin -->", "<!-- benchmarks.run: end -->"
+FIRST_BEGIN, FIRST_END = "<!-- benchmarks.run first_run: begin -->", "<!-- benchmarks.run first_run: end -->"
+#: Groups of the first-run sections; every other group belongs to the peer comparison.
+FIRST_RUN_GROUPS = ("first_step", "time_to_accuracy")
+
+#: Levers of the default experiment's train step, each an --override list (see docs/BENCHMARKS.md).
+FIRST_RUN_LEVERS = (
+    ("default", []),
+    ("XLA train step", ["train.jit_compile=true"]),
+    ("GroupNorm in the heads", ["model.use_group_norm=true"]),
+    ("4 convs per head", ["model.num_head_convs=4"]),
+    ("64 head channels", ["model.head_channels=64"]),
+    ("256 px", ["data.image_size=256"]),
+    ("batch 16", ["data.batch_size=16"]),
+)
 
 
 def cpu_peak_gflops() -> tuple[float, str]:
@@ -103,6 +127,10 @@ def _cases(steps: int, peers: bool):
         rows.append(("train_frozen", lib, "train", [f"--lib={lib}", "--trainable=detectron", *train]))
     rows.append(("train_xla", "keras_retina", "train", ["--trainable=detectron", "--jit_compile=true", *train]))
     rows.append(("train_nofold", "keras_retina", "train", ["--trainable=detectron", "--nofold_batchnorm", *train]))
+    for name, overrides in FIRST_RUN_LEVERS:
+        rows.append(("first_step", name, "default_step", ["--steps=10", "--warmup_steps=3"]
+                     + [f"--override={o}" for o in overrides]))
+    rows.append(("time_to_accuracy", "keras_retina", "time_to_accuracy", ["--tta_eval_every=2"]))
     bf16 = ["--dtype_policy=mixed_bfloat16"]
     for lib in libs:
         rows.append(("bf16_predict", lib, "predict", [f"--lib={lib}", *bf16, *predict]))
@@ -134,6 +162,54 @@ def _fmt(value, digits=2):
 
 def _ratio(ours, theirs):
     return None if not ours or not theirs else ours / theirs
+
+
+def build_first_run_table(results: dict) -> str:
+    """Markdown tables of the ``first_step`` levers and the ``time_to_accuracy`` curve."""
+    lines = []
+    steps = results.get("first_step", {})
+    if steps:
+        base = steps.get("default", {}).get("step_s")
+        lines += [
+            "| default experiment, one training step (`--override`) | s/step | images/s | step time vs default |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, overrides in FIRST_RUN_LEVERS:
+            result = steps.get(name)
+            if result is None:
+                continue
+            label = name if not overrides else f"{name} (`{' '.join(overrides)}`)"
+            if "error" in result:
+                lines.append(f"| {label} | fails: `{result['error'][:90]}` | | |")
+                continue
+            lines.append(
+                f"| {label} | {_fmt(result['step_s'])} | {_fmt(result['train_images_per_s'], 1)} "
+                f"| {_fmt(_ratio(result['step_s'], base))}× |"
+            )
+    tta = results.get("time_to_accuracy", {}).get("keras_retina")
+    if tta and "error" not in tta:
+        lines += [
+            "",
+            f"Time to accuracy: `python main.py`'s experiment from a fresh data directory, evaluated every "
+            f"{tta['eval_every_epochs']} epochs here (the run itself evaluates every "
+            f"{tta['default_eval_every_epochs']}); seconds since the process started, data writing included.",
+            "",
+            "| epoch | wall-clock s | COCO AP |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| {c['epoch']} | {c['seconds']:.0f} | {c['AP']:.3f} |" for c in tta["curve"]]
+        lines.append(f"| end of training | {tta['train_seconds']:.0f} | {tta['final_AP']:.3f} (AP50 {tta['final_AP50']:.3f}) |")
+    elif tta:
+        lines.append(f"\nTime to accuracy fails: `{tta['error'][:200]}`")
+    return "\n".join(lines)
+
+
+def _write_section(text: str, begin: str, end: str, body: str) -> str:
+    """``text`` with the generated section between ``begin`` and ``end`` replaced (appended if absent)."""
+    generated = f"{begin}\n{body}\n{end}"
+    if begin in text:
+        return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: generated, text, flags=re.S)
+    return text + "\n" + generated + "\n"
 
 
 def build_table(results: dict, peak: float) -> str:
@@ -279,7 +355,10 @@ def main(argv):
     except ImportError:
         if FLAGS.peers:
             raise SystemExit("keras-hub is not installed: pip install -e .[bench] (or pass --nopeers)")
-    print(f"machine: {how}; fp32 peak {peak:.0f} GFLOP/s; {versions}; Python {platform.python_version()}")
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    if isa:
+        how += f", ONEDNN_MAX_CPU_ISA={isa}"
+    print(f"machine: {_cpu_model()}; {how}; fp32 peak {peak:.0f} GFLOP/s; {versions}; Python {platform.python_version()}")
     results: dict = {}
     for group, lib, case, args in _cases(FLAGS.steps, FLAGS.peers):
         if FLAGS.only and not any(group.startswith(prefix) for prefix in FLAGS.only):
@@ -289,32 +368,42 @@ def main(argv):
         results.setdefault(group, {})[lib] = result
         shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if k not in ("case", "lib")}
         print(shown, flush=True)
-    table = build_table(results, peak)
+    peer_results = {g: r for g, r in results.items() if g not in FIRST_RUN_GROUPS}
+    first_results = {g: r for g, r in results.items() if g in FIRST_RUN_GROUPS}
+    table = build_table(peer_results, peak) if peer_results else ""
+    first_table = build_first_run_table(first_results) if first_results else ""
     print()
-    print(table)
+    print(table + ("\n\n" if table and first_table else "") + first_table)
     if FLAGS.write_docs:
-        record = {
-            "date": datetime.date.today().isoformat(),
-            "machine": how,
-            "peak_gflops": peak,
-            "versions": versions,
-            "steps": FLAGS.steps,
-            "results": results,
-        }
-        (ROOT / "docs" / "benchmarks.json").write_text(json.dumps(record, indent=1) + "\n")
+        date = datetime.date.today().isoformat()
+        stamp = f"_Generated by `python -m benchmarks.run --write_docs` on {date}: {how}, fp32 peak {peak:.0f} GFLOP/s; {versions}._"
         doc = ROOT / "docs" / "BENCHMARKS.md"
         text = doc.read_text()
-        generated = (
-            f"{BEGIN}\n_Generated by `python -m benchmarks.run --write_docs` on "
-            f"{record['date']}: {how}, fp32 peak {peak:.0f} GFLOP/s; {versions}._\n\n{table}\n{END}"
-        )
-        if BEGIN in text:
-            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: generated, text, flags=re.S)
-        else:
-            text += "\n" + generated + "\n"
+        for part, part_results, begin, end, json_name in (
+            (table, peer_results, BEGIN, END, "benchmarks.json"),
+            (first_table, first_results, FIRST_BEGIN, FIRST_END, "benchmarks_first_run.json"),
+        ):
+            if not part_results:
+                continue
+            record = {
+                "date": date, "machine": how, "cpu": _cpu_model(), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                "peak_gflops": peak, "versions": versions, "steps": FLAGS.steps, "results": part_results,
+            }
+            (ROOT / "docs" / json_name).write_text(json.dumps(record, indent=1) + "\n")
+            text = _write_section(text, begin, end, f"{stamp}\n\n{part}")
         doc.write_text(text)
-        print(f"wrote {doc} and docs/benchmarks.json")
+        print(f"wrote {doc} and its JSON figures")
 
+
+def _cpu_model() -> str:
+    """``lscpu``'s model name, family and the widest vector extension, for the record."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.processor()
+    field = lambda name: (re.search(rf"^{name}\s*:\s*(.*)$", info, re.M) or [None, "?"])[1]  # noqa: E731
+    isa = "AVX-512" if "avx512f" in info else ("AVX2" if "avx2" in info else "no AVX2")
+    return f"{field('model name')}, family {field('cpu family')}, {isa}"
 
 if __name__ == "__main__":
     app.run(main)

@@ -191,8 +191,15 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy | None = None):
+def train(
+    config: config_lib.ExperimentConfig,
+    strategy: tf.distribute.Strategy | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+):
     """Trains (resuming an interrupted run), evaluating every few epochs.
+
+    ``callbacks`` run after the COCO evaluation of each epoch (its
+    ``val_AP``... are in their logs) and before the checkpoints are written.
 
     Writes the run directory (:mod:`keras_retina.rundir`) under
     ``config.resolved_model_dir()``: ``config.json``, ``classes.json``,
@@ -246,20 +253,21 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy 
         image_log_dir=os.path.join(model_dir, "logs", "detections") if config.train.tensorboard else None,
     )
     nan_stopper = callbacks_lib.TerminateOnNaNKeepingLast(latest)
-    callbacks = [
+    run_callbacks = [
         evaluator,
+        *callbacks,
         callbacks_lib.FiniteModelCheckpoint(latest),
         nan_stopper,
         keras.callbacks.CSVLogger(os.path.join(model_dir, rundir.TRAIN_LOG), append=True),
     ]
     if config.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), write_graph=False))
+        run_callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), write_graph=False))
     # Last, so that an epoch counts as done (for resuming) only once it has
     # been evaluated, checkpointed and logged; kept after a NaN stop so that a
     # rerun resumes from the last good epoch.
-    callbacks.append(callbacks_lib.FiniteBackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=False))
+    run_callbacks.append(callbacks_lib.FiniteBackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=False))
     history = model.fit(
-        data.pipeline("train"), epochs=config.train.epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False
+        data.pipeline("train"), epochs=config.train.epochs, steps_per_epoch=steps, callbacks=run_callbacks, shuffle=False
     )
     data.report_skipped()
     if nan_stopper.stopped_at is not None:

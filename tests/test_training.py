@@ -1,5 +1,6 @@
 """Training pieces: schedule, optimizer, strategies, and main.py runs end to end (slow)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -169,3 +170,27 @@ def test_killed_run_resumes_and_completes(tmp_path):
     assert (command_dir / "checkpoints" / "latest.keras").exists()
     model = keras.saving.load_model(command_dir / "checkpoints" / "latest.keras")
     assert int(model.optimizer.iterations.numpy()) == 4 * 6
+
+
+@pytest.mark.slow
+def test_train_runs_user_callbacks_after_the_evaluation(tmp_path):
+    from keras_retina import experiments
+    from keras_retina.config import override
+
+    config = override(
+        experiments.load("shapes"),
+        [f"data.shapes_dir={tmp_path / 'shapes'}", "shapes_num_train=8", "shapes_num_val=4", "shapes_image_size=64",
+         "image_size=64", "batch_size=4", "epochs=2", "steps_per_epoch=2", "tensorboard=false"],
+    )
+    config = dataclasses.replace(config, model_dir=str(tmp_path / "run"))
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, logs.get("val_AP")))
+
+    model, history, data, metrics = training.train(config, callbacks=[Record()])
+    assert [epoch for epoch, _ in seen] == [0, 1]
+    assert all(ap is not None and 0.0 <= ap <= 1.0 for _, ap in seen)  # evaluated first and last epochs
+    assert seen[-1][1] == metrics["AP"]
+    assert data.class_names == ("circle", "square", "triangle", "diamond", "cross")
