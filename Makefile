@@ -26,7 +26,8 @@ ablation: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e ".[test,experiments]"
 	$(VENV)/bin/python -m keras_retina.experiments.focal_ablation $(ARGS)
 
-# keras_retina against keras-hub (writes docs/BENCHMARKS.md and docs/benchmarks.json).
+# keras_retina against keras-hub, and the first run (writes docs/BENCHMARKS.md,
+# docs/benchmarks.json and docs/benchmarks_first_run.json).
 bench: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e ".[test,bench]"
 	$(VENV)/bin/python -m benchmarks.run --write_docs $(ARGS)

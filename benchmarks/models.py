@@ -121,9 +121,10 @@ def default_model_and_data(config, directory):
     data_config = dataclasses.replace(
         config.data, shapes_dir=str(directory), shapes_num_train=num_train, shapes_num_val=num_val
     )
+    import keras
+
+    keras.utils.set_random_seed(config.train.seed)
     data = datasets.RunData(data_config, seed=config.train.seed)
-    model = training.build_model(config.model, num_classes=len(data.class_names))
-    model.build((None, config.data.image_size, config.data.image_size, 3))
-    steps = (config.train.steps_per_epoch or 100) * config.train.epochs
-    training.compile_model(model, config, total_steps=steps)
+    steps = training.steps_per_epoch(config, data.num_train_images) * config.train.epochs
+    model = training.build_compiled_model(config, len(data.class_names), steps)
     return model, data

@@ -18,7 +18,7 @@ run), and the raw figures go to ``docs/benchmarks.json`` and
 ``docs/benchmarks_first_run.json``.
 
 Examples:
-    python -m benchmarks.run                  # everything, about 25 min on 2 cores
+    python -m benchmarks.run                  # everything: about 25 min on 2 cores, plus ~10 for the first run
     python -m benchmarks.run --only=loss,predict --steps=3
     python -m benchmarks.run --write_docs
     python -m benchmarks.run --only=first_step,time_to_accuracy --nopeers --write_docs
@@ -61,10 +61,10 @@ FIRST_RUN_GROUPS = ("first_step", "time_to_accuracy")
 FIRST_RUN_LEVERS = (
     ("default", []),
     ("XLA train step", ["train.jit_compile=true"]),
-    ("GroupNorm in the heads", ["model.use_group_norm=true"]),
-    ("4 convs per head", ["model.num_head_convs=4"]),
-    ("64 head channels", ["model.head_channels=64"]),
-    ("256 px", ["data.image_size=256"]),
+    ("no GroupNorm in the heads", ["model.use_group_norm=false"]),
+    ("2 convs per head", ["model.num_head_convs=2"]),
+    ("32 head channels", ["model.head_channels=32"]),
+    ("192 px", ["data.image_size=192"]),
     ("batch 16", ["data.batch_size=16"]),
 )
 
@@ -192,7 +192,8 @@ def build_first_run_table(results: dict) -> str:
             "",
             f"Time to accuracy: `python main.py`'s experiment from a fresh data directory, evaluated every "
             f"{tta['eval_every_epochs']} epochs here (the run itself evaluates every "
-            f"{tta['default_eval_every_epochs']}); seconds since the process started, data writing included.",
+            f"{tta['default_eval_every_epochs']}); seconds since the case began (after importing TensorFlow), "
+            "data writing included.",
             "",
             "| epoch | wall-clock s | COCO AP |",
             "| --- | --- | --- |",

@@ -198,6 +198,22 @@ class BoxCoder:
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "scale_clamp", float(self.scale_clamp))
 
+    @classmethod
+    def resolve(cls, box_coder: "BoxCoder | None", box_weights: Sequence[float] | None) -> "BoxCoder":
+        """``box_coder``, or one made from ``box_weights`` (default weights when both are None).
+
+        For functions that take either; giving both is an error.
+
+        Example:
+            >>> BoxCoder.resolve(None, (10., 10., 5., 5.)).weights
+            (10.0, 10.0, 5.0, 5.0)
+        """
+        if box_coder is None:
+            return cls(DEFAULT_BOX_WEIGHTS if box_weights is None else box_weights)
+        if box_weights is not None:
+            raise ValueError(f"`box_weights` must be None when `box_coder` is given, got {box_weights!r}.")
+        return box_coder
+
     def encode(self, anchors_xyxy, boxes_xyxy):
         """Encodes boxes as deltas relative to their anchors.
 

@@ -72,8 +72,9 @@ class DataConfig:
 class TrainConfig:
     """Optimisation and run settings.
 
-    The schedule is the paper's: linear warm-up over ``warmup_steps``, then
-    the learning rate divided by 10 at ``decay_fractions`` of the total
+    ``schedule="step"`` (default) is the paper's: linear warm-up over
+    ``warmup_steps``, then the learning rate divided by 10 at
+    ``decay_fractions`` of the total
     steps (2/3 and 8/9: 60k and 80k of 90k).
     """
 
@@ -85,6 +86,7 @@ class TrainConfig:
     warmup_steps: int = 500
     warmup_factor: float = 1.0 / 3.0
     decay_fractions: tuple[float, ...] = (2.0 / 3.0, 8.0 / 9.0)
+    schedule: str = "step"  # "step" (the paper's) or "cosine" (same warm-up, cosine to 0; ignores decay_fractions)
     clipnorm: float | None = None
     optimizer: str = "sgd"
     strategy: str = "auto"
@@ -113,6 +115,7 @@ _CHOICES = {
     ("train", "strategy"): ("auto", "one_device", "mirrored", "multi_worker", "tpu"),
     ("train", "mixed_precision"): ("none", "float16", "bfloat16"),
     ("train", "optimizer"): ("sgd", "adam", "adamw"),
+    ("train", "schedule"): ("step", "cosine"),
     ("model", "box_loss"): ("smooth_l1", "huber", "l1"),
 }
 

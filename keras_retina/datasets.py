@@ -8,7 +8,7 @@ kept, so a mode that needs only the validation split never reads the
 training annotations, and none is built twice.
 
 A new kind of dataset goes in :func:`_open_split` (and, if it is files on
-disk, :attr:`RunData._files`) and nowhere else.
+disk, :attr:`RunData._files`), and its name in ``config.validate``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import functools
 import io
 
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from absl import logging
 from pycocotools.coco import COCO
 
@@ -70,9 +71,11 @@ class RunData:
         if name not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {name!r}.")
         if name not in self._splits:
-            self._splits[name] = _open_split(self.config, name, self._files)
-            if len(self._splits) == 2:
-                self._check_same_categories()
+            opened = _open_split(self.config, name, self._files)
+            other = self._splits.get("val" if name == "train" else "train")
+            if other is not None:  # checked before it is kept: a refused split stays refused
+                _check_same_categories(*((opened, other) if name == "train" else (other, opened)))
+            self._splits[name] = opened
         return self._splits[name]
 
     def raw(self, split: str, shuffle: bool = False) -> tf.data.Dataset:
@@ -166,13 +169,14 @@ class RunData:
             }
         return None
 
-    def _check_same_categories(self) -> None:
-        train, val = self._splits["train"], self._splits["val"]
-        if tuple(train.category_ids) != tuple(val.category_ids):
-            raise ValueError(
-                f"Training categories {train.category_ids} ({train.where}) differ from "
-                f"validation categories {val.category_ids} ({val.where})."
-            )
+
+def _check_same_categories(train: "_Split", val: "_Split") -> None:
+    """Both splits must have the same categories, in the same order."""
+    if tuple(train.category_ids) != tuple(val.category_ids):
+        raise ValueError(
+            f"Training categories {train.category_ids} ({train.where}) differ from "
+            f"validation categories {val.category_ids} ({val.where})."
+        )
 
 
 class _Split:
@@ -223,7 +227,10 @@ class _TfdsSplit(_Split):
         self.num_images = None
 
     def dataset(self, shuffle: bool, seed: int) -> tf.data.Dataset:
-        return tfds_dataset(self.name, self.tfds_split, data_dir=self.data_dir, shuffle_files=shuffle)
+        read_config = tfds.ReadConfig(shuffle_seed=seed) if shuffle else None  # seeded file order
+        return tfds_dataset(
+            self.name, self.tfds_split, data_dir=self.data_dir, shuffle_files=shuffle, read_config=read_config
+        )
 
     def coco_gt(self) -> COCO:
         # Built from the split itself: box areas stand in for mask areas.

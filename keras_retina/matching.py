@@ -86,10 +86,7 @@ def assign_targets(
         raise ValueError(
             f"`background_iou` must be <= `foreground_iou` ({foreground_iou}), got {background_iou}."
         )
-    if box_coder is None:
-        box_coder = box_ops.BoxCoder(box_ops.DEFAULT_BOX_WEIGHTS if box_weights is None else box_weights)
-    elif box_weights is not None:
-        raise ValueError(f"`box_weights` must be None when `box_coder` is given, got {box_weights!r}.")
+    box_coder = box_ops.BoxCoder.resolve(box_coder, box_weights)
     anchors_xyxy = ops.convert_to_tensor(anchors_xyxy, "float32")
     gt_boxes_xyxy = ops.cast(gt_boxes_xyxy, "float32")
     gt_classes = ops.cast(gt_classes, "int32")

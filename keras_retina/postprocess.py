@@ -275,10 +275,7 @@ def decode_detections(
         nms_iou_threshold=nms_iou_threshold,
         max_detections=max_detections,
     )
-    if box_coder is None:
-        box_coder = box_ops.BoxCoder(box_ops.DEFAULT_BOX_WEIGHTS if box_weights is None else box_weights)
-    elif box_weights is not None:
-        raise ValueError(f"`box_weights` must be None when `box_coder` is given, got {box_weights!r}.")
+    box_coder = box_ops.BoxCoder.resolve(box_coder, box_weights)
     cls_logits = ops.cast(cls_logits, "float32")  # (B, A, C)
     box_deltas = ops.cast(box_deltas, "float32")  # (B, A, 4)
     candidate_boxes, candidate_scores, candidate_classes = [], [], []

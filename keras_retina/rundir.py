@@ -47,8 +47,19 @@ def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
     resolver = getattr(strategy, "cluster_resolver", None)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
         return model_dir
-    task_type, task_id = resolver.task_type, resolver.task_id
     has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_dir(model_dir, resolver.task_type, resolver.task_id, has_chief)
+
+
+def task_dir(model_dir: str, task_type: str | None, task_id: int | None, has_chief: bool) -> str:
+    """Where task ``(task_type, task_id)`` of a cluster writes: the chief ``model_dir``, the others a sub-directory.
+
+    The chief is the ``chief`` task, or worker 0 when the cluster has none.
+
+    Example:
+        >>> task_dir("runs/x", "worker", 0, has_chief=False), task_dir("runs/x", "worker", 0, has_chief=True)
+        ('runs/x', 'runs/x/workers/worker_0')
+    """
     if task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and not has_chief):
         return model_dir
     return os.path.join(model_dir, "workers", f"{task_type}_{task_id}")

@@ -132,7 +132,10 @@ def build_optimizer(train: config_lib.TrainConfig, total_steps: int) -> keras.op
         total_steps: planned optimizer steps; milestones are fractions of it.
 
     Returns:
-        a ``keras.optimizers.Optimizer`` with a :class:`WarmupStepDecay` schedule.
+        a ``keras.optimizers.Optimizer`` with a :class:`WarmupStepDecay`
+        schedule, or with ``train.schedule="cosine"`` Keras' ``CosineDecay``
+        (the same linear warm-up from ``warmup_factor``, then a cosine from
+        the peak to 0 at ``total_steps``).
 
     Example:
         >>> from keras_retina.config import TrainConfig
@@ -140,12 +143,21 @@ def build_optimizer(train: config_lib.TrainConfig, total_steps: int) -> keras.op
         >>> round(float(optimizer.learning_rate), 5)   # step 0: a third of 0.01, warming up
         0.00333
     """
-    schedule = WarmupStepDecay(
-        train.learning_rate,
-        milestones=tuple(int(round(f * total_steps)) for f in train.decay_fractions),
-        warmup_steps=min(train.warmup_steps, max(total_steps // 10, 1)),
-        warmup_factor=train.warmup_factor,
-    )
+    warmup_steps = min(train.warmup_steps, max(total_steps // 10, 1))
+    if train.schedule == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=train.learning_rate * train.warmup_factor,
+            decay_steps=max(total_steps - warmup_steps, 1),
+            warmup_target=train.learning_rate,
+            warmup_steps=warmup_steps,
+        )
+    else:
+        schedule = WarmupStepDecay(
+            train.learning_rate,
+            milestones=tuple(int(round(f * total_steps)) for f in train.decay_fractions),
+            warmup_steps=warmup_steps,
+            warmup_factor=train.warmup_factor,
+        )
     common = dict(learning_rate=schedule, weight_decay=train.weight_decay or None, clipnorm=train.clipnorm)
     if train.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(momentum=train.momentum, **common)
@@ -175,6 +187,22 @@ def compile_model(model: RetinaNet, config: config_lib.ExperimentConfig, total_s
         box_loss=config.model.box_loss,
         jit_compile=config.train.jit_compile,
     )
+
+
+def build_compiled_model(
+    config: config_lib.ExperimentConfig, num_classes: int, total_steps: int, strategy: tf.distribute.Strategy | None = None
+) -> RetinaNet:
+    """The run's model as :func:`train` makes it: built at ``data.image_size`` and compiled, in ``strategy``'s scope.
+
+    Sets the config's mixed-precision policy first.
+    """
+    set_mixed_precision(config.train.mixed_precision)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = build_model(config.model, num_classes=num_classes)
+        image_size = config.data.image_size
+        model.build((None, image_size, image_size, 3))  # BackupAndRestore needs built weights
+        compile_model(model, config, total_steps=total_steps)
+    return model
 
 
 # -------------------------------------------------------------------- runs
@@ -221,7 +249,6 @@ def train(
     os.makedirs(os.path.join(model_dir, "checkpoints"), exist_ok=True)
     rundir.write_config(model_dir, config)
     keras.utils.set_random_seed(config.train.seed)
-    set_mixed_precision(config.train.mixed_precision)
     backup_dir = os.path.join(model_dir, rundir.BACKUP_DIR)
     resume_epoch = rundir.backup_epoch(backup_dir)
     if resume_epoch:
@@ -234,11 +261,7 @@ def train(
     data = datasets.RunData(config.data, seed=config.train.seed + 1_000_003 * resume_epoch)
     rundir.write_classes(model_dir, data.class_names, data.category_ids)
     steps = steps_per_epoch(config, data.num_train_images)
-    with strategy.scope():
-        model = build_model(config.model, num_classes=len(data.class_names))
-        image_size = config.data.image_size
-        model.build((None, image_size, image_size, 3))  # BackupAndRestore needs built weights
-        compile_model(model, config, total_steps=steps * config.train.epochs)
+    model = build_compiled_model(config, len(data.class_names), steps * config.train.epochs, strategy)
     latest = os.path.join(model_dir, rundir.LATEST_CHECKPOINT)
     best = os.path.join(model_dir, rundir.BEST_CHECKPOINT)
     if not os.path.exists(backup_dir) and os.path.exists(best + ".json"):

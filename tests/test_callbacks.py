@@ -1,6 +1,7 @@
 """Callbacks: NaN stop keeping the last good checkpoint, backups that survive a kill mid-save, COCO evaluation."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -70,3 +71,43 @@ def test_backup_interrupted_while_saving_leaves_the_previous_backup_loadable(tmp
     restored.load_weights(tmp_path / "latest.weights.h5")
     for want, got in zip(saved, restored.get_weights()):
         np.testing.assert_array_equal(got, want)
+
+
+def test_coco_evaluation_schedule_logs_and_best_checkpoint(tmp_path, monkeypatch):
+    from helpers import small_model
+
+    from keras_retina import evaluation, rundir
+
+    aps = iter([0.2, 0.1, 0.3, 0.25])
+    evaluated = []
+
+    def fake_evaluate(model, dataset, coco_gt, category_ids, verbose=False):
+        evaluated.append(len(evaluated))
+        return {name: 0.0 for name in evaluation.METRIC_NAMES} | {"AP": next(aps)}
+
+    monkeypatch.setattr(evaluation, "evaluate_model", fake_evaluate)
+    model = small_model()
+    model.build((None, 64, 64, 3))
+    best = str(tmp_path / "best.keras")
+    callback = callbacks.CocoEvaluationCallback(None, None, (1, 2, 3), every_epochs=2, best_path=best)
+    callback.set_model(model)
+    callback.set_params({"epochs": 4})
+    callback.on_train_begin()
+    logged = []
+    for epoch in range(4):
+        logs = {"loss": 1.0}
+        callback.on_epoch_end(epoch, logs)
+        logged.append(logs.get("val_AP"))
+    # Epoch 1 (first of the run), 2 (every 2nd) and 4 (every 2nd, and the last); not 3.
+    assert logged == [0.2, 0.1, None, 0.3]
+    assert callback.last_metrics["AP"] == 0.3
+    assert json.loads((tmp_path / "best.keras.json").read_text()) == {"epoch": 4, "AP": 0.3}
+    assert os.path.exists(best)
+    # A resumed run keeps the best so far: a lower AP does not replace it.
+    resumed = callbacks.CocoEvaluationCallback(None, None, (1, 2, 3), every_epochs=2, best_path=best)
+    assert resumed.best_ap == rundir.read_best_ap(best) == 0.3
+    resumed.set_model(model)
+    resumed.set_params({"epochs": 4})
+    resumed.on_train_begin()
+    resumed.on_epoch_end(2, {})
+    assert json.loads((tmp_path / "best.keras.json").read_text())["AP"] == 0.3

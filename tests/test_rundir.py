@@ -51,3 +51,11 @@ def test_backup_epoch_reads_keras_metadata(tmp_path):
 
 def test_single_worker_writes_the_run_directory_itself():
     assert rundir.worker_dir("runs/x", tf.distribute.get_strategy()) == "runs/x"
+
+
+def test_only_the_chief_writes_the_run_directory():
+    assert rundir.task_dir("runs/x", "chief", 0, has_chief=True) == "runs/x"
+    assert rundir.task_dir("runs/x", "worker", 0, has_chief=False) == "runs/x"  # worker 0 is the chief
+    assert rundir.task_dir("runs/x", "worker", 0, has_chief=True) == "runs/x/workers/worker_0"
+    assert rundir.task_dir("runs/x", "worker", 3, has_chief=False) == "runs/x/workers/worker_3"
+    assert rundir.task_dir("runs/x", "evaluator", 0, has_chief=False) == "runs/x/workers/evaluator_0"

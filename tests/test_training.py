@@ -194,3 +194,16 @@ def test_train_runs_user_callbacks_after_the_evaluation(tmp_path):
     assert all(ap is not None and 0.0 <= ap <= 1.0 for _, ap in seen)  # evaluated first and last epochs
     assert seen[-1][1] == metrics["AP"]
     assert data.class_names == ("circle", "square", "triangle", "diamond", "cross")
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    import dataclasses as dc
+
+    train = dc.replace(TrainConfig(), schedule="cosine", learning_rate=0.02, warmup_steps=100, warmup_factor=0.25)
+    optimizer = training.build_optimizer(train, total_steps=1100)
+    restored = keras.optimizers.schedules.deserialize(optimizer.get_config()["learning_rate"])
+    rate = lambda step: float(restored(step))  # noqa: E731
+    assert rate(0) == pytest.approx(0.005) and rate(50) == pytest.approx(0.0125)
+    assert rate(100) == pytest.approx(0.02)
+    assert rate(600) == pytest.approx(0.01, rel=1e-4)  # half-way down the cosine
+    assert rate(1100) == pytest.approx(0.0, abs=1e-9)

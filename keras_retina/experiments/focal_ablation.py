@@ -8,7 +8,7 @@ each gamma is the paper's best pairing from Table 1b.
     python -m keras_retina.experiments.focal_ablation                 # 1 seed, 600 steps each
     python -m keras_retina.experiments.focal_ablation --seeds=0,1,2 --steps=1200
 
-Each run is a ``main.py`` subprocess (``--mode=train`` then
+Each run is a ``python -m keras_retina.cli`` subprocess (``--mode=train`` then
 ``--mode=evaluate``) in ``runs/focal_ablation/<setting>_seed<k>``, so an
 interrupted study resumes where it stopped.
 """
