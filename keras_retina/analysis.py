@@ -104,14 +104,15 @@ def suggestions(report: dict, anchor_generator: AnchorGenerator | None = None) -
         tips.append(
             f"Small objects are poorly covered ({small['iou_0.5']:.0%}): the smallest anchor is "
             f"{smallest:.0f} px at image_size {report['image_size']}. Increase --image_size, or "
-            "use smaller anchors (AnchorGenerator(size_multiplier=2) or more scales)."
+            f"use smaller anchors (--override model.anchors.size_multiplier={anchor_generator.size_multiplier / 2:g}, "
+            "or more scales)."
         )
     for name in ("medium", "large"):
         bucket = report[name]
         if bucket["iou_0.5"] is not None and bucket["iou_0.5"] < 0.8:
             tips.append(
                 f"{name.capitalize()} objects: {bucket['iou_0.5']:.0%} covered. Unusual aspect "
-                "ratios? Add aspect_ratios to the AnchorGenerator (e.g. 0.25 and 4.0)."
+                "ratios? Add some: --override \"model.anchors.aspect_ratios=(0.25,0.5,1.0,2.0,4.0)\"."
             )
     if not tips:
         tips.append("Anchor coverage looks healthy.")
@@ -134,21 +135,26 @@ def format_report(report: dict, tips: list[str]) -> str:
     return "\n".join(lines)
 
 
-def analyze_split(data, split: str, model_dir: str, max_images: int | None = 2000) -> dict:
+def analyze_split(
+    data, split: str, model_dir: str, anchor_generator: AnchorGenerator | None = None, max_images: int | None = 2000
+) -> dict:
     """``main.py --mode=analyze``: anchor coverage of one split of a run's data.
 
     Args:
         data: a :class:`keras_retina.datasets.RunData`.
         split: ``"train"`` or ``"val"``.
         model_dir: where ``anchor_coverage.json`` is written.
+        anchor_generator: the run's anchors (default: the paper's).
         max_images: images read at most.
 
     Prints the table and the suggestions; returns the report of :func:`anchor_coverage`.
     """
     if split not in ("train", "val"):
         raise ValueError(f"--split must be 'train' or 'val', got {split!r}.")
-    report = anchor_coverage(data.raw(split).as_numpy_iterator(), data.config.image_size, max_images=max_images)
-    tips = suggestions(report)
+    report = anchor_coverage(
+        data.raw(split).as_numpy_iterator(), data.config.image_size, anchor_generator, max_images=max_images
+    )
+    tips = suggestions(report, anchor_generator)
     print(format_report(report, tips))
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, "anchor_coverage.json"), "w") as f:

@@ -14,25 +14,54 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from keras_retina.anchors import DEFAULT_ASPECT_RATIOS, DEFAULT_SCALES
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Arguments of :class:`keras_retina.AnchorGenerator` (the paper's 9 anchors by default).
+
+    The levels are the pyramid's: P3 to ``model.max_level``. Reachable as
+    ``--override model.anchors.size_multiplier=2`` or
+    ``--override "model.anchors.aspect_ratios=(0.25,0.5,1.0,2.0)"``.
+    """
+
+    size_multiplier: float = 4.0
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    aspect_ratios: tuple[float, ...] = DEFAULT_ASPECT_RATIOS
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Arguments of :class:`keras_retina.RetinaNet` (see its docstring)."""
+    """Arguments of :class:`keras_retina.RetinaNet` (see its docstring), and of its losses.
+
+    Every constructor argument but ``num_classes`` (from the data) is a field
+    here (``anchor_generator`` as the ``anchors`` section);
+    ``focal_alpha``, ``focal_gamma`` and ``box_loss`` go to ``compile``.
+    """
 
     backbone: str = "resnet50"
     backbone_weights: str | None = None
     freeze_at: int | None = None
+    freeze_batchnorm: bool | None = None
     fpn_channels: int = 256
     head_channels: int = 256
     num_head_convs: int = 4
     use_group_norm: bool = False
+    p6_from: str = "c5"
+    max_level: int = 7
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
     prior_probability: float = 0.01
+    bounding_box_format: str = "xyxy"
     foreground_iou: float = 0.5
     background_iou: float = 0.4
+    allow_low_quality_matches: bool = True
+    box_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     score_threshold: float = 0.05
     pre_nms_topk: int = 1000
     nms_iou_threshold: float = 0.5
     max_detections: int = 100
+    fold_batchnorm: bool = True
     focal_alpha: float | None = 0.25
     focal_gamma: float = 2.0
     box_loss: str = "smooth_l1"
@@ -117,6 +146,7 @@ _CHOICES = {
     ("train", "optimizer"): ("sgd", "adam", "adamw"),
     ("train", "schedule"): ("step", "cosine"),
     ("model", "box_loss"): ("smooth_l1", "huber", "l1"),
+    ("model", "p6_from"): ("c5", "p5"),
 }
 
 
@@ -155,22 +185,33 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
 def override(config: ExperimentConfig, assignments: typing.Iterable[str]) -> ExperimentConfig:
     """Applies ``"section.field=value"`` strings (``"field=value"`` if unambiguous).
 
+    Nested sections take the whole path (``model.anchors.size_multiplier=2``).
     Values are parsed as JSON when they parse (numbers, ``true``, ``null``,
-    lists), else taken as strings, then converted to the field's type.
+    lists), else as a tuple when written ``(a,b,...)``, else taken as
+    strings, then converted to the field's type.
 
     Example:
-        >>> override(ExperimentConfig(), ["train.learning_rate=0.02", "backbone=tiny"]).model.backbone
-        'tiny'
+        >>> config = override(ExperimentConfig(), ["train.learning_rate=0.02", "backbone=tiny",
+        ...                                        "model.anchors.aspect_ratios=(0.25,0.5,1.0,2.0)"])
+        >>> config.model.backbone, config.model.anchors.aspect_ratios
+        ('tiny', (0.25, 0.5, 1.0, 2.0))
     """
     for assignment in assignments:
         if "=" not in assignment:
             raise ValueError(f"--override expects field=value, got {assignment!r}.")
         key, raw = assignment.split("=", 1)
-        section, name = _locate(config, key.strip())
-        current = getattr(config, section)
-        value = _convert(_field_type(type(current), name), _parse(raw), f"{section}.{name}")
-        config = dataclasses.replace(config, **{section: dataclasses.replace(current, **{name: value})})
+        path = _locate(config, key.strip())
+        config = _replace_path(config, path, _parse(raw))
     return config
+
+
+def _replace_path(obj, path: tuple[str, ...], raw_value, where: str = ""):
+    """``obj`` (a dataclass) with the field at ``path`` set to ``raw_value`` converted to its type."""
+    name, rest = path[0], path[1:]
+    where = f"{where}.{name}" if where else name
+    if rest:
+        return dataclasses.replace(obj, **{name: _replace_path(getattr(obj, name), rest, raw_value, where)})
+    return dataclasses.replace(obj, **{name: _convert(_field_type(type(obj), name), raw_value, where)})
 
 
 def replace(config: ExperimentConfig, section: str, **changes) -> ExperimentConfig:
@@ -203,13 +244,20 @@ def write_json(config: ExperimentConfig, path: str) -> None:
         json.dump(to_dict(config), f, indent=2, sort_keys=True)
 
 
-def _locate(config: ExperimentConfig, key: str) -> tuple[str, str]:
+def _locate(config: ExperimentConfig, key: str) -> tuple[str, ...]:
+    """The path of fields that ``key`` names (``"model.anchors.scales"`` or an unambiguous ``"scales"``-style name)."""
     sections = ("model", "data", "train")
     if "." in key:
-        section, name = key.split(".", 1)
-        if section not in sections or name not in {f.name for f in dataclasses.fields(getattr(config, section))}:
-            raise ValueError(f"--override: unknown field {key!r}.")
-        return section, name
+        path = tuple(key.split("."))
+        obj = config
+        for i, name in enumerate(path):
+            fields = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set()
+            if name not in fields or (i == 0 and name not in sections):
+                raise ValueError(f"--override: unknown field {key!r}.")
+            obj = getattr(obj, name)
+        if dataclasses.is_dataclass(obj):
+            raise ValueError(f"--override: {key!r} is a section; name one of its fields ({key}.<field>).")
+        return path
     owners = [s for s in sections if key in {f.name for f in dataclasses.fields(getattr(config, s))}]
     if len(owners) != 1:
         raise ValueError(
@@ -228,6 +276,12 @@ def _parse(raw: str):
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
+        text = raw.strip()
+        if text.startswith("(") and text.endswith(")"):  # a Python-style tuple: (0.25,0.5,1.0)
+            try:
+                return json.loads("[" + text[1:-1].rstrip(",") + "]")
+            except json.JSONDecodeError:
+                pass
         return raw
 
 
@@ -260,4 +314,13 @@ def _convert(annotation, value, where: str):
         raise ValueError(f"{where} expects a number, got {value!r}.")
     if annotation is str:
         return str(value)
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} expects a section (a JSON object), got {value!r}.")
+        unknown = set(value) - {f.name for f in dataclasses.fields(annotation)}
+        if unknown:
+            raise ValueError(f"{where} has no field(s) {sorted(unknown)}.")
+        return annotation(**{k: _convert(_field_type(annotation, k), v, f"{where}.{k}") for k, v in value.items()})
     return value

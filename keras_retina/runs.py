@@ -165,4 +165,5 @@ def analyze(config: config_lib.ExperimentConfig, flags: dict) -> dict:
     from keras_retina import analysis  # noqa: PLC0415
 
     data = datasets.RunData(config.data)
-    return analysis.analyze_split(data, flags.get("split") or "val", config.resolved_model_dir())
+    anchors = training.build_anchor_generator(config.model)  # the run's anchors, --override included
+    return analysis.analyze_split(data, flags.get("split") or "val", config.resolved_model_dir(), anchors)

@@ -20,6 +20,7 @@ from absl import logging
 from keras_retina import callbacks as callbacks_lib
 from keras_retina import config as config_lib
 from keras_retina import datasets, evaluation, rundir
+from keras_retina.anchors import AnchorGenerator
 from keras_retina.losses import FocalLoss
 from keras_retina.model import RetinaNet
 
@@ -172,11 +173,31 @@ def build_optimizer(train: config_lib.TrainConfig, total_steps: int) -> keras.op
 
 # -------------------------------------------------------------------- model
 def build_model(model_config: config_lib.ModelConfig, num_classes: int) -> RetinaNet:
-    """A :class:`RetinaNet` from a :class:`ModelConfig` (losses are set at compile)."""
-    kwargs = dataclasses.asdict(model_config)
-    for key in ("focal_alpha", "focal_gamma", "box_loss"):
+    """A :class:`RetinaNet` from a :class:`ModelConfig` (losses are set at compile).
+
+    Example:
+        >>> from keras_retina.config import ModelConfig, override, ExperimentConfig
+        >>> config = override(ExperimentConfig(), ["backbone=tiny", "model.anchors.size_multiplier=2"])
+        >>> build_model(config.model, num_classes=3).anchor_generator.size_multiplier
+        2.0
+    """
+    kwargs = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)}
+    for key in ("focal_alpha", "focal_gamma", "box_loss"):  # compile's
         kwargs.pop(key)
-    return RetinaNet(num_classes=num_classes, **kwargs)
+    del kwargs["anchors"]
+    return RetinaNet(num_classes=num_classes, anchor_generator=build_anchor_generator(model_config), **kwargs)
+
+
+def build_anchor_generator(model_config: config_lib.ModelConfig) -> AnchorGenerator:
+    """The :class:`AnchorGenerator` of ``model_config.anchors``, on the pyramid's levels P3..``max_level``."""
+    anchors = model_config.anchors
+    return AnchorGenerator(
+        min_level=3,
+        max_level=model_config.max_level,
+        size_multiplier=anchors.size_multiplier,
+        scales=anchors.scales,
+        aspect_ratios=anchors.aspect_ratios,
+    )
 
 
 def compile_model(model: RetinaNet, config: config_lib.ExperimentConfig, total_steps: int) -> None:

@@ -1,6 +1,7 @@
 """keras_retina.analysis: anchor coverage of a dataset's boxes and the advice printed about it."""
 
 import json
+import re
 
 import numpy as np
 
@@ -53,3 +54,19 @@ def test_analyze_split_prints_and_writes_the_report(tmp_path, capsys):
     written = json.loads((tmp_path / "run" / "anchor_coverage.json").read_text())
     assert written["num_images"] == report["num_images"] == 3
     assert written["suggestions"] and "median" in capsys.readouterr().out.lower()
+
+
+def test_the_printed_override_fixes_small_anchors():
+    from keras_retina import training
+    from keras_retina.config import ExperimentConfig, override
+
+    small = [_example([[4, 4, 20, 20], [36, 36, 52, 52], [100, 4, 116, 20]])]  # 16 px boxes on stride-8 centres
+    before = analysis.anchor_coverage(small, image_size=256, verbose=False)
+    tip = next(t for t in analysis.suggestions(before) if "Small objects" in t)
+    flag = re.search(r"--override \S+=[\d.]+", tip).group(0)
+    assert flag == "--override model.anchors.size_multiplier=2"
+    config = override(ExperimentConfig(), [flag.split(" ", 1)[1]])
+    after = analysis.anchor_coverage(
+        small, image_size=256, anchor_generator=training.build_anchor_generator(config.model), verbose=False
+    )
+    assert before["small"]["iou_0.5"] == 0.0 and after["small"]["iou_0.5"] == 1.0

@@ -1,12 +1,14 @@
 """Experiment configs: overrides, validation, JSON round trip, experiment files."""
 
 import dataclasses
+import json
 
 import pytest
 
+import keras_retina as kr
 from keras_retina import experiments
 from keras_retina import config as config_lib
-from keras_retina.config import ExperimentConfig
+from keras_retina.config import AnchorConfig, ExperimentConfig, ModelConfig
 
 
 def test_override_parses_types_and_sections():
@@ -86,3 +88,53 @@ def test_coco_recipe_is_the_papers():
 def test_unknown_experiment():
     with pytest.raises(ValueError, match="no file keras_retina/experiments/nope.py"):
         experiments.load("nope")
+
+
+def test_every_retinanet_argument_is_reachable_from_the_model_config():
+    import inspect
+
+    from keras_retina import RetinaNet
+
+    arguments = set(inspect.signature(RetinaNet.__init__).parameters) - {"self", "kwargs", "num_classes"}
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    compile_only = {"focal_alpha", "focal_gamma", "box_loss"}
+    as_sections = {"anchor_generator": "anchors"}
+    assert {as_sections.get(a, a) for a in arguments} == fields - compile_only, (
+        "RetinaNet's constructor and ModelConfig disagree: every argument needs a config field"
+    )
+    anchor_arguments = set(inspect.signature(kr.AnchorGenerator.__init__).parameters) - {"self"}
+    # Levels come from the pyramid: P3 to model.max_level.
+    assert anchor_arguments - {"min_level", "max_level"} == {f.name for f in dataclasses.fields(AnchorConfig)}
+
+
+def test_the_config_builds_the_model_it_describes():
+    from keras_retina import training
+
+    config = config_lib.override(
+        ExperimentConfig(),
+        ["backbone=tiny", "fpn_channels=32", "head_channels=32", "max_level=6", "p6_from=p5",
+         "model.anchors.size_multiplier=2", "model.anchors.aspect_ratios=(0.25,0.5,1.0,2.0)",
+         "model.anchors.scales=[1.0]", "box_weights=[10,10,5,5]", "fold_batchnorm=false",
+         "allow_low_quality_matches=false", "freeze_batchnorm=true"],
+    )
+    model = training.build_model(config.model, num_classes=2)
+    generator = model.anchor_generator
+    assert (generator.min_level, generator.max_level) == (3, 6)
+    assert generator.size_multiplier == 2.0 and generator.scales == (1.0,)
+    assert generator.aspect_ratios == (0.25, 0.5, 1.0, 2.0) and generator.num_anchors_per_location == 4
+    assert model.max_level == 6 and model.p6_from == "p5" and model.box_weights == (10.0, 10.0, 5.0, 5.0)
+    assert not model.fold_batchnorm and not model.allow_low_quality_matches and model.freeze_batchnorm is True
+
+
+def test_nested_overrides_round_trip_through_json(tmp_path):
+    config = config_lib.override(ExperimentConfig(), ["model.anchors.size_multiplier=3"])
+    path = tmp_path / "config.json"
+    config_lib.write_json(config, str(path))
+    assert json.loads(path.read_text())["model"]["anchors"]["size_multiplier"] == 3.0
+    assert config_lib.from_dict(json.loads(path.read_text())) == config
+    with pytest.raises(ValueError, match="unknown field 'model.anchors.sizes'"):
+        config_lib.override(config, ["model.anchors.sizes=2"])
+    with pytest.raises(ValueError, match="'model.anchors' is a section"):
+        config_lib.override(config, ["model.anchors=2"])
+    with pytest.raises(ValueError, match="model.anchors.scales expects a list"):
+        config_lib.override(config, ["model.anchors.scales=2"])
