@@ -1,6 +1,10 @@
 """Small shared fixtures for model tests: a CPU-sized RetinaNet and toy data."""
 
+import os
+
+import keras
 import numpy as np
+import pytest
 
 import keras_retina as kr
 
@@ -39,10 +43,6 @@ def assert_keras_round_trip(obj, inputs, directory, targets=None):
 
     Returns the restored object (the loaded model, its layer, or its loss).
     """
-    import os  # noqa: PLC0415
-
-    import keras  # noqa: PLC0415
-
     path = os.path.join(str(directory), f"{type(obj).__name__}.keras")
     if isinstance(obj, keras.losses.Loss):
         model = keras.Sequential([keras.Input(np.shape(inputs)[1:]), keras.layers.Identity()])
@@ -79,10 +79,6 @@ def skip_if_onednn_cap_hides_bf16(policy: str = "mixed_bfloat16") -> None:
     create a primitive descriptor"). A CPU that really lacks bf16 is not
     affected: TensorFlow does not route bf16 to oneDNN there.
     """
-    import os  # noqa: PLC0415
-
-    import pytest  # noqa: PLC0415
-
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if "bfloat16" in policy and cap and cap not in ("ALL", "DEFAULT") and "BF16" not in cap and "AMX" not in cap:
         pytest.skip(f"ONEDNN_MAX_CPU_ISA={cap} hides oneDNN's bf16 convolutions that TensorFlow still calls")

@@ -4,7 +4,6 @@ import os
 import re
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_retina import compat
