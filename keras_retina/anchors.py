@@ -11,6 +11,8 @@ import numpy as np
 
 DEFAULT_SCALES = (2.0**0, 2.0 ** (1.0 / 3.0), 2.0 ** (2.0 / 3.0))
 DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+#: Orders of the anchors within a cell (see :class:`AnchorGenerator`).
+ANCHOR_ORDERS = ("scale_major", "ratio_major")
 
 
 @keras.saving.register_keras_serializable(package="keras_retina")
@@ -19,18 +21,25 @@ class AnchorGenerator:
 
     At level ``l`` (stride ``s = 2**l``) the feature map has
     ``ceil(H / s) x ceil(W / s)`` cells. Each cell ``(i, j)`` has its anchor
-    centre at ``((j + 0.5) * s, (i + 0.5) * s)`` pixels, the centre of the cell
-    it covers. Detectron2 (default ``offset=0.0``) and keras-hub
-    (``arange(0, n) * stride``) put it at the cell's top-left corner,
-    ``(j * s, i * s)``, instead. For each
-    scale ``k`` and aspect ratio ``r = height / width`` the anchor has area
-    ``(size_multiplier * s * k)**2``, width ``size / sqrt(r)``, height
-    ``size * sqrt(r)``.
+    centre at ``((j + offset) * s, (i + offset) * s)`` pixels: by default
+    (``offset=0.5``) the centre of the cell it covers. Detectron2, keras-hub
+    and torchvision put it at the cell's top-left corner (``offset=0.0``).
+    For each scale ``k`` and aspect ratio ``r = height / width`` the anchor
+    has size ``size = size_multiplier * s * k`` (area ``size**2``), width
+    ``size / sqrt(r)`` and height ``size * sqrt(r)``.
 
     Order: level-major (P3 first), then row ``i``, column ``j``, then
-    ``len(scales) * len(aspect_ratios)`` anchors per cell, scale-major — the
-    order in which ``(B, h, w, num_anchors * K)`` head outputs reshape to
-    ``(B, h * w * num_anchors, K)``.
+    ``len(scales) * len(aspect_ratios)`` anchors per cell — the order in
+    which ``(B, h, w, num_anchors * K)`` head outputs reshape to
+    ``(B, h * w * num_anchors, K)``. Within a cell the anchors are
+    scale-major (``order="scale_major"``: all ratios of the first scale
+    first) or ratio-major (``"ratio_major"``, torchvision's order).
+
+    ``round_to_pixels=True`` reproduces torchvision's ``AnchorGenerator``
+    exactly, for its published weights (:mod:`keras_retina.pretrained`):
+    each size is truncated to whole pixels (``int(size)``: 32, 40, 50 at
+    P3) and each anchor's half width and half height are rounded to whole
+    pixels (half to even), in float32.
 
     Args:
         min_level: lowest pyramid level (stride ``2**min_level``).
@@ -39,12 +48,22 @@ class AnchorGenerator:
             32 px at P3 up to 512 px at P7).
         scales: octave scales of the base size.
         aspect_ratios: height / width ratios.
+        offset: anchor centre within its cell, in strides, in [0, 1)
+            (0.5: the cell centre).
+        order: ``"scale_major"`` or ``"ratio_major"``, see above.
+        round_to_pixels: torchvision's rounding, see above.
 
     Example:
         >>> gen = AnchorGenerator()
         >>> gen((512, 512)).shape
         (49104, 4)
+        >>> torchvision_like = AnchorGenerator(offset=0.0, order="ratio_major", round_to_pixels=True)
+        >>> torchvision_like((512, 512))[:3]   # P3, cell (0, 0): ratio 0.5 at sizes 32, 40, 50
+        array([[-23., -11.,  23.,  11.],
+               [-28., -14.,  28.,  14.],
+               [-35., -18.,  35.,  18.]], dtype=float32)
     """
+
 
     def __init__(
         self,
@@ -53,6 +72,9 @@ class AnchorGenerator:
         size_multiplier: float = 4.0,
         scales: Sequence[float] = DEFAULT_SCALES,
         aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
+        offset: float = 0.5,
+        order: str = "scale_major",
+        round_to_pixels: bool = False,
     ):
         if not 1 <= min_level <= max_level:
             raise ValueError(
@@ -70,6 +92,13 @@ class AnchorGenerator:
                 f"AnchorGenerator: `scales` and `aspect_ratios` must be > 0, got "
                 f"scales={scales!r}, aspect_ratios={aspect_ratios!r}."
             )
+        if not 0.0 <= offset < 1.0:
+            raise ValueError(f"AnchorGenerator: `offset` must be in [0, 1), got {offset!r}.")
+        if order not in ANCHOR_ORDERS:
+            raise ValueError(f"AnchorGenerator: `order` must be one of {ANCHOR_ORDERS}, got {order!r}.")
+        self.offset = float(offset)
+        self.order = order
+        self.round_to_pixels = bool(round_to_pixels)
         self.min_level = int(min_level)
         self.max_level = int(max_level)
         self.size_multiplier = float(size_multiplier)
@@ -115,6 +144,9 @@ class AnchorGenerator:
             self.size_multiplier,
             self.scales,
             self.aspect_ratios,
+            self.offset,
+            self.order,
+            self.round_to_pixels,
         )
 
     def get_config(self) -> dict:
@@ -124,6 +156,9 @@ class AnchorGenerator:
             "size_multiplier": self.size_multiplier,
             "scales": self.scales,
             "aspect_ratios": self.aspect_ratios,
+            "offset": self.offset,
+            "order": self.order,
+            "round_to_pixels": self.round_to_pixels,
         }
 
     @classmethod
@@ -155,24 +190,32 @@ def _check_image_shape(image_shape) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=32)
 def _anchors(key, image_shape: tuple[int, int]) -> np.ndarray:
-    min_level, max_level, size_multiplier, scales, aspect_ratios = key
+    min_level, max_level, size_multiplier, scales, aspect_ratios, offset, order, round_to_pixels = key
     height, width = image_shape
-    # Per-cell anchor shapes, scale-major: K tuples (width factor, height factor, scale).
-    shapes = []
-    for scale in scales:
-        for ratio in aspect_ratios:
-            shapes.append((1.0 / math.sqrt(ratio), math.sqrt(ratio), scale))
+    # Per-cell anchor shapes: K pairs (scale, ratio) in the generator's order.
+    if order == "scale_major":
+        shapes = [(scale, ratio) for scale in scales for ratio in aspect_ratios]
+    else:
+        shapes = [(scale, ratio) for ratio in aspect_ratios for scale in scales]
+    # torchvision computes in float32 (and rounds there); the default in float64.
+    dtype = np.float32 if round_to_pixels else np.float64
     per_level = []
     for level in range(min_level, max_level + 1):
         stride = 2**level
         rows, cols = math.ceil(height / stride), math.ceil(width / stride)
-        base = size_multiplier * stride
-        half_wh = np.array(
-            [(base * s * w_f / 2.0, base * s * h_f / 2.0) for w_f, h_f, s in shapes],
-            dtype=np.float64,
+        sizes = np.array([size_multiplier * stride * scale for scale, _ in shapes])  # (K,)
+        if round_to_pixels:
+            sizes = np.trunc(sizes)
+        ratios = np.array([ratio for _, ratio in shapes], dtype=dtype)  # (K,)
+        height_factors = np.sqrt(ratios)
+        width_factors = (1 / height_factors).astype(dtype)
+        half_wh = np.stack(
+            [width_factors * sizes.astype(dtype) / 2, height_factors * sizes.astype(dtype) / 2], axis=-1
         )  # (K, 2) half widths and half heights in pixels
+        if round_to_pixels:
+            half_wh = np.round(half_wh)  # half to even, as torch.round
         cy, cx = np.meshgrid(
-            (np.arange(rows) + 0.5) * stride, (np.arange(cols) + 0.5) * stride, indexing="ij"
+            (np.arange(rows) + offset) * stride, (np.arange(cols) + offset) * stride, indexing="ij"
         )
         centers = np.stack([cx, cy], axis=-1).reshape(-1, 1, 2)  # (rows*cols, 1, 2)
         level_anchors = np.concatenate([centers - half_wh, centers + half_wh], axis=-1)

@@ -11,7 +11,11 @@ from keras import ops
 from keras_retina import compat
 
 #: Backbone names accepted by :func:`build_backbone`.
-BACKBONES = ("resnet50", "resnet101", "mobilenet_v2", "tiny")
+BACKBONES = ("resnet50", "resnet101", "mobilenet_v2", "tiny", "torchvision_resnet50")
+
+#: torchvision's input normalisation of RGB in [0, 1] (ImageNet mean and std).
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
 
 # For each backbone: the layer names of C3, C4, C5, and for freeze_at = k the
 # name of the first layer of stage k + 1 (everything before it is frozen).
@@ -30,6 +34,10 @@ _SPECS = {
         "outputs": ("block_6_expand_relu", "block_13_expand_relu", "out_relu"),
         "stage_starts": ("block_1_expand", "block_3_expand", "block_6_expand", "block_13_expand"),
     },
+    "torchvision_resnet50": {
+        "outputs": ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+        "stage_starts": _RESNET_STAGE_STARTS,
+    },
     "tiny": {
         "outputs": ("stage3_out", "stage4_out", "stage5_out"),
         "stage_starts": ("stage2_down", "stage3_down", "stage4_down", "stage5_down"),
@@ -42,13 +50,21 @@ def preprocessor(name: str) -> Callable:
 
     The returned function maps float32 RGB images in [0, 255], ``(B, H, W, 3)``,
     to what the backbone was trained on: Caffe-style BGR mean subtraction for
-    the Keras ResNets, [-1, 1] for MobileNetV2 and the tiny backbone.
+    the Keras ResNets, [-1, 1] for MobileNetV2 and the tiny backbone, and
+    torchvision's ``(RGB / 255 - mean) / std`` (:data:`TORCHVISION_MEAN`,
+    :data:`TORCHVISION_STD`) for ``"torchvision_resnet50"``.
 
     Example:
         >>> np.unique(preprocessor("tiny")(ops.full((1, 2, 2, 3), 255.0)))
         array([1.], dtype=float32)
+        >>> ops.convert_to_numpy(preprocessor("torchvision_resnet50")(ops.full((1, 1, 1, 3), 255.0))).round(3)
+        array([[[[2.249, 2.429, 2.64 ]]]], dtype=float32)
     """
     _check_name(name)
+    if name.startswith("torchvision_"):
+        mean = ops.convert_to_tensor(TORCHVISION_MEAN, "float32")
+        std = ops.convert_to_tensor(TORCHVISION_STD, "float32")
+        return lambda images: (images / 255.0 - mean) / std
     if name.startswith("resnet"):
         return keras.applications.resnet.preprocess_input
     return lambda images: images / 127.5 - 1.0
@@ -66,9 +82,12 @@ def build_backbone(
     Args:
         name: one of :data:`BACKBONES`. ``"tiny"`` is a 10-conv network
             (16–256 channels, GroupNorm) sized for CPUs, tests and the
-            default demo.
+            default demo. ``"torchvision_resnet50"`` is torchvision's
+            ResNet-50 layout (see :func:`torchvision_resnet50`), for its
+            published detectors (:mod:`keras_retina.pretrained`).
         weights: ``"imagenet"`` (downloads Keras' ImageNet weights; not for
-            ``"tiny"``), ``None`` (random init) or a path to a weights file.
+            ``"tiny"`` or ``"torchvision_resnet50"``), ``None`` (random
+            init) or a path to a weights file.
         freeze_at: freeze the stem (1) and stages up to ``freeze_at``
             (2 = also the stride-4 stage, Detectron's default); 0 freezes
             nothing.
@@ -91,13 +110,14 @@ def build_backbone(
     if not 0 <= freeze_at <= 5:
         raise ValueError(f"build_backbone: `freeze_at` must be in 0..5, got {freeze_at!r}.")
     is_path = weights not in (None, "imagenet")
-    if name == "tiny":
+    if name in ("tiny", "torchvision_resnet50"):
         if weights == "imagenet":
             raise ValueError(
-                "build_backbone: `weights` must be None or a weights file for the 'tiny' backbone "
-                "(it has no ImageNet weights), got 'imagenet'."
+                f"build_backbone: `weights` must be None or a weights file for the {name!r} backbone "
+                "(it has no Keras ImageNet weights; torchvision's detectors come through "
+                "keras_retina.pretrained), got 'imagenet'."
             )
-        base = _tiny_backbone(input_shape)
+        base = _tiny_backbone(input_shape) if name == "tiny" else torchvision_resnet50(input_shape)
     else:
         constructor = {
             "resnet50": keras.applications.ResNet50,
@@ -155,6 +175,70 @@ def _tiny_backbone(input_shape) -> keras.Model:
         x = keras.layers.GroupNormalization(groups=8, name=f"stage{stage}_gn2")(x)
         x = keras.layers.ReLU(name=f"stage{stage}_out")(x)
     return keras.Model(inputs, x, name="tiny")
+
+
+def torchvision_resnet50(input_shape=(None, None, 3)) -> keras.Model:
+    """torchvision's ResNet-50 ("v1.5") as a Keras model, ImageNet-classifier head removed.
+
+    It differs from ``keras.applications.ResNet50`` where torchvision's
+    weights need it: the stride of each downsampling bottleneck sits on its
+    3x3 conv (Keras: on the first 1x1 conv), no conv has a bias, BatchNorm's
+    epsilon is 1e-5, and every strided 3x3 conv pads one pixel on each side
+    (PyTorch's ``padding=1``; Keras' ``"same"`` pads only bottom and right on
+    even inputs). Layer names are Keras' (``conv2_block1_1_conv``, ...), so
+    stage outputs, freezing and BatchNorm folding work as for ``"resnet50"``.
+
+    Written here rather than taken from keras-hub's ``ResNetBackbone``
+    (which has this layout): keras-hub is not a dependency, it would bring
+    its own preset machinery for one 40-line network, and our freezing and
+    folding key on Keras' layer names.
+
+    Args:
+        input_shape: ``(H, W, 3)``; ``None`` sizes accept any image.
+
+    Returns:
+        ``keras.Model`` from normalised images (:func:`preprocessor`) to C5,
+        ``(B, ceil(H / 32), ceil(W / 32), 2048)``; C3 and C4 are the layers
+        ``conv3_block4_out`` and ``conv4_block6_out``.
+
+    Example:
+        >>> net = torchvision_resnet50()
+        >>> tuple(net(ops.zeros((1, 64, 64, 3))).shape), net.count_params()
+        ((1, 2, 2, 2048), 23561152)
+    """
+    layers = keras.layers
+    epsilon = 1e-5
+    inputs = keras.Input(input_shape)
+    x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
+    x = layers.Conv2D(64, 7, strides=2, use_bias=False, name="conv1_conv")(x)
+    x = layers.BatchNormalization(epsilon=epsilon, name="conv1_bn")(x)
+    x = layers.ReLU(name="conv1_relu")(x)
+    x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), start=2):
+        for block in range(1, blocks + 1):
+            name = f"conv{stage}_block{block}"
+            stride = 2 if block == 1 and stage > 2 else 1
+            shortcut = x
+            y = layers.Conv2D(width, 1, use_bias=False, name=f"{name}_1_conv")(x)
+            y = layers.BatchNormalization(epsilon=epsilon, name=f"{name}_1_bn")(y)
+            y = layers.ReLU(name=f"{name}_1_relu")(y)
+            if stride == 2:
+                y = layers.ZeroPadding2D(1, name=f"{name}_2_pad")(y)
+            y = layers.Conv2D(
+                width, 3, strides=stride, padding="valid" if stride == 2 else "same", use_bias=False,
+                name=f"{name}_2_conv",
+            )(y)
+            y = layers.BatchNormalization(epsilon=epsilon, name=f"{name}_2_bn")(y)
+            y = layers.ReLU(name=f"{name}_2_relu")(y)
+            y = layers.Conv2D(4 * width, 1, use_bias=False, name=f"{name}_3_conv")(y)
+            y = layers.BatchNormalization(epsilon=epsilon, name=f"{name}_3_bn")(y)
+            if block == 1:
+                shortcut = layers.Conv2D(4 * width, 1, strides=stride, use_bias=False, name=f"{name}_0_conv")(x)
+                shortcut = layers.BatchNormalization(epsilon=epsilon, name=f"{name}_0_bn")(shortcut)
+            x = layers.Add(name=f"{name}_add")([shortcut, y])
+            x = layers.ReLU(name=f"{name}_out")(x)
+    return keras.Model(inputs, x, name="torchvision_resnet50")
 
 
 def fold_batchnorm(backbone: keras.Model) -> keras.Model | None:

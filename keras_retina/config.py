@@ -29,6 +29,9 @@ class AnchorConfig:
     size_multiplier: float = 4.0
     scales: tuple[float, ...] = DEFAULT_SCALES
     aspect_ratios: tuple[float, ...] = DEFAULT_ASPECT_RATIOS
+    offset: float = 0.5
+    order: str = "scale_major"
+    round_to_pixels: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,9 @@ class ModelConfig:
     head_channels: int = 256
     num_head_convs: int = 4
     use_group_norm: bool = False
+    group_norm_epsilon: float = 1e-3
     p6_from: str = "c5"
+    fpn_padding: str = "same"
     max_level: int = 7
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     prior_probability: float = 0.01

@@ -9,6 +9,10 @@ from keras import ops
 
 #: The paper's prior probability of foreground at initialisation (Sec. 4.1).
 PRIOR_PROBABILITY = 0.01
+#: Paddings of :class:`FeaturePyramid`'s strided convs.
+PADDINGS = ("same", "symmetric")
+#: Keras' GroupNormalization epsilon (PyTorch's is 1e-5).
+GROUP_NORM_EPSILON = 1e-3
 
 
 def _head_kernel_init():
@@ -30,6 +34,10 @@ class FeaturePyramid(keras.layers.Layer):
         channels: output channels of every level (256 in the paper).
         max_level: top level, >= 5 (7 in the paper). The bottom level is P3.
         p6_from: ``"c5"`` (paper) or ``"p5"``.
+        padding: of the stride-2 convs of P6 and up: ``"same"`` (Keras:
+            on an even input, one row and column at the bottom and right
+            only) or ``"symmetric"`` (one on every side, as PyTorch's
+            ``padding=1``; for torchvision's weights).
 
     Call args:
         features: list ``[C3, C4, C5]`` of ``(B, H/8, W/8, c3)``,
@@ -46,8 +54,12 @@ class FeaturePyramid(keras.layers.Layer):
         [16, 8, 4, 2, 1]
     """
 
-    def __init__(self, channels: int = 256, max_level: int = 7, p6_from: str = "c5", **kwargs):
+    def __init__(
+        self, channels: int = 256, max_level: int = 7, p6_from: str = "c5", padding: str = "same", **kwargs
+    ):
         super().__init__(**kwargs)
+        if padding not in PADDINGS:
+            raise ValueError(f"FeaturePyramid: `padding` must be one of {PADDINGS}, got {padding!r}.")
         if max_level < 5:
             raise ValueError(f"FeaturePyramid: `max_level` must be >= 5, got {max_level!r}.")
         if p6_from not in ("c5", "p5"):
@@ -55,6 +67,7 @@ class FeaturePyramid(keras.layers.Layer):
         self.channels = int(channels)
         self.max_level = int(max_level)
         self.p6_from = p6_from
+        self.padding = padding
         conv = keras.layers.Conv2D
         self.lateral_convs = [
             conv(self.channels, 1, padding="same", name=f"lateral_c{level}", dtype=self.dtype_policy)
@@ -65,7 +78,14 @@ class FeaturePyramid(keras.layers.Layer):
             for level in (3, 4, 5)
         ]
         self.extra_convs = [
-            conv(self.channels, 3, strides=2, padding="same", name=f"p{level}", dtype=self.dtype_policy)
+            conv(
+                self.channels,
+                3,
+                strides=2,
+                padding="same" if padding == "same" else "valid",
+                name=f"p{level}",
+                dtype=self.dtype_policy,
+            )
             for level in range(6, self.max_level + 1)
         ]
         self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest", dtype=self.dtype_policy)
@@ -78,7 +98,7 @@ class FeaturePyramid(keras.layers.Layer):
         for conv in self.output_convs:
             conv.build(out_shape)
         for i, conv in enumerate(self.extra_convs):
-            conv.build(c5_shape if i == 0 and self.p6_from == "c5" else out_shape)
+            conv.build((None, None, None, c5_shape[-1]) if i == 0 and self.p6_from == "c5" else out_shape)
 
     def call(self, features):
         c3, c4, c5 = features
@@ -92,7 +112,10 @@ class FeaturePyramid(keras.layers.Layer):
         outputs = [conv(m) for conv, m in zip(self.output_convs, merged)]
         previous = c5 if self.p6_from == "c5" else outputs[-1]
         for i, conv in enumerate(self.extra_convs):
-            level = conv(previous if i == 0 else ops.relu(previous))
+            x = previous if i == 0 else ops.relu(previous)
+            if self.padding == "symmetric":
+                x = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            level = conv(x)
             outputs.append(level)
             previous = level
         return outputs
@@ -109,7 +132,9 @@ class FeaturePyramid(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(channels=self.channels, max_level=self.max_level, p6_from=self.p6_from)
+        config.update(
+            channels=self.channels, max_level=self.max_level, p6_from=self.p6_from, padding=self.padding
+        )
         return config
 
 
@@ -129,9 +154,11 @@ class _DenseHead(keras.layers.Layer):
         channels: int = 256,
         use_group_norm: bool = False,
         final_bias: float = 0.0,
+        group_norm_epsilon: float = GROUP_NORM_EPSILON,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.group_norm_epsilon = float(group_norm_epsilon)
         self.outputs_per_anchor = int(outputs_per_anchor)
         self.num_anchors = int(num_anchors)
         self.num_convs = int(num_convs)
@@ -152,7 +179,9 @@ class _DenseHead(keras.layers.Layer):
         ]
         self.norms = (
             [
-                keras.layers.GroupNormalization(groups=32, name=f"gn{i}", dtype=self.dtype_policy)
+                keras.layers.GroupNormalization(
+                    groups=32, epsilon=self.group_norm_epsilon, name=f"gn{i}", dtype=self.dtype_policy
+                )
                 for i in range(self.num_convs)
             ]
             if self.use_group_norm
@@ -207,6 +236,7 @@ class _DenseHead(keras.layers.Layer):
             num_convs=self.num_convs,
             channels=self.channels,
             use_group_norm=self.use_group_norm,
+            group_norm_epsilon=self.group_norm_epsilon,
         )
         return config
 
@@ -226,6 +256,8 @@ class ClassificationHead(_DenseHead):
         num_anchors: K anchors per location.
         num_convs, channels, use_group_norm: the subnet's tower.
         prior_probability: pi above.
+        group_norm_epsilon: GroupNorm's epsilon (Keras' 1e-3; torchvision's
+            weights were trained with 1e-5).
 
     Call args:
         features: list of ``(B, h_l, w_l, channels_in)`` maps (P3..P7).
@@ -247,6 +279,7 @@ class ClassificationHead(_DenseHead):
         channels: int = 256,
         use_group_norm: bool = False,
         prior_probability: float = PRIOR_PROBABILITY,
+        group_norm_epsilon: float = GROUP_NORM_EPSILON,
         **kwargs,
     ):
         if not 0.0 < prior_probability < 1.0:
@@ -264,6 +297,7 @@ class ClassificationHead(_DenseHead):
             channels=channels,
             use_group_norm=use_group_norm,
             final_bias=-math.log((1.0 - prior_probability) / prior_probability),
+            group_norm_epsilon=group_norm_epsilon,
             **kwargs,
         )
 
@@ -279,6 +313,10 @@ class BoxHead(_DenseHead):
 
     Same tower as :class:`ClassificationHead` (own weights), class-agnostic
     output ``num_anchors * 4``, every kernel N(0, 0.01) and bias 0.
+
+    Args:
+        num_anchors, num_convs, channels, use_group_norm, group_norm_epsilon:
+            as :class:`ClassificationHead`'s.
 
     Call args:
         features: list of ``(B, h_l, w_l, channels_in)`` maps (P3..P7).
@@ -297,6 +335,7 @@ class BoxHead(_DenseHead):
         num_convs: int = 4,
         channels: int = 256,
         use_group_norm: bool = False,
+        group_norm_epsilon: float = GROUP_NORM_EPSILON,
         **kwargs,
     ):
         super().__init__(
@@ -306,5 +345,6 @@ class BoxHead(_DenseHead):
             channels=channels,
             use_group_norm=use_group_norm,
             final_bias=0.0,
+            group_norm_epsilon=group_norm_epsilon,
             **kwargs,
         )

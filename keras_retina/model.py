@@ -12,7 +12,7 @@ from keras_retina import boxes as box_ops
 from keras_retina import compat, matching, postprocess
 from keras_retina.anchors import AnchorGenerator
 from keras_retina.backbones import build_backbone, fold_batchnorm, preprocessor
-from keras_retina.layers import PRIOR_PROBABILITY, BoxHead, ClassificationHead, FeaturePyramid
+from keras_retina.layers import GROUP_NORM_EPSILON, PRIOR_PROBABILITY, BoxHead, ClassificationHead, FeaturePyramid
 from keras_retina.losses import FocalLoss, get_box_loss
 
 
@@ -63,8 +63,13 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             pretrained weights and trainable BatchNorm from scratch.
         fpn_channels: channels of P3–P7 (256).
         head_channels, num_head_convs: subnet width and depth (256, 4).
-        use_group_norm: GroupNorm(32) after each subnet conv (not in the paper).
-        p6_from: ``"c5"`` (paper) or ``"p5"``.
+        use_group_norm: GroupNorm(32) after each subnet conv (not in the paper;
+            torchvision's v2 RetinaNet has it).
+        group_norm_epsilon: that GroupNorm's epsilon (Keras' 1e-3;
+            torchvision's weights need 1e-5).
+        p6_from: ``"c5"`` (paper) or ``"p5"`` (torchvision's v1 RetinaNet).
+        fpn_padding: ``"same"`` (Keras) or ``"symmetric"`` (PyTorch's) padding
+            of the stride-2 convs of P6 and P7; see :class:`FeaturePyramid`.
         max_level: top pyramid level (7).
         anchor_generator: an :class:`AnchorGenerator` (default: the paper's
             9 anchors on P3–``max_level``).
@@ -114,7 +119,9 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         head_channels: int = 256,
         num_head_convs: int = 4,
         use_group_norm: bool = False,
+        group_norm_epsilon: float = GROUP_NORM_EPSILON,
         p6_from: str = "c5",
+        fpn_padding: str = "same",
         max_level: int = 7,
         anchor_generator: AnchorGenerator | None = None,
         prior_probability: float = PRIOR_PROBABILITY,
@@ -151,7 +158,9 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         self.head_channels = int(head_channels)
         self.num_head_convs = int(num_head_convs)
         self.use_group_norm = bool(use_group_norm)
+        self.group_norm_epsilon = float(group_norm_epsilon)
         self.p6_from = p6_from
+        self.fpn_padding = fpn_padding
         self.max_level = int(max_level)
         self.anchor_generator = anchor_generator
         self.prior_probability = float(prior_probability)
@@ -185,7 +194,11 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         # of Keras' tracking (a plain object) so it is never saved twice.
         self._folded = _Untracked()
         self.feature_pyramid = FeaturePyramid(
-            channels=fpn_channels, max_level=max_level, p6_from=p6_from, name="feature_pyramid"
+            channels=fpn_channels,
+            max_level=max_level,
+            p6_from=p6_from,
+            padding=fpn_padding,
+            name="feature_pyramid",
         )
         num_anchors = anchor_generator.num_anchors_per_location
         self.classification_head = ClassificationHead(
@@ -194,6 +207,7 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             num_convs=num_head_convs,
             channels=head_channels,
             use_group_norm=use_group_norm,
+            group_norm_epsilon=group_norm_epsilon,
             prior_probability=prior_probability,
             name="classification_head",
         )
@@ -202,6 +216,7 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             num_convs=num_head_convs,
             channels=head_channels,
             use_group_norm=use_group_norm,
+            group_norm_epsilon=group_norm_epsilon,
             name="box_head",
         )
         # === losses and metrics (set again by compile) ===
@@ -635,7 +650,9 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             head_channels=self.head_channels,
             num_head_convs=self.num_head_convs,
             use_group_norm=self.use_group_norm,
+            group_norm_epsilon=self.group_norm_epsilon,
             p6_from=self.p6_from,
+            fpn_padding=self.fpn_padding,
             max_level=self.max_level,
             anchor_generator=keras.saving.serialize_keras_object(self.anchor_generator),
             prior_probability=self.prior_probability,

@@ -197,6 +197,9 @@ def build_anchor_generator(model_config: config_lib.ModelConfig) -> AnchorGenera
         size_multiplier=anchors.size_multiplier,
         scales=anchors.scales,
         aspect_ratios=anchors.aspect_ratios,
+        offset=anchors.offset,
+        order=anchors.order,
+        round_to_pixels=anchors.round_to_pixels,
     )
 
 

@@ -58,7 +58,9 @@ def test_custom_levels_and_shapes():
 
 
 def test_config_round_trip():
-    gen = kr.AnchorGenerator(max_level=6, size_multiplier=3.0, scales=(1.0, 1.5), aspect_ratios=(1.0,))
+    gen = kr.AnchorGenerator(
+        max_level=6, size_multiplier=3.0, scales=(1.0, 1.5), aspect_ratios=(1.0,), offset=0.0, order="ratio_major"
+    )
     config = gen.get_config()
     assert config == {
         "min_level": 3,
@@ -66,6 +68,9 @@ def test_config_round_trip():
         "size_multiplier": 3.0,
         "scales": (1.0, 1.5),
         "aspect_ratios": (1.0,),
+        "offset": 0.0,
+        "order": "ratio_major",
+        "round_to_pixels": False,
     }
     restored = kr.AnchorGenerator.from_config(config)
     assert restored == gen
@@ -88,3 +93,36 @@ def test_bad_arguments(kwargs, message):
 def test_dynamic_shape_is_rejected():
     with pytest.raises(ValueError, match="static"):
         kr.AnchorGenerator()((None, 128))
+
+
+def test_offset_moves_centres_to_the_cell_corner():
+    centred = kr.AnchorGenerator(scales=(1.0,), aspect_ratios=(1.0,))((64, 64))
+    corner = kr.AnchorGenerator(scales=(1.0,), aspect_ratios=(1.0,), offset=0.0)((64, 64))
+    # P3 has stride 8: every anchor moves by half a stride up and left.
+    np.testing.assert_allclose(centred[:64] - corner[:64], 4.0)
+    np.testing.assert_allclose(corner[0], [-16.0, -16.0, 16.0, 16.0])
+
+
+def test_ratio_major_order_permutes_each_cell():
+    scale_major = kr.AnchorGenerator()((128, 128))
+    ratio_major = kr.AnchorGenerator(order="ratio_major")((128, 128))
+    # Cell anchors of scale-major index s * 3 + r sit at ratio-major index r * 3 + s.
+    permutation = [r * 3 + s for s in range(3) for r in range(3)]
+    np.testing.assert_array_equal(
+        scale_major.reshape(-1, 9, 4), ratio_major.reshape(-1, 9, 4)[:, permutation]
+    )
+
+
+def test_round_to_pixels_gives_whole_pixel_corners_of_truncated_sizes():
+    gen = kr.AnchorGenerator(offset=0.0, order="ratio_major", round_to_pixels=True)
+    anchors = gen((256, 256))
+    np.testing.assert_array_equal(anchors, np.round(anchors))
+    # Ratio 1 anchors of cell (0, 0) at P3 are squares of torchvision's int sizes 32, 40, 50.
+    np.testing.assert_array_equal(anchors[3:6, 2] - anchors[3:6, 0], [32.0, 40.0, 50.0])
+
+
+def test_bad_offset_and_order_are_refused():
+    with pytest.raises(ValueError, match="offset"):
+        kr.AnchorGenerator(offset=1.0)
+    with pytest.raises(ValueError, match="order"):
+        kr.AnchorGenerator(order="random")

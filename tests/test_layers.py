@@ -46,11 +46,38 @@ def test_group_norm_option():
     assert len(head.norms) == 2 and all(isinstance(n, keras.layers.GroupNormalization) for n in head.norms)
 
 
+def test_symmetric_padding_pads_every_side_as_pytorch_does():
+    # A stride-2 3x3 conv on an even input: PyTorch's padding=1 reads the
+    # top-left border, Keras' "same" does not. With a kernel that only reads
+    # its top-left tap, P6's first cell sees the zero pad (symmetric) or C5's
+    # first pixel ("same").
+    features = [np.ones((1, 8, 8, 4), "float32"), np.ones((1, 4, 4, 4), "float32"), np.ones((1, 2, 2, 4), "float32")]
+    p6 = {}
+    for padding in ("same", "symmetric"):
+        fpn = kr.FeaturePyramid(channels=4, max_level=6, padding=padding)
+        fpn.build([f.shape for f in features])
+        kernel = np.zeros((3, 3, 4, 4), "float32")
+        kernel[0, 0] = np.eye(4)
+        fpn.extra_convs[0].kernel.assign(kernel)
+        fpn.extra_convs[0].bias.assign(np.zeros(4, "float32"))
+        outputs = fpn(features)
+        assert tuple(outputs[3].shape) == (1, 1, 1, 4)
+        p6[padding] = float(outputs[3][0, 0, 0, 0])
+    assert p6 == {"same": 1.0, "symmetric": 0.0}
+    with pytest.raises(ValueError, match="padding"):
+        kr.FeaturePyramid(padding="reflect")
+
+
+def test_group_norm_epsilon_reaches_the_norms():
+    head = kr.ClassificationHead(num_classes=2, channels=32, num_convs=1, use_group_norm=True, group_norm_epsilon=1e-5)
+    assert head.norms[0].epsilon == 1e-5
+
+
 @pytest.mark.parametrize(
     "layer_cls, kwargs",
     [
-        (kr.FeaturePyramid, dict(channels=16, max_level=6, p6_from="p5")),
-        (kr.ClassificationHead, dict(num_classes=7, num_anchors=3, num_convs=2, channels=32, use_group_norm=True, prior_probability=0.05)),
+        (kr.FeaturePyramid, dict(channels=16, max_level=6, p6_from="p5", padding="symmetric")),
+        (kr.ClassificationHead, dict(num_classes=7, num_anchors=3, num_convs=2, channels=32, use_group_norm=True, prior_probability=0.05, group_norm_epsilon=1e-5)),
         (kr.BoxHead, dict(num_anchors=3, num_convs=1, channels=32, use_group_norm=False)),
     ],
 )
