@@ -1,0 +1,1 @@
+"""Published checkpoints converted to keras_retina models."""
