@@ -18,6 +18,7 @@ from keras_retina.losses import FocalLoss, HuberLoss, SmoothL1Loss, focal_loss, 
 from keras_retina.matching import BACKGROUND, IGNORE, assign_targets
 from keras_retina.model import RetinaNet
 from keras_retina.postprocess import InferenceSettings, decode_detections
+from keras_retina import pretrained  # after model: it builds RetinaNets
 
 __all__ = [
     "AnchorGenerator",
@@ -35,6 +36,7 @@ __all__ = [
     "SmoothL1Loss",
     "assign_targets",
     "data",
+    "pretrained",
     "visualize",
     "build_backbone",
     "decode_detections",

@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-MODES = ("train_and_evaluate", "train", "evaluate", "export", "predict", "analyze")
+MODES = ("train_and_evaluate", "train", "evaluate", "export", "predict", "analyze", "convert")
 
 flags.DEFINE_enum("mode", "train_and_evaluate", MODES, "What to run.")
 flags.DEFINE_string("experiment", "shapes", "A file in keras_retina/experiments/ (without .py).")
@@ -28,8 +28,14 @@ flags.DEFINE_string("train_images", None, "Image directory of the training split
 flags.DEFINE_string("val_annotations", None, "COCO instances JSON of the validation split.")
 flags.DEFINE_string("val_images", None, "Image directory of the validation split.")
 flags.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir.")
-flags.DEFINE_string("backbone", None, "resnet50 | resnet101 | mobilenet_v2 | tiny.")
+flags.DEFINE_string("backbone", None, "resnet50 | resnet101 | mobilenet_v2 | tiny | torchvision_resnet50.")
 flags.DEFINE_string("backbone_weights", None, "imagenet | none | path to a weights file.")
+flags.DEFINE_string(
+    "init_weights",
+    None,
+    "Fine-tune from a trained detector: torchvision_v1_coco | torchvision_v2_coco (downloaded once) | a "
+    "torchvision .pth | a keras_retina .keras. Its architecture replaces the experiment's.",
+)
 flags.DEFINE_integer("image_size", None, "Square input size in pixels.")
 flags.DEFINE_integer("batch_size", None, "Global batch size (split over replicas).")
 flags.DEFINE_integer("epochs", None, "Training epochs.")

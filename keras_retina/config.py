@@ -127,6 +127,8 @@ class TrainConfig:
     mixed_precision: str = "none"
     jit_compile: bool = False
     seed: int = 0
+    # Fine-tuning: a published name (kr.pretrained.CHECKPOINTS), a .pth or a .keras file.
+    init_weights: str | None = None
     eval_every_epochs: int = 1
     tensorboard: bool = True
 

@@ -35,6 +35,7 @@ _FLAG_FIELDS = {
     "mixed_precision": "train.mixed_precision",
     "jit_compile": "train.jit_compile",
     "seed": "train.seed",
+    "init_weights": "train.init_weights",
 }
 
 
@@ -78,6 +79,8 @@ def run(mode: str, config: config_lib.ExperimentConfig, flags: dict, strategy=No
         predict(config, flags)
     elif mode == "analyze":
         analyze(config, flags)
+    elif mode == "convert":
+        convert(config)
     else:
         raise ValueError(f"Unknown mode {mode!r}.")
 
@@ -158,6 +161,36 @@ def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
         class_names=class_names,
         category_ids=category_ids,
     )
+
+
+def convert(config: config_lib.ExperimentConfig) -> str:
+    """A run directory holding ``--init_weights``' model as it is, untrained: export and predict work on it.
+
+    Writes ``<model_dir>/checkpoints/latest.keras``, ``classes.json`` (for
+    torchvision's COCO models: the 91 labels, class ``i`` = COCO category id
+    ``i``) and ``config.json`` (the experiment's, with the source's
+    architecture and inference settings). Returns the model directory.
+    """
+    from keras_retina.pretrained import transfer  # noqa: PLC0415
+
+    if not config.train.init_weights:
+        raise ValueError("--mode=convert needs --init_weights (a published name, a .pth or a .keras file).")
+    source = transfer.open_source(config.train.init_weights)
+    model = source.model
+    model_config = dataclasses.replace(
+        transfer.finetune_model_config(config.model, model), **model.inference_settings.as_dict()
+    )
+    config = dataclasses.replace(config, model=model_config)
+    model_dir = config.resolved_model_dir()
+    os.makedirs(os.path.join(model_dir, "checkpoints"), exist_ok=True)
+    class_names = source.class_names or tuple(f"class_{i}" for i in range(model.num_classes))
+    rundir.write_classes(model_dir, class_names, source.category_ids or tuple(range(model.num_classes)))
+    rundir.write_config(model_dir, config)
+    model.save(os.path.join(model_dir, rundir.LATEST_CHECKPOINT))
+    print(f"{source.description} written to {model_dir} ({model.num_classes} classes). Next:")
+    print(f"  --mode=export  --model_dir={model_dir}   (SavedModel for TF Serving)")
+    print(f"  --mode=predict --model_dir={model_dir} --image=photo.jpg")
+    return model_dir
 
 
 def analyze(config: config_lib.ExperimentConfig, flags: dict) -> dict:

@@ -23,6 +23,7 @@ from keras_retina import datasets, evaluation, rundir
 from keras_retina.anchors import AnchorGenerator
 from keras_retina.losses import FocalLoss
 from keras_retina.model import RetinaNet
+from keras_retina.pretrained import transfer
 
 
 # ----------------------------------------------------------------- strategy
@@ -268,6 +269,12 @@ def train(
         evaluation after the last epoch (:func:`evaluation.coco_evaluate`).
     """
     config_lib.validate(config)
+    init_source = None
+    if config.train.init_weights:
+        # Fine-tuning: the run takes the source's architecture (recorded in config.json).
+        init_source = transfer.open_source(config.train.init_weights)
+        config = dataclasses.replace(config, model=transfer.finetune_model_config(config.model, init_source.model))
+        config_lib.validate(config)
     strategy = strategy or make_strategy(config.train.strategy)
     model_dir = rundir.worker_dir(config.resolved_model_dir(), strategy)
     os.makedirs(os.path.join(model_dir, "checkpoints"), exist_ok=True)
@@ -286,6 +293,8 @@ def train(
     rundir.write_classes(model_dir, data.class_names, data.category_ids)
     steps = steps_per_epoch(config, data.num_train_images)
     model = build_compiled_model(config, len(data.class_names), steps * config.train.epochs, strategy)
+    if init_source is not None and not resume_epoch:  # a resumed run restores its own weights
+        transfer.transfer_weights(init_source.model, model, data.class_names, init_source.class_names)
     latest = os.path.join(model_dir, rundir.LATEST_CHECKPOINT)
     best = os.path.join(model_dir, rundir.BEST_CHECKPOINT)
     if not os.path.exists(backup_dir) and os.path.exists(best + ".json"):

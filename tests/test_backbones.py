@@ -64,3 +64,21 @@ def test_bad_backbone_arguments():
         kr.build_backbone("tiny", weights="imagenet")
     with pytest.raises(ValueError, match="freeze_at"):
         kr.build_backbone("tiny", freeze_at=9)
+
+
+def test_torchvision_resnet50_layout():
+    backbone = kr.build_backbone("torchvision_resnet50", freeze_at=2)
+    convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(convs) == 53 and not any(conv.use_bias for conv in convs)
+    assert {norm.epsilon for norm in norms} == {1e-5}
+    # The stride of a downsampling block is on its 3x3 conv, after a symmetric pad; the 1x1s keep stride 1.
+    block = {layer.name: layer for layer in backbone.layers if layer.name.startswith("conv3_block1_")}
+    assert block["conv3_block1_1_conv"].strides == (1, 1) and block["conv3_block1_2_conv"].strides == (2, 2)
+    assert block["conv3_block1_2_pad"].padding == ((1, 1), (1, 1))
+    assert [tuple(c.shape) for c in backbone(np.zeros((1, 64, 96, 3), "float32"))] == [
+        (1, 8, 12, 512), (1, 4, 6, 1024), (1, 2, 3, 2048),
+    ]
+    assert not backbone.get_layer("conv2_block3_3_conv").trainable and backbone.get_layer("conv3_block1_1_conv").trainable
+    with pytest.raises(ValueError, match="no Keras ImageNet weights"):
+        kr.build_backbone("torchvision_resnet50", weights="imagenet")
