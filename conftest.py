@@ -24,6 +24,11 @@ tf.config.set_logical_device_configuration(
 
 import keras_retina as kr  # noqa: E402
 
+# Run as a child process by the torchvision parity test; importing it here
+# (--doctest-modules imports every file) would load torch next to TensorFlow,
+# which crashes.
+collect_ignore = ["tests/torchvision_reference.py"]
+
 
 @pytest.fixture(autouse=True)
 def _doctest_names(doctest_namespace):
