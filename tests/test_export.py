@@ -10,6 +10,8 @@ import io
 import json
 import logging
 import os
+import re
+import struct
 import subprocess
 import sys
 import textwrap
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import logging as absl_logging
+import bomb_files
 from helpers import small_model, toy_batch
 from PIL import Image
 
@@ -26,10 +29,13 @@ import keras_retina as kr
 from keras_retina import predict as predict_lib
 from keras_retina.export import (
     CLASS_NAMES_ASSET,
+    GIF_MAX_BLOCKS,
+    HEADER_FORMATS,
     decode_image,
     export_saved_model,
     next_version,
     read_class_names,
+    read_image_size,
     write_warmup_requests,
 )
 
@@ -474,7 +480,8 @@ def test_empty_batch_returns_empty_outputs(loaded):
 
 
 def test_very_large_image(loaded):
-    height, width = 6000, 8000
+    """35 MP, just under the default max_pixels of 40 MP: served, boxes in its own frame."""
+    height, width = 5000, 7000
     image = np.empty((height, width, 3), np.uint8)
     image[..., 0] = (np.arange(width) * 255 // width)[None, :]
     image[..., 1] = (np.arange(height) * 255 // height)[:, None]
@@ -485,8 +492,341 @@ def test_very_large_image(loaded):
     out = _numpy(loaded.signatures["serving_default"](images=tf.constant([contents])))
     _assert_valid_detections(out, [(height, width)])
     assert out["num_detections"].tolist() == [MAX_DETECTIONS]
-    # Boxes are in the 8000x6000 frame, not the 128-pixel model input.
+    # Boxes are in the 7000x5000 frame, not the 128-pixel model input.
     assert out["detection_boxes"][0].max() > 1000
+
+
+# -------------------------------------------- limits: decompression bombs
+def _refusal(error):
+    """The refusal's own text: "request ... refused before decoding" (graph errors add node lines)."""
+    found = re.search(r"request.*refused before decoding", error.value.message)
+    assert found, error.value.message
+    return found[0]
+
+
+def _over_max_pixels(index, name, width, height, max_pixels=40_000_000):
+    return (
+        f"request image {index} ({name}, {width} x {height} pixels) is over the limit of "
+        f"max_pixels={max_pixels} pixels (width x height); refused before decoding"
+    )
+
+
+def _top_down_bmp(image):
+    """A 24-bit BMP with a negative height (rows stored top-down), as TensorFlow's decoder reads it."""
+    height, width, _ = image.shape
+    row = (3 * width + 3) // 4 * 4
+    rows = np.zeros((height, row), np.uint8)
+    rows[:, : 3 * width] = image[..., ::-1].reshape(height, 3 * width)  # BGR
+    return bomb_files.bmp(width, -height) + rows.tobytes()
+
+
+def _animated_gif(frames, **options):
+    buffer = io.BytesIO()
+    first, *rest = [Image.fromarray(frame) for frame in frames]
+    first.save(buffer, format="GIF", save_all=True, append_images=rest, duration=40, loop=0, **options)
+    return buffer.getvalue()
+
+
+def test_read_image_size_matches_what_the_decoders_allocate():
+    """Header sizes equal the shapes tf.io.decode_image returns, format by format, without decoding."""
+    rng = np.random.RandomState(0)
+    picture = rng.randint(0, 256, (37, 53, 3)).astype(np.uint8)
+    frames = [rng.randint(0, 256, (37, 53, 3)).astype(np.uint8) for _ in range(3)]
+    # A GIF's logical screen is not what the decoder allocates: its frames are.
+    tiny_screen = bytearray(_pil_bytes(picture, "GIF"))
+    tiny_screen[6:10] = struct.pack("<HH", 1, 1)
+    huge_screen = bytearray(_pil_bytes(picture, "GIF"))
+    huge_screen[6:10] = struct.pack("<HH", 18000, 18000)
+    cases = {
+        "JPEG": [_jpeg(picture), _pil_bytes(picture, "JPEG", progressive=True), _jpeg(picture[..., :1])],
+        "PNG": [_png(picture), _png(picture[..., :1]), _pil_bytes(picture[..., 0] > 128, "PNG")],
+        "GIF": [_pil_bytes(picture, "GIF"), _animated_gif(frames), bytes(tiny_screen), bytes(huge_screen)],
+        "BMP": [_pil_bytes(picture, "BMP"), _pil_bytes(picture[..., 0], "BMP"), _top_down_bmp(picture)],
+        "WebP": [
+            _pil_bytes(picture, "WEBP", quality=80),  # 'VP8 '
+            _pil_bytes(picture, "WEBP", lossless=True),  # 'VP8L'
+            _pil_bytes(picture, "WEBP", exif=b"Exif\0\0MM\0*\0\0\0\x08\0\0"),  # 'VP8X'
+        ],
+    }
+    webp_chunks = [contents[12:16] for contents in cases["WebP"]]
+    assert webp_chunks == [b"VP8 ", b"VP8L", b"VP8X"]
+    for name, files in cases.items():
+        for i, contents in enumerate(files):
+            size = read_image_size(tf.constant(contents))
+            decoded = tf.io.decode_image(contents, channels=3, expand_animations=False).numpy()
+            assert HEADER_FORMATS[int(size["format"])] == name, (name, i)
+            assert (int(size["height"]), int(size["width"])) == decoded.shape[:2] == (37, 53), (name, i)
+            assert size["problem"].numpy() == b"", (name, i)
+            frame_count = 3 if contents == cases["GIF"][1] else 1
+            assert int(size["frame_pixels"]) == frame_count * 37 * 53, (name, i)
+        if name == "BMP":  # the top-down one decodes to the same picture
+            np.testing.assert_array_equal(tf.io.decode_image(files[2], channels=3).numpy(), picture)
+    unknown = read_image_size(tf.constant(b"these bytes are no image"))
+    assert (int(unknown["format"]), int(unknown["width"]), unknown["problem"].numpy()) == (0, 0, b"")
+
+
+BOMBS = {
+    # name: (builder, format, width, height); built small, announcing hundreds of megapixels.
+    "png 18000x18000 (39 KB)": (lambda: bomb_files.png(18000, 18000), "PNG", 18000, 18000),
+    "jpeg 13000x13000 baseline": (lambda: bomb_files.jpeg(13000, 13000), "JPEG", 13000, 13000),
+    "jpeg 13000x13000 progressive": (lambda: bomb_files.jpeg(13000, 13000, progressive=True), "JPEG", 13000, 13000),
+    "gif 18000x18000": (lambda: bomb_files.gif((18000, 18000), [(18000, 18000)]), "GIF", 18000, 18000),
+    "gif frame over a 1x1 screen": (lambda: bomb_files.gif((1, 1), [(10, 10), (18000, 9000)]), "GIF", 18000, 9000),
+    "bmp 18000x18000 bottom-up": (lambda: bomb_files.bmp(18000, 18000), "BMP", 18000, 18000),
+    "bmp 18000x18000 top-down": (lambda: bomb_files.bmp(18000, -18000), "BMP", 18000, 18000),
+    "webp lossy 16383x16383": (lambda: bomb_files.webp_lossy(16383, 16383), "WebP", 16383, 16383),
+    "webp lossless 16384x16384": (lambda: bomb_files.webp_lossless(16384, 16384), "WebP", 16384, 16384),
+    "webp extended 18000x18000": (lambda: bomb_files.webp_extended(18000, 18000), "WebP", 18000, 18000),
+}
+
+
+@pytest.mark.parametrize("name", list(BOMBS))
+def test_bombs_are_refused_before_decoding(loaded, name):
+    build, image_format, width, height = BOMBS[name]
+    bomb = build()
+    assert len(bomb) < 40_000, len(bomb)
+    serve = loaded.signatures["serving_default"]
+    good = _jpeg(_picture())
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        serve(images=tf.constant([good, bomb]))
+    # The header's error, not the decoder's: all but the PNG are truncated
+    # past their headers, so a decoder that ran would say something else.
+    assert _refusal(error) == _over_max_pixels(1, image_format, width, height)
+    out = _numpy(serve(images=tf.constant([good])))  # the same model serves on
+    assert out["num_detections"].tolist() == [MAX_DETECTIONS]
+
+
+def test_a_valid_48_megapixel_png_is_refused(loaded):
+    """A real, decodable 8000 x 6000 PNG (6 KB): over 40 MP, refused; one of 7000 x 5000 is served."""
+    big = bomb_files.png(8000, 6000)
+    assert tf.io.decode_png(big, channels=1).shape == (6000, 8000, 1)  # decodable
+    serve = loaded.signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        serve(images=tf.constant([big]))
+    assert _refusal(error) == _over_max_pixels(0, "PNG", 8000, 6000)
+    out = _numpy(serve(images=tf.constant([bomb_files.png(7000, 5000)])))
+    _assert_valid_detections(out, [(5000, 7000)])
+
+
+def test_gif_frames_are_limited_together_and_a_huge_screen_alone_is_harmless(loaded):
+    serve = loaded.signatures["serving_default"]
+    # Four 36 MP frames, each under 40 MP: giflib would hold all four (144 MP).
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        serve(images=tf.constant([bomb_files.gif((6000, 6000), [(6000, 6000)] * 4)]))
+    assert _refusal(error) == (
+        "request image 0 (GIF, 6000 x 6000 pixels) has frames of 144000000 pixels in all, over the limit of "
+        "3 x max_pixels=120000000 pixels for all frames of a GIF (the decoder keeps every frame); "
+        "refused before decoding"
+    )
+    # Sub-blocks of changing sizes, 40,000 of them: more steps than a GIF may take.
+    crafted = bomb_files.gif((10, 10), [(10, 10)], sub_block_sizes=(1, 2) * 20_000)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        serve(images=tf.constant([crafted]))
+    assert _refusal(error) == (
+        f"request image 0 (GIF): more than {GIF_MAX_BLOCKS} GIF blocks (records or runs of sub-blocks) to read; "
+        "refused before decoding"
+    )
+    # An 18000 x 18000 logical screen around a 60 x 80 frame: decoded at 60 x 80, served.
+    picture = _picture(60, 80)
+    contents = bytearray(_pil_bytes(picture, "GIF"))
+    contents[6:10] = struct.pack("<HH", 18000, 18000)
+    out = _numpy(serve(images=tf.constant([bytes(contents), _animated_gif([picture, picture[::-1].copy()])])))
+    _assert_valid_detections(out, [(60, 80), (60, 80)])
+
+
+def _patched(contents: bytes, offset: int, replacement: bytes) -> bytes:
+    return contents[:offset] + replacement + contents[offset + len(replacement) :]
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MALFORMED = {
+    # name: (bytes, the refusal after "request image 1 ")
+    "png truncated": (
+        _PNG_SIGNATURE + b"\0\0\0\x0dIHDR\0\0",
+        "(PNG): truncated PNG header: 18 bytes, fewer than the 24 that hold its IHDR width and height",
+    ),
+    "png without IHDR": (
+        _PNG_SIGNATURE + b"\0\0\0\x0dIDAT" + b"\0" * 30,
+        "(PNG): the first PNG chunk is not IHDR",
+    ),
+    "png zero width": (
+        _patched(bomb_files.png(1, 1), 16, b"\0" * 4),
+        "(PNG): the PNG header gives a zero width or height",
+    ),
+    "gif truncated": (
+        b"GIF89a\x10\x00",
+        "(GIF): truncated GIF header: 8 bytes, fewer than the 13 that hold its logical screen descriptor",
+    ),
+    "bmp truncated": (
+        bomb_files.bmp(10, 10)[:20],
+        "(BMP): truncated BMP header: 20 bytes, fewer than the 32 that the TensorFlow BMP decoder reads",
+    ),
+    "bmp zero height": (bomb_files.bmp(10, 0), "(BMP): the BMP header gives width 10 and height 0"),
+    "webp truncated": (
+        b"RIFF\x20\0\0\0WEBPVP8",
+        "(WebP): truncated WebP header: 15 bytes, fewer than the 16 that hold its first chunk header",
+    ),
+    "webp unknown chunk": (
+        b"RIFF\x20\0\0\0WEBPABCD" + b"\0" * 20,
+        "(WebP): the first WebP chunk is none of VP8, VP8L and VP8X",
+    ),
+    "webp lossy truncated": (
+        bomb_files.webp_lossy(10, 10)[:28],
+        "(WebP): truncated WebP header: 28 bytes, fewer than the 30 that hold a VP8 frame header",
+    ),
+    "webp lossy no start code": (
+        _patched(bomb_files.webp_lossy(10, 10), 23, b"xyz"),
+        "(WebP): no VP8 start code (9d 01 2a) in the WebP VP8 chunk",
+    ),
+    "webp lossless truncated": (
+        bomb_files.webp_lossless(10, 10)[:24],
+        "(WebP): truncated WebP header: 24 bytes, fewer than the 25 that hold a VP8L header",
+    ),
+    "webp lossless no signature": (
+        _patched(bomb_files.webp_lossless(10, 10), 20, b"\0"),
+        "(WebP): no signature byte 0x2f in the WebP VP8L chunk",
+    ),
+    "webp extended truncated": (
+        bomb_files.webp_extended(10, 10)[:29],
+        "(WebP): truncated WebP header: 29 bytes, fewer than the 30 that hold a VP8X chunk",
+    ),
+    "webp extended wrong size": (
+        _patched(bomb_files.webp_extended(10, 10), 16, b"\x0b"),
+        "(WebP): the WebP VP8X chunk size is not 10",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_headers_are_a_clear_invalid_argument(loaded, name):
+    contents, message = MALFORMED[name]
+    serve = loaded.signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        serve(images=tf.constant([_jpeg(_picture()), contents]))
+    assert _refusal(error) == f"request image 1 {message}; refused before decoding"
+
+
+def test_unknown_formats_keep_their_errors(loaded):
+    serve = loaded.signatures["serving_default"]
+    not_an_image = r"not a JPEG, PNG, GIF, BMP or WebP image \(request image 1\)"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=not_an_image):
+        serve(images=tf.constant([_jpeg(_picture()), b"these bytes are no image"]))
+    # The magic check's 4 bytes of PNG's 8, and a RIFF file that is no WebP:
+    # TensorFlow's decoder calls them unknown, as before the limits.
+    for contents in (b"\x89PNG but no more", b"RIFF\x24\0\0\0WAVEfmt " + b"\0" * 28):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"Unknown image file format"):
+            serve(images=tf.constant([contents]))
+    # A JPEG whose header libjpeg cannot read fails at the header, with libjpeg's message.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Invalid JPEG data, size 20"):
+        serve(images=tf.constant([_jpeg(_picture())[:20]]))
+
+
+def test_batches_over_max_batch_are_refused_before_decoding(loaded):
+    tiny = _png(_picture(8, 8))
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        loaded.signatures["serving_default"](images=tf.constant([tiny] * 64 + [bomb_files.png(18000, 18000)]))
+    assert _refusal(error) == (
+        "request of 65 images is over the limit of max_batch=64 images a request; refused before decoding"
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"request of 65 images is over the limit of max_batch=64"):
+        loaded.signatures["serving_images"](images=tf.zeros((65, 8, 8, 3), tf.uint8))
+
+
+def test_limits_round_trip_through_the_export(trained_model, loaded, tmp_path):
+    metadata = _numpy(loaded.signatures["metadata"]())
+    assert (metadata["max_pixels"], metadata["max_batch"]) == (40_000_000, 64)
+    assert metadata["max_pixels"].dtype == np.int64
+
+    path = export_saved_model(
+        trained_model,
+        str(tmp_path),
+        class_names=CLASS_NAMES,
+        category_ids=CATEGORY_IDS,
+        image_size=IMAGE_SIZE,
+        warmup_images=[_png(_picture(30, 40))],
+        max_pixels=1200,
+        max_batch=2,
+    )
+    small = tf.saved_model.load(path)
+    metadata = _numpy(small.signatures["metadata"]())
+    assert (metadata["max_pixels"], metadata["max_batch"]) == (1200, 2)
+    serve, raw = small.signatures["serving_default"], small.signatures["serving_images"]
+    fits, over = _picture(30, 40), _picture(30, 41)  # 1200 and 1230 pixels
+    out = _numpy(serve(images=tf.constant([_png(fits), _jpeg(fits)])))
+    _assert_valid_detections(out, [(30, 40), (30, 40)])
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        serve(images=tf.constant([_png(fits), _jpeg(over)]))
+    assert _refusal(error) == _over_max_pixels(1, "JPEG", 41, 30, max_pixels=1200)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"request of 3 images is over the limit of max_batch=2"):
+        serve(images=tf.constant([_png(fits)] * 3))
+    _assert_valid_detections(_numpy(raw(images=tf.constant(fits[None]))), [(30, 40)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images of 41 x 30 pixels are over .* max_pixels=1200"):
+        raw(images=tf.constant(over[None]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"request of 3 images is over the limit of max_batch=2"):
+        raw(images=tf.constant(np.stack([fits] * 3)))
+
+
+def test_export_rejects_bad_limits_and_warmup_images_over_them(trained_model, tmp_path):
+    bad = (("max_pixels", 0), ("max_pixels", 2**31), ("max_batch", -1), ("max_batch", 2.5), ("max_pixels", True))
+    for name, value in bad:
+        with pytest.raises(ValueError, match=rf"{name} must be an integer from 1 to {2**31 - 1}; got {value!r}"):
+            export_saved_model(trained_model, str(tmp_path), **{name: value})
+    with pytest.raises(ValueError, match=r"warmup_images would be refused by .*: request image 0 \(JPEG, 64 x 64"):
+        export_saved_model(trained_model, str(tmp_path), max_pixels=1000)  # the default warm-up image: 64 x 64
+    with pytest.raises(ValueError, match=r"request of 2 images is over the limit of max_batch=1"):
+        export_saved_model(trained_model, str(tmp_path), warmup_images=[_jpeg(_picture())] * 2, max_batch=1)
+    assert os.listdir(tmp_path) == []
+
+
+_PEAK_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import tensorflow as tf
+    model = tf.saved_model.load(sys.argv[1])
+    serve = model.signatures["serving_default"]
+    with open(sys.argv[2], "rb") as f:
+        contents = f.read()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        serve(images=tf.constant([contents]))
+        refused = False
+    except tf.errors.InvalidArgumentError:
+        refused = True
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"refused": refused, "before_kib": before, "peak_kib": peak}))
+    """
+)
+
+
+def test_a_png_bomb_leaves_peak_memory_where_an_ordinary_request_puts_it(exported, tmp_path):
+    """Two server processes, one sent an ordinary JPEG, one the 39 KB 18000 x 18000 PNG: same peak RSS."""
+    script = tmp_path / "serve_one.py"
+    script.write_text(_PEAK_MEMORY_SCRIPT)
+    (tmp_path / "ordinary.jpg").write_bytes(_jpeg(_picture()))
+    (tmp_path / "bomb.png").write_bytes(bomb_files.png(18000, 18000))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": "", "CUDA_VISIBLE_DEVICES": ""}
+    children = {
+        name: subprocess.Popen(
+            [sys.executable, str(script), exported[1], str(tmp_path / name)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(tmp_path),
+            env=env,
+        )
+        for name in ("ordinary.jpg", "bomb.png")
+    }
+    reports = {}
+    for name, child in children.items():
+        stdout, stderr = child.communicate(timeout=300)
+        assert child.returncode == 0, stderr[-3000:]
+        reports[name] = json.loads(stdout.strip().splitlines()[-1])
+    ordinary, bomb = reports["ordinary.jpg"], reports["bomb.png"]
+    print(f"peak RSS KiB: ordinary request {ordinary['peak_kib']}, PNG bomb {bomb['peak_kib']}")
+    assert (ordinary["refused"], bomb["refused"]) == (False, True)
+    # Decoded, the bomb alone would add 972 MB (18000 x 18000 x 3 bytes).
+    assert bomb["peak_kib"] - ordinary["peak_kib"] <= 200 * 1024, reports
+    assert bomb["peak_kib"] - bomb["before_kib"] <= 100 * 1024, reports
 
 
 # ------------------------------------------------------------ AP parity
