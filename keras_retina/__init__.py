@@ -13,6 +13,7 @@ from keras_retina.anchors import AnchorGenerator
 from keras_retina.boxes import BoxCoder
 from keras_retina.backbones import BACKBONES, build_backbone
 from keras_retina.export import export_saved_model
+from keras_retina.litert import export_litert
 from keras_retina.layers import BoxHead, ClassificationHead, FeaturePyramid
 from keras_retina.losses import FocalLoss, HuberLoss, SmoothL1Loss, focal_loss, get_box_loss
 from keras_retina.matching import BACKGROUND, IGNORE, assign_targets
@@ -40,6 +41,7 @@ __all__ = [
     "visualize",
     "build_backbone",
     "decode_detections",
+    "export_litert",
     "export_saved_model",
     "focal_loss",
     "get_box_loss",

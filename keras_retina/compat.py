@@ -147,3 +147,29 @@ class AtomicBackupSave:
             json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
         os.replace(incoming_weights, self._weights_path)
         os.replace(incoming_metadata, self._training_metadata_path)
+
+
+# ------------------------------------------------------------------ LiteRT
+def quantize_except(calibrated_model: bytes, scope: str) -> bytes:
+    """int8-quantizes a calibrated LiteRT model, leaving tensors whose name contains ``scope`` in float32.
+
+    TensorFlow's selective quantization (``QuantizationDebugOptions(denylisted_nodes=...)``)
+    keeps a denied op in float but still rounds its output to the int8 grid
+    (a quantize/dequantize pair): decoded box coordinates and scores lose
+    their precision. Dropping the calibration statistics of those tensors
+    leaves them nothing to be quantized with. Written for TensorFlow 2.21:
+    ``tensorflow.lite.tools.flatbuffer_utils`` (the model's tensors) and the
+    private ``tensorflow.lite.python.convert.mlir_quantize`` (what
+    ``QuantizationDebugger.get_nondebug_quantized_model`` calls).
+    """
+    from tensorflow.lite.python import convert  # noqa: PLC0415
+    from tensorflow.lite.tools import flatbuffer_utils  # noqa: PLC0415
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated_model))
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+            if scope in name:
+                tensor.quantization = None
+    stripped = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return convert.mlir_quantize(stripped, disable_per_channel=False, fully_quantize=False)

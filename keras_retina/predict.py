@@ -8,10 +8,19 @@ import tempfile
 from typing import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_retina import visualize
-from keras_retina.export import CLASS_NAMES_ASSET, InferenceModule, write_class_names
+from keras_retina.data import to_original_pixels
+from keras_retina.export import (
+    CLASS_NAMES_ASSET,
+    InferenceModule,
+    check_encoded_images,
+    decode_image,
+    prepare_image,
+    write_class_names,
+)
 
 #: File extensions read from a directory given as ``--image``.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -71,7 +80,9 @@ def predict_files(
     per image with detections scoring at least ``draw_score_threshold``.
 
     Args:
-        model: a :class:`keras_retina.RetinaNet`.
+        model: a :class:`keras_retina.RetinaNet`, or a
+            :class:`keras_retina.litert.LiteRTDetector` (a ``.tflite`` file:
+            the same decoding and resizing, then LiteRT).
         paths: image files and/or directories of images.
         output_dir: created if missing.
         image_size: the model's square input size.
@@ -101,9 +112,12 @@ def predict_files(
     os.makedirs(output_dir, exist_ok=True)
     names_by_id = dict(zip((int(c) for c in category_ids), class_names))
     with tempfile.TemporaryDirectory() as scratch:
-        asset = write_class_names(os.path.join(scratch, CLASS_NAMES_ASSET), class_names, category_ids)
-        module = InferenceModule(model, image_size, class_names, category_ids, asset)
-        serve = tf.function(module.serve_encoded, input_signature=[tf.TensorSpec([None], tf.string)])
+        if hasattr(model, "runner"):  # a keras_retina.litert.LiteRTDetector
+            serve = _litert_serve(model)
+        else:
+            asset = write_class_names(os.path.join(scratch, CLASS_NAMES_ASSET), class_names, category_ids)
+            module = InferenceModule(model, image_size, class_names, category_ids, asset)
+            serve = tf.function(module.serve_encoded, input_signature=[tf.TensorSpec([None], tf.string)])
         results = []
         progress = keras.utils.Progbar(len(files), unit_name="image")
         for path in files:
@@ -137,6 +151,19 @@ def predict_files(
     with open(json_path, "w") as f:
         json.dump(results, f, indent=1)
     return json_path
+
+
+def _litert_serve(detector):
+    """``serve_encoded``'s contract for a ``.tflite`` file: the SavedModel's decoding and resizing, then LiteRT."""
+
+    def serve(encoded):  # (1,) tf.string
+        encoded = check_encoded_images(encoded)  # decompression bombs refused before decoding, as served
+        image, scale, image_shape = prepare_image(decode_image(encoded[0], tf.constant(0)), detector.image_size)
+        out = detector(np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8))
+        boxes = to_original_pixels(out["detection_boxes"], scale[None], image_shape[None])
+        return {**{key: tf.constant(value) for key, value in out.items()}, "detection_boxes": boxes}
+
+    return serve
 
 
 def _reason(message: str) -> str:

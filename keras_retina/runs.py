@@ -137,11 +137,38 @@ def _export(model, flags, model_dir, config, class_names, category_ids) -> str:
 
 
 def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
-    """Exports ``<model_dir>/checkpoints/latest.keras`` as a SavedModel (``--export_dir``)."""
+    """Exports ``<model_dir>/checkpoints/latest.keras`` as a SavedModel or, ``--format=litert``, a ``.tflite`` file.
+
+    LiteRT files go to ``--export_dir`` (default ``<model_dir>/export``) as
+    ``model.tflite``, ``model_float16.tflite`` or ``model_int8.tflite``; int8
+    calibrates on 100 images of the run's training pipeline.
+    """
     model_dir = config.resolved_model_dir()
     model = rundir.load_trained_model(model_dir)
-    path = _export(model, flags, model_dir, config, *rundir.read_classes(model_dir))
-    print(f"SavedModel written to {path}")
+    class_names, category_ids = rundir.read_classes(model_dir)
+    if flags.get("format", "saved_model") == "saved_model":
+        path = _export(model, flags, model_dir, config, class_names, category_ids)
+        print(f"SavedModel written to {path}")
+        return path
+    from keras_retina import litert  # noqa: PLC0415
+
+    quantization = flags.get("quantization")
+    export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
+    path = os.path.join(export_dir, f"model{'_' + quantization if quantization else ''}.tflite")
+    representative = None
+    if quantization == "int8":
+        batches = datasets.RunData(config.data, seed=config.train.seed).pipeline("train")
+        representative = (images.numpy() for images, _ in batches)
+    litert.export_litert(
+        model,
+        path,
+        quantization=quantization,
+        representative_data=representative,
+        class_names=class_names,
+        category_ids=category_ids,
+        image_size=config.data.image_size,
+    )
+    print(f"LiteRT model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     return path
 
 
@@ -150,14 +177,24 @@ def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
     from keras_retina import predict as predict_lib  # noqa: PLC0415
 
     model_dir = config.resolved_model_dir()
-    model = rundir.load_trained_model(model_dir)
-    class_names, category_ids = rundir.read_classes(model_dir)
     output_dir = flags.get("output_dir") or os.path.join(model_dir, "predictions")
+    if flags.get("model"):  # a .tflite file, with its own classes and input size
+        from keras_retina import litert  # noqa: PLC0415
+
+        if not flags["model"].endswith(".tflite"):
+            raise ValueError(f"--model must be a .tflite file (from --mode=export --format=litert), got {flags['model']!r}.")
+
+        model = litert.LiteRTDetector(flags["model"])
+        image_size, class_names, category_ids = model.image_size, model.class_names, model.category_ids
+    else:
+        model = rundir.load_trained_model(model_dir)
+        image_size = config.data.image_size
+        class_names, category_ids = rundir.read_classes(model_dir)
     return predict_lib.predict_files(
         model,
         flags.get("image") or [],
         output_dir,
-        image_size=config.data.image_size,
+        image_size=image_size,
         class_names=class_names,
         category_ids=category_ids,
     )
