@@ -104,7 +104,9 @@ def from_torchvision(checkpoint, version: str | None = None):
 
     Returns:
         a built ``RetinaNet`` (any input size), ``num_classes`` from the
-        checkpoint's classification layer.
+        checkpoint's classification layer, with the stem, the first stage
+        and every BatchNorm frozen for ``fit`` (the paper's rule for trained
+        weights).
 
     Raises:
         ValueError: naming the parameter when one is missing, unexpected or
@@ -138,6 +140,10 @@ def from_torchvision(checkpoint, version: str | None = None):
     model = RetinaNet(
         num_classes=cls_bias.shape[0] // _NUM_ANCHORS,
         anchor_generator=AnchorGenerator(**ANCHORS),
+        # Trained weights: the paper's freezing for fit() on them (stem and
+        # first stage, every BatchNorm), as torchvision's FrozenBatchNorm2d.
+        freeze_at=2,
+        freeze_batchnorm=True,
         **ARCHITECTURES[version],
         **INFERENCE,
     )
