@@ -21,6 +21,7 @@ from pycocotools.cocoeval import COCOeval
 
 from keras_retina import visualize
 from keras_retina.data.pipeline import to_original_pixels
+from keras_retina.error_analysis import ERROR_TYPES, analyze_errors  # noqa: F401  (kr.evaluation.analyze_errors)
 
 #: Summary metrics in the order pycocotools' COCOeval.stats holds them.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
