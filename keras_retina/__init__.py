@@ -19,7 +19,7 @@ from keras_retina.losses import FocalLoss, HuberLoss, SmoothL1Loss, focal_loss, 
 from keras_retina.matching import BACKGROUND, IGNORE, assign_targets
 from keras_retina.model import RetinaNet
 from keras_retina.postprocess import InferenceSettings, decode_detections
-from keras_retina import pretrained  # after model: it builds RetinaNets
+from keras_retina import evaluation, pretrained  # after model: they use RetinaNets
 
 __all__ = [
     "AnchorGenerator",
@@ -37,6 +37,7 @@ __all__ = [
     "SmoothL1Loss",
     "assign_targets",
     "data",
+    "evaluation",
     "pretrained",
     "visualize",
     "build_backbone",
