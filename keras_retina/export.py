@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from keras_retina import compat
 from keras_retina.data.coco_json import IMAGE_FORMAT_NAMES, IMAGE_MAGIC_BYTES
+from keras_retina.data.orientation import decode_upright
 from keras_retina.data.pipeline import to_original_pixels, transform_example
 
 #: File (in the SavedModel's ``assets/``) listing ``category_id<TAB>name`` per class.
@@ -66,12 +67,26 @@ def decode_image(contents, index=None):
     :data:`keras_retina.data.coco_json.IMAGE_MAGIC_BYTES` fail before the
     decoder runs, with a message naming the request image ``index``.
     Grayscale and RGBA become RGB; of an animated GIF the first frame is used.
+    The image is turned upright by its EXIF orientation
+    (:func:`keras_retina.data.orientation.exif_orientation`), as in training,
+    so ``H`` and ``W`` and the served boxes are those of the displayed photo.
     Sizes are not checked here: :func:`check_encoded_images` refuses
-    decompression bombs before this runs.
+    decompression bombs before this runs (turning does not change ``H * W``).
 
     Example:
         >>> tuple(decode_image(tf.io.encode_png(np.zeros((4, 6, 1), np.uint8))).shape)
         (4, 6, 3)
+
+        A phone photo stored sideways (6 wide, 4 high, EXIF orientation 6):
+
+        >>> import io
+        >>> from PIL import Image
+        >>> exif = Image.Exif()
+        >>> exif[0x0112] = 6
+        >>> buffer = io.BytesIO()
+        >>> Image.new("RGB", (6, 4)).save(buffer, format="JPEG", exif=exif)
+        >>> tuple(decode_image(buffer.getvalue()).shape)
+        (6, 4, 3)
     """
     known = tf.reduce_any(
         [tf.equal(tf.strings.substr(contents, 0, len(magic)), magic) for magic, _ in IMAGE_MAGIC_BYTES]
@@ -85,7 +100,7 @@ def decode_image(contents, index=None):
             )
         ]
     ):
-        image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+        image = decode_upright(contents, channels=3)
     return tf.ensure_shape(image, (None, None, 3))
 
 

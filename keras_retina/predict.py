@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from keras_retina import visualize
 from keras_retina.data import to_original_pixels
+from keras_retina.data.orientation import decode_upright
 from keras_retina.export import (
     CLASS_NAMES_ASSET,
     InferenceModule,
@@ -142,7 +143,7 @@ def predict_files(
                     }
                 )
             shown = scores >= draw_score_threshold
-            image = tf.io.decode_image(contents, channels=3, expand_animations=False).numpy()
+            image = decode_upright(contents).numpy()  # as displayed: the boxes are in its pixels
             drawn = visualize.draw_boxes(image, boxes[shown], classes[shown], names_by_id, scores[shown])
             # scale=False: save_img would otherwise stretch the pixel range to 0-255.
             keras.utils.save_img(os.path.join(output_dir, f"{stem}.png"), drawn, scale=False)

@@ -7,6 +7,7 @@ float32 (N, 4) xyxy pixels, "classes": int32 (N,), "is_crowd": bool (N,),
 """
 
 from keras_retina.data.coco_json import CocoFormatError, CocoJsonSource, coco_json_dataset
+from keras_retina.data.orientation import decode_upright, exif_orientation, upright
 from keras_retina.data.pipeline import (
     make_pipeline,
     output_image_size,

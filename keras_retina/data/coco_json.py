@@ -2,7 +2,9 @@
 
 The annotation file is parsed and validated once, in Python; the images are
 read and decoded inside the ``tf.data`` graph (``tf.io.read_file`` +
-``tf.io.decode_image``), in parallel.
+``tf.io.decode_image``), in parallel, and turned upright by their EXIF
+orientation (:mod:`keras_retina.data.orientation`), as the annotation tool
+showed them: the JSON's width, height and boxes are those of the displayed image.
 
 A raw example is::
 
@@ -37,6 +39,8 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 from absl import logging
+
+from keras_retina.data.orientation import ORIENTATION_UPRIGHT, exif_orientation, upright
 
 #: Default slack, in pixels, for boxes that leave the image: COCO's own boxes
 #: overshoot by rounding; within it a box is clipped, beyond it is invalid.
@@ -473,6 +477,16 @@ class CocoJsonSource:
         json_size = tf.strings.join(
             [tf.strings.as_string(element["height"]), "x", tf.strings.as_string(element["width"])]
         )
+        orientation = element["orientation"]
+        turned = tf.where(
+            orientation == ORIENTATION_UPRIGHT,
+            tf.constant(""),
+            tf.strings.format(
+                " (upright, after its EXIF orientation {}, as a viewer shows it; the JSON must "
+                "give the displayed size)",
+                orientation,
+            ),
+        )
         reason = tf.where(
             element["decoded"],
             tf.strings.join(
@@ -481,6 +495,7 @@ class CocoJsonSource:
                     json_size,
                     " but the image decodes to ",
                     decoded_size,
+                    turned,
                 ]
             ),
             _decode_failure_reason(element["contents"]),
@@ -858,7 +873,7 @@ def _as_int(annotation_file: str, where: str, value) -> int:
 
 
 def _read_and_decode(element: dict) -> tf.data.Dataset:
-    """A one-element dataset: ``element`` plus ``image``, ``contents``, ``decoded``.
+    """A one-element dataset: ``element`` plus ``image``, ``contents``, ``orientation``, ``decoded``.
 
     ``tf.io.decode_image`` raises on bad bytes and a graph cannot catch it,
     so the decode runs in a one-element dataset whose error is turned, by
@@ -867,24 +882,35 @@ def _read_and_decode(element: dict) -> tf.data.Dataset:
     count it by name. No example is dropped here.
     """
     contents = tf.io.read_file(element["path"])
+    orientation = exif_orientation(contents)  # never raises; 1 for anything but an oriented JPEG
     failed = tf.data.Dataset.from_tensors((tf.zeros((0, 0, 3), tf.uint8), tf.constant(False)))
     decoded = (
         tf.data.Dataset.from_tensors(contents)
-        .map(_decode_rgb)
+        .map(lambda contents: _decode_rgb(contents, orientation))
         .ignore_errors()
         .map(lambda image: (image, tf.constant(True)))
         .concatenate(failed)
         .take(1)
     )
     return decoded.map(
-        lambda image, ok: {**element, "image": image, "contents": contents, "decoded": ok}
+        lambda image, ok: {
+            **element,
+            "image": image,
+            "contents": contents,
+            "orientation": orientation,
+            "decoded": ok,
+        }
     )
 
 
-def _decode_rgb(contents):
-    """uint8 ``(H, W, 3)``: grayscale, RGBA, CMYK and palette images become RGB."""
+def _decode_rgb(contents, orientation):
+    """uint8 ``(H, W, 3)`` as displayed (turned by the EXIF ``orientation``).
+
+    Grayscale, RGBA, CMYK and palette images become RGB. The JSON's size and
+    boxes are those of the displayed image (annotation tools show it so).
+    """
     image = tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
-    return tf.ensure_shape(image, (None, None, 3))
+    return upright(tf.ensure_shape(image, (None, None, 3)), orientation)
 
 
 def _decode_failure_reason(contents):
