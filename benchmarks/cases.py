@@ -24,6 +24,13 @@ Cases (``--lib`` is ``keras_retina`` or ``keras_hub``):
 * ``time_to_accuracy``: the default experiment end to end as ``python
   main.py`` trains it (the data written first), evaluated every
   ``--tta_eval_every`` epochs: COCO AP against wall-clock seconds.
+* ``litert``: keras_retina's model as the ``predict`` case builds it, timed
+  with TF ``model.predict`` at ``--batch_size`` (1 in ``benchmarks.run``) and
+  then exported with :func:`keras_retina.litert.export_litert` (float32,
+  float16, int8) and run one image at a time by
+  :class:`keras_retina.litert.LiteRTDetector` (XNNPACK,
+  ``--litert_threads``); network-only files (``--litert_network_only``)
+  split each file's time between the network and the post-processing.
 
 Peak memory is the process's maximum resident set size (``ru_maxrss``).
 """
@@ -33,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import tempfile
 import time
 
 from absl import app, flags
@@ -61,6 +69,17 @@ flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0: Tens
 flags.DEFINE_string("dtype_policy", "float32", "Keras dtype policy (float32, mixed_bfloat16, ...).")
 flags.DEFINE_multi_string("override", [], "default_step / time_to_accuracy: section.field=value for the default experiment.")
 flags.DEFINE_integer("tta_eval_every", 2, "time_to_accuracy: evaluate every this many epochs.")
+flags.DEFINE_list("litert_quantizations", ["float32", "float16", "int8"], "litert: files exported and timed.")
+flags.DEFINE_list(
+    "litert_network_only", ["float32", "int8"],
+    "litert: quantizations also exported without decoding and NMS (the network alone), to split the time.",
+)
+flags.DEFINE_bool(
+    "litert_dense", True,
+    "litert: also the float32 file of a dense scene (class bias +0.5: 5000 candidates for NMS).",
+)
+flags.DEFINE_integer("litert_threads", 2, "litert: LiteRT interpreter threads (XNNPACK).")
+flags.DEFINE_integer("calibration_images", 20, "litert: synthetic images calibrating int8.")
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -210,20 +229,24 @@ def case_loss():
     return {"loss_ms": seconds * 1000.0, "loss_value": float(value), "peak_rss_mib": _peak_rss_mib()}
 
 
-def case_flops():
+def _forward_gflop(model):
+    """Forward GFLOP per image of ``model`` (TensorFlow's graph profiler)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
 
-    model = _build(FLAGS.lib)
     spec = tf.TensorSpec((1, FLAGS.image_size, FLAGS.image_size, 3), tf.float32)
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     graph = convert_variables_to_constants_v2(concrete).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     profile = tf.compat.v1.profiler.profile(graph=graph, options=options)
-    return {"forward_gflop_per_image": profile.total_float_ops / 1e9}
+    return profile.total_float_ops / 1e9
+
+
+def case_flops():
+    return {"forward_gflop_per_image": _forward_gflop(_build(FLAGS.lib))}
 
 
 def case_input():
@@ -305,6 +328,193 @@ def case_time_to_accuracy():
     }
 
 
+def _litert_network_only(model, path, quantization, calibration):
+    """A ``.tflite`` file of the network alone (uint8 images in, ``cls_logits`` and ``box_deltas`` out).
+
+    The same graph as :func:`keras_retina.litert.export_litert` up to the
+    network's outputs, without decoding and NMS: its time against the full
+    file's is the post-processing's share.
+    """
+    import keras
+    import tensorflow as tf
+
+    from keras_retina import litert
+
+    class NetworkOnly(litert._LiteRTModule):  # noqa: SLF001 (benchmark of the module's own graph)
+        def serve_fn(self, images):
+            outputs = self.model(tf.cast(images, tf.float32), training=False)
+            return {key: tf.cast(outputs[key], tf.float32) for key in ("cls_logits", "box_deltas")}
+
+    module = NetworkOnly(model, FLAGS.image_size, list(range(model.num_classes)))
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", module.serve_fn, input_signature=[module.input_spec])
+        archive.write_out(scratch, verbose=False)
+        flatbuffer = litert._convert(  # noqa: SLF001
+            scratch, quantization, calibration, FLAGS.image_size, len(calibration)
+        )
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+        f.write(litert._class_names_zip([f"class_{i}" for i in range(model.num_classes)], range(model.num_classes)))  # noqa: SLF001
+    return path
+
+
+def _litert_postprocess_only(model, path):
+    """A ``.tflite`` file of the post-processing alone: the network's outputs in, detections out.
+
+    :func:`keras_retina.litert.export_litert`'s graph after the network
+    (per-level top-k, decoding, class-wise NMS, category ids), fed the
+    network's ``cls_logits`` and ``box_deltas`` concatenated, float32
+    ``(1, A, C + 4)``: the post-processing timed directly, not as a difference.
+    """
+    import tensorflow as tf
+
+    from keras_retina import litert
+
+    num_classes = model.num_classes
+
+    class NetworkOutputs:
+        """Stands in for the model: its input is already the network's outputs."""
+
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def __call__(self, x, training=False):
+            return {"cls_logits": x[..., :num_classes], "box_deltas": x[..., num_classes:]}
+
+    module = litert._LiteRTModule(NetworkOutputs(), FLAGS.image_size, list(range(num_classes)))  # noqa: SLF001
+    spec = tf.TensorSpec((1, int(module.anchors.shape[0]), num_classes + 4), tf.float32, name="images")
+    serve = tf.function(module.serve_fn, input_signature=[spec])
+    holder = tf.Module()
+    holder.serve = serve
+    with tempfile.TemporaryDirectory() as scratch:
+        tf.saved_model.save(holder, scratch, signatures={"serving_default": serve})
+        flatbuffer = litert._convert(scratch, None, None, FLAGS.image_size, 0)  # noqa: SLF001
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+    return path
+
+
+def _time_calls(call, calls):
+    """Seconds of each of ``calls`` timed calls of ``call()``, after ``--warmup_steps`` untimed ones."""
+    for _ in range(FLAGS.warmup_steps):
+        outputs = call()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        outputs = call()
+        times.append(time.perf_counter() - start)
+    return times, outputs
+
+
+def _time_litert(path, image):
+    """images/s and median ms of ``LiteRTDetector`` on one image, ``--warmup_steps`` + ``--steps`` calls."""
+    import numpy as np
+
+    from keras_retina.litert import LiteRTDetector
+
+    detector = LiteRTDetector(path, num_threads=FLAGS.litert_threads)
+    times, outputs = _time_calls(lambda: detector(image), FLAGS.steps)
+    result = {"images_per_s": FLAGS.steps / sum(times), "median_ms": 1000.0 * float(np.median(times))}
+    if "num_detections" in outputs:
+        result["num_detections"] = int(outputs["num_detections"][0])
+    return result
+
+
+def case_litert():
+    """TF ``model.predict`` and LiteRT (float32, float16, int8) of one model, in one process."""
+    from importlib.metadata import version
+
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_retina.litert import export_litert
+
+    lib, size = "keras_retina", FLAGS.image_size
+    model = _build(lib)
+    result = {
+        "batch_size": FLAGS.batch_size, "litert_threads": FLAGS.litert_threads,
+        "calibration_images": FLAGS.calibration_images, "ai_edge_litert": version("ai-edge-litert"),
+    }
+    tf_predict = _time_predict(model, lib)
+    result["tf_predict_images_per_s"] = tf_predict["predict_images_per_s"]
+    result["tf_mean_detections"] = tf_predict["mean_detections"]
+    # The TF network alone (no decoding, NMS), at the same batch size: TF's own split.
+    images, _ = synthetic_batch(lib, FLAGS.batch_size, size, FLAGS.num_classes, seed=1)
+    forward = tf.function(lambda x: model(x, training=False))
+    x = tf.constant(images.astype("float32"))
+
+    def network_outputs():  # (1, A, C + 4): the post-processing file's input
+        outputs = forward(x)
+        return np.concatenate([outputs["cls_logits"].numpy(), outputs["box_deltas"].numpy()], -1)[:1]
+
+    for _ in range(FLAGS.warmup_steps):
+        tf.nest.map_structure(lambda t: t.numpy(), forward(x))
+    start = time.perf_counter()
+    for _ in range(FLAGS.steps):
+        tf.nest.map_structure(lambda t: t.numpy(), forward(x))
+    result["tf_network_images_per_s"] = FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start)
+    result["tf_predict_peak_rss_mib"] = _peak_rss_mib()
+    result["forward_gflop_per_image"] = _forward_gflop(model)
+    sparse_outputs = network_outputs()
+
+    image = images[0]  # the first image TF predicted (uint8, (S, S, 3))
+    # int8 calibration on random-pixel images: the ranges they give are not
+    # those of real photos, so the int8 file's accuracy means nothing here,
+    # but its speed does not depend on the calibration (the same ops and
+    # shapes, int8 kernels whatever the scales).
+    calibration = list(synthetic_batch(lib, FLAGS.calibration_images, size, FLAGS.num_classes, seed=2)[0])
+    result["litert"] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        for name in FLAGS.litert_quantizations:
+            quantization = None if name == "float32" else name
+            entry = {}
+            path = os.path.join(directory, f"model_{name}.tflite")
+            start = time.perf_counter()
+            export_litert(model, path, quantization=quantization, representative_data=calibration,
+                          num_calibration_images=len(calibration))
+            entry["convert_s"] = time.perf_counter() - start
+            entry["file_mb"] = os.path.getsize(path) / 1e6
+            entry.update(_time_litert(path, image))
+            if name in FLAGS.litert_network_only:
+                network_path = os.path.join(directory, f"network_{name}.tflite")
+                _litert_network_only(model, network_path, quantization, calibration)
+                network = _time_litert(network_path, image)
+                entry["network_images_per_s"] = network["images_per_s"]
+                entry["network_median_ms"] = network["median_ms"]
+            result["litert"][name] = entry
+            print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in entry.items()}, flush=True)
+        # The post-processing alone (float32 in every file: int8 leaves it
+        # out), on the network's outputs for the image, then for a dense scene.
+        from ai_edge_litert.interpreter import Interpreter
+
+        path = _litert_postprocess_only(model, os.path.join(directory, "postprocess.tflite"))
+        runner = Interpreter(model_path=path, num_threads=FLAGS.litert_threads).get_signature_runner("serving_default")
+        calls = 5 * FLAGS.steps
+        post = {"file_mb": os.path.getsize(path) / 1e6, "calls": calls}
+        times, outputs = _time_calls(lambda: runner(images=sparse_outputs), calls)
+        post["median_ms"], post["num_detections"] = 1000.0 * float(np.median(times)), int(outputs["num_detections"][0])
+        set_class_bias(model, lib, 0.5)
+        dense_outputs = network_outputs()
+        times, outputs = _time_calls(lambda: runner(images=dense_outputs), calls)
+        post["dense_median_ms"] = 1000.0 * float(np.median(times))
+        post["dense_num_detections"] = int(outputs["num_detections"][0])
+        result["litert_postprocess"] = post
+        print("postprocess", post, flush=True)
+        if FLAGS.litert_dense:
+            # Every anchor scores 0.62: each level's top 1000 reach NMS (the
+            # network's time is unchanged; only the post-processing's grows).
+            path = os.path.join(directory, "model_float32_dense.tflite")
+            start = time.perf_counter()
+            export_litert(model, path)
+            entry = {"convert_s": time.perf_counter() - start, "file_mb": os.path.getsize(path) / 1e6}
+            entry.update(_time_litert(path, image))
+            result["litert"]["float32_dense"] = entry
+    result["peak_rss_mib"] = _peak_rss_mib()
+    return result
+
+
 CASES = {
     "default_step": case_default_step,
     "time_to_accuracy": case_time_to_accuracy,
@@ -313,6 +523,7 @@ CASES = {
     "loss": case_loss,
     "flops": case_flops,
     "input": case_input,
+    "litert": case_litert,
 }
 
 

@@ -12,16 +12,21 @@ default model under each lever (an ``--override`` of the experiment), and
 ``time_to_accuracy`` trains the default experiment end to end, evaluating
 every few epochs, for COCO AP against wall-clock seconds.
 
+The ``litert`` group times keras_retina's model exported to LiteRT
+(float32, float16, int8; XNNPACK, 2 threads, batch 1) beside its TF
+``model.predict`` and keras-hub's ``predict``, both at batch 1.
+
 With ``--write_docs`` the tables replace the generated sections of
 ``docs/BENCHMARKS.md`` whose groups ran (the peer comparison, the first
-run), and the raw figures go to ``docs/benchmarks.json`` and
-``docs/benchmarks_first_run.json``.
+run, LiteRT), and the raw figures go to ``docs/benchmarks.json``,
+``docs/benchmarks_first_run.json`` and ``docs/benchmarks_litert.json``.
 
 Examples:
     python -m benchmarks.run                  # everything: about 25 min on 2 cores, plus ~10 for the first run
     python -m benchmarks.run --only=loss,predict --steps=3
     python -m benchmarks.run --write_docs
     python -m benchmarks.run --only=first_step,time_to_accuracy --nopeers --write_docs
+    python -m benchmarks.run --only=litert --write_docs   # about 5 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
     "only", [], "Groups to run (default all): flops, loss, input, predict, train, bf16, first_step, "
-    "time_to_accuracy (a prefix selects every group it starts: 'train' runs train_all, train_frozen, "
+    "time_to_accuracy, litert (a prefix selects every group it starts: 'train' runs train_all, train_frozen, "
     "train_xla, train_nofold)."
 )
 flags.DEFINE_integer("steps", 5, "Timed training steps per case (prediction times 2x as many batches).")
@@ -54,8 +59,13 @@ flags.DEFINE_bool("peers", True, "Also measure keras-hub and Keras' BinaryFocalC
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- benchmarks.run: begin -->", "<!-- benchmarks.run: end -->"
 FIRST_BEGIN, FIRST_END = "<!-- benchmarks.run first_run: begin -->", "<!-- benchmarks.run first_run: end -->"
+LITERT_BEGIN, LITERT_END = "<!-- benchmarks.run litert: begin -->", "<!-- benchmarks.run litert: end -->"
 #: Groups of the first-run sections; every other group belongs to the peer comparison.
 FIRST_RUN_GROUPS = ("first_step", "time_to_accuracy")
+#: Groups of the LiteRT section.
+LITERT_GROUPS = ("litert",)
+#: LiteRT goals: (quantization, least images/s as a multiple of our TF float32 ``model.predict``).
+LITERT_GOALS = (("int8", 2.0), ("float32", 1.0))
 
 #: Levers of the default experiment's train step, each an --override list (see docs/BENCHMARKS.md).
 FIRST_RUN_LEVERS = (
@@ -131,6 +141,12 @@ def _cases(steps: int, peers: bool):
         rows.append(("first_step", name, "default_step", ["--steps=10", "--warmup_steps=3"]
                      + [f"--override={o}" for o in overrides]))
     rows.append(("time_to_accuracy", "keras_retina", "time_to_accuracy", ["--tta_eval_every=2"]))
+    # LiteRT at batch 1 (XNNPACK, 2 threads) beside TF predict of the same
+    # model (inside the litert case) and keras-hub's predict, both batch 1.
+    single = ["--batch_size=1", *predict]
+    rows.append(("litert", "keras_retina", "litert", single))
+    if peers:
+        rows.append(("litert", "keras_hub", "predict", ["--lib=keras_hub", *single]))
     bf16 = ["--dtype_policy=mixed_bfloat16"]
     for lib in libs:
         rows.append(("bf16_predict", lib, "predict", [f"--lib={lib}", *bf16, *predict]))
@@ -203,6 +219,106 @@ def build_first_run_table(results: dict) -> str:
     elif tta:
         lines.append(f"\nTime to accuracy fails: `{tta['error'][:200]}`")
     return "\n".join(lines)
+
+
+def build_litert_table(results: dict, peak: float) -> str:
+    """Markdown tables of the ``litert`` group: images/s and ratios, the time split, the goals."""
+    ours = results.get("litert", {}).get("keras_retina")
+    hub = results.get("litert", {}).get("keras_hub", {})
+    if not ours:
+        return ""
+    if "error" in ours:
+        return f"The LiteRT case fails: `{ours['error'][:200]}`"
+    tf_rate = ours["tf_predict_images_per_s"]
+    hub_rate = hub.get("predict_images_per_s")
+    hub_cell = f"fails: `{hub['error'][:90]}`" if "error" in hub else None
+    gflop = ours.get("forward_gflop_per_image")
+    lines = [
+        "| ResNet-50 FPN, 512, batch 1 | images/s | ms per image | vs our TF float32 predict "
+        "| vs keras-hub predict | file MB | export s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| keras_retina, TF `model.predict`, float32 | {_fmt(tf_rate)} | {_fmt(1000 / tf_rate, 0)} | 1.00× "
+        f"| {_x(_ratio(tf_rate, hub_rate))} | — | — |",
+    ]
+    if hub:
+        lines.append(
+            f"| keras-hub, TF `predict`, float32 | {hub_cell or _fmt(hub_rate)} "
+            f"| {_fmt(1000 / hub_rate if hub_rate else None, 0)} | {_x(_ratio(hub_rate, tf_rate))} | 1.00× | — | — |"
+        )
+    for name, entry in ours["litert"].items():
+        rate = entry["images_per_s"]
+        lines.append(
+            f"| keras_retina, LiteRT {_litert_label(name)} ({ours['litert_threads']} threads, XNNPACK) | {_fmt(rate)} "
+            f"| {_fmt(entry['median_ms'], 0)} | {_x(_ratio(rate, tf_rate))} | {_x(_ratio(rate, hub_rate))} "
+            f"| {_fmt(entry['file_mb'], 1)} | {_fmt(entry['convert_s'], 0)} |"
+        )
+    lines += [
+        "",
+        "ms per image: median of the timed calls for LiteRT (one image per call), 1000 / images/s for "
+        "TF `predict`. All files include decoding and NMS; TF `predict` includes Keras' predict loop.",
+        "",
+        "Where the time goes (LiteRT's Python interpreter has no per-op profiler): the file cut in two, each "
+        "part timed alone the same way. Network alone: the same graph up to `cls_logits` and `box_deltas` "
+        "(its time includes copying those outputs out of the interpreter). Post-processing alone: the graph after the network "
+        "(per-level top-k, decoding, class-wise NMS; float32 in every file, int8 included), fed the "
+        "network's outputs for the same image, median of "
+        f"{ours.get('litert_postprocess', {}).get('calls', '?')} calls. TF: `predict` against the model "
+        "called in a `tf.function`, the difference being Keras' predict loop, decoding and NMS.",
+        "",
+        "| runtime | whole, ms | network alone, ms | post-processing alone, ms "
+        "| network GFLOP/s (% of the fp32 peak at the nominal clock) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    post = ours.get("litert_postprocess", {})
+    tf_network = ours.get("tf_network_images_per_s")
+    if tf_network:
+        rate = None if gflop is None else gflop * tf_network
+        lines.append(
+            f"| TF float32 | {_fmt(1000 / tf_rate, 0)} "
+            f"| {_fmt(1000 / tf_network, 0)} | {_fmt(1000 / tf_rate - 1000 / tf_network, 0)} (difference) "
+            f"| {_fmt(rate, 0)} ({_fmt(100 * rate / peak if rate and peak else None, 0)} %) |"
+        )
+    for name, entry in ours["litert"].items():
+        network_ms, own = entry.get("network_median_ms"), True
+        if name == "float32_dense" and "network_median_ms" in ours["litert"].get("float32", {}):
+            network_ms, own = ours["litert"]["float32"]["network_median_ms"], False  # the same network
+        if network_ms is None:
+            continue
+        rate = None if gflop is None else gflop * 1000 / network_ms
+        if name == "int8":  # int8 multiply-adds: the fp32 peak does not bound them
+            pct = f"{_fmt(rate, 0)} G int8 OP/s (—)"
+        else:
+            pct = f"{_fmt(rate, 0)} ({_fmt(100 * rate / peak if rate and peak else None, 0)} %)"
+        post_ms = post.get("dense_median_ms" if name == "float32_dense" else "median_ms")
+        lines.append(
+            f"| LiteRT {_litert_label(name)} | {_fmt(entry['median_ms'], 0)} "
+            f"| {_fmt(network_ms, 0)}{'' if own else ' (float32’s)'} "
+            f"| {_fmt(post_ms, 1)} | {pct if own else '—'} |"
+        )
+    if gflop:
+        lines += [
+            "",
+            f"Forward pass: {_fmt(gflop, 1)} GFLOP per image (TensorFlow's graph profiler); this machine's fp32 "
+            f"peak {peak:.0f} GFLOP/s at the clock /proc/cpuinfo reports (cores that boost above it can pass 100 %).",
+        ]
+    lines += ["", "Goals (2 cores):", ""]
+    for name, goal in LITERT_GOALS:
+        entry = ours["litert"].get(name)
+        if entry is None:
+            lines.append(f"* LiteRT {name} ≥ {goal:g}× our TF float32 predict: not measured.")
+            continue
+        ratio = _ratio(entry["images_per_s"], tf_rate)
+        verdict = "met" if ratio >= goal else f"**missed** by a factor of {goal / ratio:.2f}"
+        lines.append(f"* LiteRT {name} ≥ {goal:g}× our TF float32 predict: {_x(ratio)}, {verdict}.")
+    return "\n".join(lines)
+
+
+def _x(ratio) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}×"
+
+
+def _litert_label(name: str) -> str:
+    return "float32, dense scene (class bias +0.5)" if name == "float32_dense" else name
 
 
 def _write_section(text: str, begin: str, end: str, body: str) -> str:
@@ -361,6 +477,7 @@ def main(argv):
         how += f", ONEDNN_MAX_CPU_ISA={isa}"
     print(f"machine: {_cpu_model()}; {how}; fp32 peak {peak:.0f} GFLOP/s; {versions}; Python {platform.python_version()}")
     results: dict = {}
+    load_before = os.getloadavg()
     for group, lib, case, args in _cases(FLAGS.steps, FLAGS.peers):
         if FLAGS.only and not any(group.startswith(prefix) for prefix in FLAGS.only):
             continue
@@ -369,20 +486,32 @@ def main(argv):
         results.setdefault(group, {})[lib] = result
         shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if k not in ("case", "lib")}
         print(shown, flush=True)
-    peer_results = {g: r for g, r in results.items() if g not in FIRST_RUN_GROUPS}
+    load_after = os.getloadavg()
+    peer_results = {g: r for g, r in results.items() if g not in FIRST_RUN_GROUPS + LITERT_GROUPS}
     first_results = {g: r for g, r in results.items() if g in FIRST_RUN_GROUPS}
+    litert_results = {g: r for g, r in results.items() if g in LITERT_GROUPS}
     table = build_table(peer_results, peak) if peer_results else ""
     first_table = build_first_run_table(first_results) if first_results else ""
+    litert_table = build_litert_table(litert_results, peak) if litert_results else ""
     print()
-    print(table + ("\n\n" if table and first_table else "") + first_table)
+    print("\n\n".join(part for part in (table, first_table, litert_table) if part))
+    load = f"load average (1, 5, 15 min) {_fmt_load(load_before)} before the cases, {_fmt_load(load_after)} after"
+    print(load)
     if FLAGS.write_docs:
         date = datetime.date.today().isoformat()
         stamp = f"_Generated by `python -m benchmarks.run --write_docs` on {date}: {how}, fp32 peak {peak:.0f} GFLOP/s; {versions}._"
         doc = ROOT / "docs" / "BENCHMARKS.md"
         text = doc.read_text()
-        for part, part_results, begin, end, json_name in (
-            (table, peer_results, BEGIN, END, "benchmarks.json"),
-            (first_table, first_results, FIRST_BEGIN, FIRST_END, "benchmarks_first_run.json"),
+        litert = litert_results.get("litert", {}).get("keras_retina", {})
+        litert_stamp = (
+            f"_Generated by `python -m benchmarks.run --only=litert --write_docs` on {date}: {_cpu_model()}; "
+            f"{how}, fp32 peak {peak:.0f} GFLOP/s; {versions}, ai-edge-litert {litert.get('ai_edge_litert', '?')}; "
+            f"{load}._"
+        )
+        for part, part_results, begin, end, json_name, part_stamp in (
+            (table, peer_results, BEGIN, END, "benchmarks.json", stamp),
+            (first_table, first_results, FIRST_BEGIN, FIRST_END, "benchmarks_first_run.json", stamp),
+            (litert_table, litert_results, LITERT_BEGIN, LITERT_END, "benchmarks_litert.json", litert_stamp),
         ):
             if not part_results:
                 continue
@@ -390,10 +519,16 @@ def main(argv):
                 "date": date, "machine": how, "cpu": _cpu_model(), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
                 "peak_gflops": peak, "versions": versions, "steps": FLAGS.steps, "results": part_results,
             }
+            if json_name == "benchmarks_litert.json":
+                record["load_average_before"], record["load_average_after"] = list(load_before), list(load_after)
             (ROOT / "docs" / json_name).write_text(json.dumps(record, indent=1) + "\n")
-            text = _write_section(text, begin, end, f"{stamp}\n\n{part}")
+            text = _write_section(text, begin, end, f"{part_stamp}\n\n{part}")
         doc.write_text(text)
         print(f"wrote {doc} and its JSON figures")
+
+
+def _fmt_load(load) -> str:
+    return ", ".join(f"{value:.2f}" for value in load)
 
 
 def _cpu_model() -> str:
