@@ -231,9 +231,21 @@ def convert(config: config_lib.ExperimentConfig) -> str:
 
 
 def analyze(config: config_lib.ExperimentConfig, flags: dict) -> dict:
-    """Anchor coverage of a split's boxes (``--split``), printed and written to ``anchor_coverage.json``."""
+    """Anchor coverage of a split's boxes (``--split``) and a search for anchors that cover the training boxes better.
+
+    Printed (with the ``--override`` flags of the anchors found) and written
+    to ``anchor_coverage.json``; recall is counted at the run's matching
+    threshold (``model.foreground_iou``), see :func:`keras_retina.analysis.search_anchors`.
+    """
     from keras_retina import analysis  # noqa: PLC0415
 
     data = datasets.RunData(config.data)
     anchors = training.build_anchor_generator(config.model)  # the run's anchors, --override included
-    return analysis.analyze_split(data, flags.get("split") or "val", config.resolved_model_dir(), anchors)
+    return analysis.analyze_split(
+        data,
+        flags.get("split") or "val",
+        config.resolved_model_dir(),
+        anchors,
+        foreground_iou=config.model.foreground_iou,
+        allow_low_quality_matches=config.model.allow_low_quality_matches,
+    )
