@@ -86,7 +86,7 @@ def run(mode: str, config: config_lib.ExperimentConfig, flags: dict, strategy=No
 
 
 def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict, strategy=None) -> dict:
-    """Trains, evaluates the final model, exports it and draws validation predictions."""
+    """Trains, evaluates the final model (metrics.json, ``report/``), exports it and draws validation predictions."""
     start = time.time()
     model, _, data, metrics = training.train(config, strategy)  # writes metrics.json
     model_dir = config.resolved_model_dir()
@@ -96,6 +96,13 @@ def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict, strateg
         # afterwards in one process (--mode=export, --mode=predict).
         print(f"\nDone: COCO AP {metrics['AP']:.3f}. Export with --mode=export --model_dir={model_dir}.")
         return metrics
+    from keras_retina import report  # noqa: PLC0415  (matplotlib: only for the modes that write a report)
+
+    report_dir = os.path.join(model_dir, report.REPORT_DIR)
+    report.write_report(
+        model, data.pipeline("val"), data.coco_gt, data.class_names, data.category_ids, report_dir,
+        tensorboard_dir=os.path.join(model_dir, "logs", "report") if config.train.tensorboard else None,
+    )
     drawing = draw_validation_predictions(model, data, os.path.join(model_dir, "val_predictions.png"))
     export_path = _export(model, flags, model_dir, config, data.class_names, data.category_ids)
     minutes = (time.time() - start) / 60
@@ -103,19 +110,31 @@ def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict, strateg
     print(f"  run directory:     {model_dir}")
     print(f"  checkpoints:       {os.path.join(model_dir, 'checkpoints')}")
     print(f"  metrics:           {os.path.join(model_dir, 'metrics.json')}")
+    print(f"  report:            {os.path.join(report_dir, report.REPORT_FILE)}")
     print(f"  predictions drawn: {drawing}")
     print(f"  SavedModel:        {export_path}")
     return metrics
 
 
 def evaluate(config: config_lib.ExperimentConfig) -> dict:
-    """Evaluates ``<model_dir>/checkpoints/latest.keras`` on the validation split."""
+    """Evaluates ``<model_dir>/checkpoints/latest.keras`` on the validation split: metrics.json and ``report/``.
+
+    The report (:mod:`keras_retina.report`) goes to ``<model_dir>/report/report.md`` and its PNGs, and to
+    TensorBoard under ``<model_dir>/logs/report`` when the run has TensorBoard on.
+    """
+    from keras_retina import report  # noqa: PLC0415  (matplotlib: only for the modes that write a report)
+
     model_dir = config.resolved_model_dir()
     model = rundir.load_trained_model(model_dir)
     data = datasets.RunData(config.data)
-    metrics = evaluation.evaluate_model(model, data.pipeline("val"), data.coco_gt, data.category_ids, verbose=False)
+    report_dir = os.path.join(model_dir, report.REPORT_DIR)
+    metrics = report.write_report(
+        model, data.pipeline("val"), data.coco_gt, data.class_names, data.category_ids, report_dir,
+        tensorboard_dir=os.path.join(model_dir, "logs", "report") if config.train.tensorboard else None,
+    ).metrics  # evaluation.evaluate_model's
     evaluation.write_metrics(metrics, os.path.join(model_dir, rundir.METRICS_FILE))
     print(evaluation.format_metrics(metrics))
+    print(f"\nReport: {os.path.join(report_dir, report.REPORT_FILE)}")
     return metrics
 
 

@@ -261,8 +261,39 @@ def _grid(images, boxes, classes, scores, class_names, count, columns, line_widt
         )
         for i in range(count)
     ]
-    cell_h, cell_w = images.shape[1], images.shape[2]
-    cols = min(columns, count)
+    return tile_images(cells, columns)
+
+
+def tile_images(cells: Sequence[Any], columns: int = 4) -> np.ndarray:
+    """Tiles same-sized images in a grid on white, row by row, ``columns`` wide.
+
+    Args:
+        cells: ``N >= 1`` uint8 or 0-255 float ``(H, W, 3)`` images, all of one size.
+        columns: cells per grid row, ``>= 1`` (fewer when ``N`` is smaller).
+
+    Returns:
+        uint8 ``(rows * (H + 4) + 4, min(columns, N) * (W + 4) + 4, 3)``.
+
+    Raises:
+        ValueError: no cells, cells of different sizes, or ``columns < 1``.
+
+    Example:
+        >>> tile_images([np.zeros((10, 20, 3), np.uint8)] * 3, columns=2).shape
+        (32, 52, 3)
+    """
+    cells = [_to_uint8_image(cell, f"cells[{i}]") for i, cell in enumerate(cells)]
+    if not cells:
+        raise ValueError("`cells` must hold at least one image, got none.")
+    if int(columns) < 1:
+        raise ValueError(f"`columns` must be >= 1, got {columns!r}.")
+    cell_h, cell_w = cells[0].shape[:2]
+    for i, cell in enumerate(cells):
+        if cell.shape[:2] != (cell_h, cell_w):
+            raise ValueError(
+                f"`cells` must all have one size, got {cells[0].shape} for cells[0] and {cell.shape} for cells[{i}]."
+            )
+    count = len(cells)
+    cols = min(int(columns), count)
     rows = -(-count // cols)
     grid = np.full(
         (rows * (cell_h + _GRID_GAP) + _GRID_GAP, cols * (cell_w + _GRID_GAP) + _GRID_GAP, 3),
