@@ -24,10 +24,12 @@ tf.config.set_logical_device_configuration(
 
 import keras_retina as kr  # noqa: E402
 
-# Run as a child process by the torchvision parity test; importing it here
-# (--doctest-modules imports every file) would load torch next to TensorFlow,
-# which crashes.
-collect_ignore = ["tests/torchvision_reference.py"]
+# Scripts the tests run as child processes. --doctest-modules imports every
+# file: importing the torchvision one would load torch next to TensorFlow
+# (a crash), the multi-worker one would start a MultiWorkerMirroredStrategy
+# in the test process, train, and write an .npz named after pytest's first
+# argument.
+collect_ignore = ["tests/torchvision_reference.py", "tests/multi_worker_script.py"]
 
 
 @pytest.fixture(autouse=True)
