@@ -794,14 +794,7 @@ def export_saved_model(
         ``docker run -p 8501:8501 -v <export_dir>:/models/retinanet -e
         MODEL_NAME=retinanet tensorflow/serving``.
     """
-    num_classes = model.num_classes
-    class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
-    category_ids = list(category_ids) if category_ids is not None else list(range(num_classes))
-    if len(class_names) != num_classes or len(category_ids) != num_classes:
-        raise ValueError(
-            f"export_saved_model: the model has {num_classes} classes but got {len(class_names)} "
-            f"class_names and {len(category_ids)} category_ids."
-        )
+    class_names, category_ids = resolve_classes("export_saved_model", model.num_classes, class_names, category_ids)
     image_size = int(image_size or _built_image_size(model) or 512)
     max_pixels = _check_limit("max_pixels", max_pixels, MAX_PIXELS_LIMIT)
     max_batch = _check_limit("max_batch", max_batch, 2**31 - 1)
@@ -865,6 +858,23 @@ def write_warmup_requests(saved_model_path: str, encoded_images: Sequence[bytes]
     with tf.io.TFRecordWriter(filename) as writer:
         writer.write(log.SerializeToString())
     return filename
+
+
+def resolve_classes(caller: str, num_classes: int, class_names, category_ids) -> tuple[list[str], list[int]]:
+    """``class_names`` and ``category_ids`` as lists (defaults ``"class_<i>"`` and ``0..C-1``), one per class.
+
+    Example:
+        >>> resolve_classes("export", 2, None, [5, 9])
+        (['class_0', 'class_1'], [5, 9])
+    """
+    class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+    category_ids = list(category_ids) if category_ids is not None else list(range(num_classes))
+    if len(class_names) != num_classes or len(category_ids) != num_classes:
+        raise ValueError(
+            f"{caller}: the model has {num_classes} classes but got {len(class_names)} "
+            f"class_names and {len(category_ids)} category_ids."
+        )
+    return class_names, category_ids
 
 
 def write_class_names(path: str, class_names: Sequence[str], category_ids: Sequence[int]) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_retina import compat, postprocess
-from keras_retina.export import _built_image_size  # the SavedModel export's rule for the size
+from keras_retina.export import _built_image_size, resolve_classes  # the SavedModel export's rules
 
 #: Quantization modes of :func:`export_litert`.
 QUANTIZATIONS = (None, "float16", "int8")
@@ -114,14 +114,7 @@ def export_litert(
         raise ValueError(
             "export_litert: `image_size` is needed (the model was not built at a square size), got None."
         )
-    num_classes = model.num_classes
-    class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
-    category_ids = list(category_ids) if category_ids is not None else list(range(num_classes))
-    if len(class_names) != num_classes or len(category_ids) != num_classes:
-        raise ValueError(
-            f"export_litert: the model has {num_classes} classes but got {len(class_names)} class_names and "
-            f"{len(category_ids)} category_ids."
-        )
+    class_names, category_ids = resolve_classes("export_litert", model.num_classes, class_names, category_ids)
     module = _LiteRTModule(model, int(image_size), category_ids)
     with tempfile.TemporaryDirectory() as scratch:
         # Through Keras' ExportArchive, as keras.Model.export(format="litert"):
