@@ -14,6 +14,10 @@ from keras_retina import compat, evaluation, rundir
 class CocoEvaluationCallback(keras.callbacks.Callback):
     """Runs COCO evaluation after the first and last epochs of a run and every ``every_epochs`` epochs.
 
+    Epochs are counted from the start of the run, not of this ``fit()``: a
+    run resumed by ``BackupAndRestore`` evaluates its first epoch only if
+    the schedule says so (``epoch`` is the absolute index Keras passes).
+
     Adds ``val_AP``, ``val_AP50``, ... to the epoch logs (so CSV and
     TensorBoard logs get them), draws the first validation batch's
     detections into TensorBoard (``image_log_dir``) and, with ``best_path``,
@@ -53,19 +57,14 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.best_path = best_path
         self.best_ap = rundir.read_best_ap(best_path)
         self.last_metrics: dict | None = None
-        self._evaluated_in_this_run = False
-
-    def on_train_begin(self, logs=None):
-        self._evaluated_in_this_run = False
 
     def on_epoch_end(self, epoch, logs=None):
         last = self.params and epoch + 1 == self.params.get("epochs")
-        # The first epoch of each fit() (a resumed run too) is always
-        # evaluated: CSVLogger fixes its columns from the first logs it sees.
-        first = not self._evaluated_in_this_run
+        # The run's first epoch (not a resumed fit's): the CSV log's columns
+        # come from it (ResumableCSVLogger keeps them when a run resumes).
+        first = epoch == 0
         if (epoch + 1) % self.every_epochs and not last and not first:
             return
-        self._evaluated_in_this_run = True
         metrics = evaluation.evaluate_model(self.model, self.dataset, self.coco_gt, self.category_ids, verbose=False)
         self.last_metrics = metrics
         if logs is not None:
@@ -80,6 +79,33 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
             self.best_ap = metrics["AP"]
             self.model.save(self.best_path)
             rundir.write_best_ap(self.best_path, epoch + 1, metrics["AP"])
+
+
+class ResumableCSVLogger(keras.callbacks.CSVLogger):
+    """``keras.callbacks.CSVLogger`` whose columns, when it appends, are those of the file's header.
+
+    Keras' logger takes its columns from the first epoch's logs of each
+    ``fit()``; a resumed run whose first epoch is not evaluated would then
+    write rows without ``val_AP``... under a header that has them (columns
+    shifted). Here an appended file keeps its header's columns; a value an
+    epoch lacks is written ``NA``.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "log.csv")
+        >>> open(path, "w").write("epoch,loss,val_AP\n0,1.0,0.5\n") and None
+        >>> logger = ResumableCSVLogger(path, append=True)
+        >>> logger.on_train_begin(); logger.on_epoch_end(1, {"loss": 0.5}); logger.on_train_end()
+        >>> open(path).read().splitlines()[-1]
+        '1,0.5,NA'
+    """
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.append and not self.append_header:  # the file has a header: keep its columns
+            with tf.io.gfile.GFile(self.filename, "r") as f:
+                header = f.readline().rstrip("\r\n").split(self.sep)
+            self.keys = [key for key in header if key != "epoch"]
 
 
 class TerminateOnNaNKeepingLast(keras.callbacks.Callback):

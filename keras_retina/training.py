@@ -314,7 +314,7 @@ def train(
         *callbacks,
         callbacks_lib.FiniteModelCheckpoint(latest),
         nan_stopper,
-        keras.callbacks.CSVLogger(os.path.join(model_dir, rundir.TRAIN_LOG), append=True),
+        callbacks_lib.ResumableCSVLogger(os.path.join(model_dir, rundir.TRAIN_LOG), append=True),
     ]
     if config.train.tensorboard:
         run_callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), write_graph=False))

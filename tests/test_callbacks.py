@@ -109,5 +109,56 @@ def test_coco_evaluation_schedule_logs_and_best_checkpoint(tmp_path, monkeypatch
     resumed.set_model(model)
     resumed.set_params({"epochs": 4})
     resumed.on_train_begin()
-    resumed.on_epoch_end(2, {})
+    logs = {}
+    resumed.on_epoch_end(2, logs)  # epoch 3: the resumed fit's first, not on the schedule
+    assert "val_AP" not in logs and len(evaluated) == 3
+    resumed.on_epoch_end(3, logs)  # epoch 4: the last
+    assert logs["val_AP"] == 0.25 and len(evaluated) == 4
     assert json.loads((tmp_path / "best.keras.json").read_text())["AP"] == 0.3
+
+
+def test_resumed_run_evaluates_only_on_schedule_and_keeps_csv_columns(tmp_path, monkeypatch):
+    """fit() killed after epoch 1 and resumed by BackupAndRestore: epoch 2 is not evaluated (every 3)."""
+    from helpers import small_model, toy_batch
+
+    from keras_retina import evaluation
+
+    evaluated = []
+
+    def fake_evaluate(model, dataset, coco_gt, category_ids, verbose=False):
+        evaluated.append(int(model.optimizer.iterations.numpy()))
+        return {name: 0.5 for name in evaluation.METRIC_NAMES}
+
+    monkeypatch.setattr(evaluation, "evaluate_model", fake_evaluate)
+    images, y = toy_batch()
+    dataset = tf.data.Dataset.from_tensor_slices((images, y)).batch(2).repeat()
+    log = tmp_path / "log.csv"
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):  # the process "dies" after epoch 1 is backed up
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                raise KeyboardInterrupt("killed")
+
+    def fit(extra=()):
+        model = small_model()
+        model.build((None, 128, 128, 3))
+        model.compile(optimizer=keras.optimizers.SGD(0.01))
+        run_callbacks = [
+            callbacks.CocoEvaluationCallback(None, None, (1, 2, 3), every_epochs=3),
+            callbacks.ResumableCSVLogger(str(log), append=True),
+            callbacks.FiniteBackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False),
+            *extra,
+        ]
+        model.fit(dataset, epochs=4, steps_per_epoch=1, verbose=0, callbacks=run_callbacks)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit([StopAfterFirstEpoch()])
+    assert evaluated == [1]  # the run's first epoch
+    fit()
+    assert evaluated == [1, 3, 4]  # resumed at epoch 2: not evaluated; 3 (every 3rd) and 4 (last) are
+    rows = [line.split(",") for line in log.read_text().splitlines()]
+    header = rows[0]
+    assert [row[0] for row in rows[1:]] == ["0", "1", "2", "3"]
+    assert all(len(row) == len(header) for row in rows)
+    val_ap = [row[header.index("val_AP")] for row in rows[1:]]
+    assert val_ap == ["0.5", "NA", "0.5", "0.5"]
