@@ -93,7 +93,7 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
     Example:
         >>> import tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "log.csv")
-        >>> open(path, "w").write("epoch,loss,val_AP\n0,1.0,0.5\n") and None
+        >>> open(path, "w").write("epoch,loss,val_AP\\n0,1.0,0.5\\n") and None
         >>> logger = ResumableCSVLogger(path, append=True)
         >>> logger.on_train_begin(); logger.on_epoch_end(1, {"loss": 0.5}); logger.on_train_end()
         >>> open(path).read().splitlines()[-1]
