@@ -454,3 +454,30 @@ def test_file_without_images_gives_an_empty_dataset(tmp_path, skip_invalid):
 def test_module_exposes_the_documented_names():
     assert coco_json.coco_json_dataset is coco_json_dataset
     assert issubclass(coco_json.CocoFormatError, ValueError)
+
+
+def test_input_pipelines_read_disjoint_shares_that_cover_every_image_and_only_their_files(tmp_path):
+    files = shapes.make_shapes_dataset(tmp_path / "data", num_images=7, image_size=(64, 64), verbose=False)
+    source = CocoJsonSource(files.annotation_file, files.image_dir)
+    contexts = [tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i) for i in range(2)]
+    shares = [
+        [int(e["image_id"]) for e in source.dataset(shuffle=True, seed=1, input_context=context)]
+        for context in contexts
+    ]
+    assert set(shares[0]).isdisjoint(shares[1])
+    assert sorted(shares[0] + shares[1]) == sorted(source.image_ids)
+    assert [len(share) for share in shares] == [source.share_size(c) for c in contexts] == [4, 3]
+    assert [int(source.dataset(input_context=c).cardinality()) for c in contexts] == [4, 3]
+    # Pipeline 1 opens only its own files: with pipeline 0's images deleted (after the annotations were
+    # loaded) it still reads all of its share, while pipeline 0 now fails.
+    for image_id in shares[0]:
+        os.remove(source.image_record(image_id).path)
+    assert sorted(int(e["image_id"]) for e in source.dataset(input_context=contexts[1])) == sorted(shares[1])
+    with pytest.raises(tf.errors.NotFoundError, match="No such file"):
+        list(source.dataset(input_context=contexts[0]))
+
+
+def test_input_context_must_be_an_input_context(tmp_path):
+    files = shapes.make_shapes_dataset(tmp_path / "data", num_images=2, image_size=(64, 64), verbose=False)
+    with pytest.raises(TypeError, match="`input_context` must be a tf.distribute.InputContext"):
+        coco_json_dataset(files.annotation_file, files.image_dir, input_context=2)

@@ -201,3 +201,56 @@ def test_non_detection_dataset_error_names_dataset_and_feature(tmp_path, name, m
     with tfds.testing.mock_data(num_examples=1):
         with pytest.raises(ValueError, match=rf"name='{name}'.*no feature '{missing}'"):
             tfds_dataset(name, split="train", data_dir=str(tmp_path))
+
+
+def _write_tfds_files(data_dir, shard_ids):
+    """A prepared TFDS dataset ``tiny_detection`` (no builder code): one record file per entry of ``shard_ids``."""
+    import os
+
+    features = tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "image/id": np.int64,
+            "objects": tfds.features.Sequence(
+                {"bbox": tfds.features.BBoxFeature(), "label": tfds.features.ClassLabel(names=["a", "b"])}
+            ),
+        }
+    )
+    out = os.path.join(data_dir, "tiny_detection", "1.0.0")
+    os.makedirs(out)
+    paths = []
+    for shard, ids in enumerate(shard_ids):
+        paths.append(os.path.join(out, f"tiny_detection-validation.tfrecord-{shard:05d}-of-{len(shard_ids):05d}"))
+        with tf.io.TFRecordWriter(paths[-1]) as writer:
+            for image_id in ids:
+                example = {
+                    "image": np.full((16, 24, 3), image_id % 256, np.uint8),
+                    "image/id": image_id,
+                    "objects": {"bbox": np.array([[0.1, 0.2, 0.5, 0.6]], np.float32), "label": np.array([image_id % 2])},
+                }
+                writer.write(features.serialize_example(example))
+    splits = [tfds.core.SplitInfo(name="validation", shard_lengths=[len(ids) for ids in shard_ids], num_bytes=0)]
+    tfds.folder_dataset.write_metadata(data_dir=out, features=features, split_infos=splits, filename_template=None)
+    return paths
+
+
+def test_input_pipelines_read_disjoint_shares_of_the_files(tmp_path):
+    paths = _write_tfds_files(tmp_path, [range(100, 104), range(104, 108)])
+    contexts = [tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i) for i in range(2)]
+
+    def ids(context):
+        raw = tfds_dataset("tiny_detection", "validation", data_dir=str(tmp_path), download=False, input_context=context)
+        return [int(example["image_id"]) for example in raw]
+
+    everything = ids(None)
+    shares = [ids(context) for context in contexts]
+    assert sorted(everything) == list(range(100, 108))
+    assert set(shares[0]).isdisjoint(shares[1]) and sorted(shares[0] + shares[1]) == everything
+    assert [len(share) for share in shares] == [4, 4]
+    # Each pipeline opens only its own record file: without the first file, pipeline 1 still reads its share.
+    import os
+
+    os.remove(paths[0])
+    assert ids(contexts[1]) == shares[1]
+    with pytest.raises(tf.errors.NotFoundError):
+        ids(contexts[0])

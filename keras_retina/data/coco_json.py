@@ -41,6 +41,7 @@ import tensorflow as tf
 from absl import logging
 
 from keras_retina.data.orientation import ORIENTATION_UPRIGHT, exif_orientation, upright
+from keras_retina.data.pipeline import input_share
 
 #: Default slack, in pixels, for boxes that leave the image: COCO's own boxes
 #: overshoot by rounding; within it a box is clipped, beyond it is invalid.
@@ -361,11 +362,16 @@ class CocoJsonSource:
         seed: int | None = None,
         num_parallel_calls: int = tf.data.AUTOTUNE,
         deterministic: bool | None = None,
+        input_context: tf.distribute.InputContext | None = None,
     ) -> tf.data.Dataset:
         """One pass over the images as raw examples, decoded in the graph.
 
         Shuffling (if asked) happens on the file list, before any file is
         read, and differs in every pass when the dataset is repeated.
+        With an ``input_context`` the file list is sharded first: pipeline
+        ``i`` of ``k`` keeps the images at positions ``i, i + k, i + 2k, ...``
+        of :attr:`image_ids` (``tf.data.Dataset.shard`` on the index), so it
+        opens and decodes only its own files.
 
         Args:
             shuffle: shuffle the image order.
@@ -374,6 +380,9 @@ class CocoJsonSource:
             deterministic: passed to ``interleave``; None follows
                 ``tf.data.Options.deterministic`` (True by default). False
                 may be faster but gives a run-dependent order.
+            input_context: a ``tf.distribute.InputContext`` (from
+                ``strategy.distribute_datasets_from_function``): yield only
+                this input pipeline's share of the images; None for all.
 
         Returns:
             A ``tf.data.Dataset`` of raw examples ``{"image": uint8 (H, W, 3),
@@ -398,9 +407,15 @@ class CocoJsonSource:
             1 (64, 64, 3) (1, 4)
             2 (64, 64, 3) (0, 4)
         """
+        num_pipelines, pipeline_id = input_share(input_context)
         index = self._index_dataset()
+        num_images = self.num_images
+        if num_pipelines > 1:
+            # The index holds no pixels: sharding it means no other file is opened.
+            index = index.shard(num_pipelines, pipeline_id)
+            num_images = self.share_size(input_context)
         if shuffle:
-            index = index.shuffle(max(self.num_images, 1), seed=seed, reshuffle_each_iteration=True)
+            index = index.shuffle(max(num_images, 1), seed=seed, reshuffle_each_iteration=True)
         decoded = index.interleave(
             _read_and_decode,
             cycle_length=num_parallel_calls,
@@ -414,7 +429,7 @@ class CocoJsonSource:
             )
             # Each file gives exactly one example (or an error): tell tf.data,
             # which cannot see through interleave, so that Keras knows the steps.
-            return examples.apply(tf.data.experimental.assert_cardinality(self.num_images))
+            return examples.apply(tf.data.experimental.assert_cardinality(num_images))
         counter = _PassCounter()
 
         def flag_invalid(element):
@@ -440,6 +455,20 @@ class CocoJsonSource:
         # only after every image of the pass has been read.
         report = tf.data.Dataset.from_tensors(_empty_example()).map(report_pass).filter(never)
         return examples.concatenate(report)
+
+    def share_size(self, input_context: tf.distribute.InputContext | None) -> int:
+        """Images in ``input_context``'s share (every ``k``-th from position ``i``); all for None.
+
+        Example:
+            >>> import tempfile
+            >>> files = kr.data.make_shapes_dataset(tempfile.mkdtemp(), num_images=5,
+            ...                                     image_size=(64, 64), verbose=False)
+            >>> source = CocoJsonSource(files.annotation_file, files.image_dir)
+            >>> [source.share_size(tf.distribute.InputContext(2, i)) for i in (0, 1)]
+            [3, 2]
+        """
+        num_pipelines, pipeline_id = input_share(input_context)
+        return len(range(pipeline_id, self.num_images, num_pipelines))
 
     def _index_dataset(self) -> tf.data.Dataset:
         """Per-image metadata (no pixels): path, id, size and ragged boxes."""
@@ -773,6 +802,7 @@ def coco_json_dataset(
     seed: int | None = None,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     deterministic: bool | None = None,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Raw examples from a COCO instances JSON and its image folder.
 
@@ -789,6 +819,9 @@ def coco_json_dataset(
         seed: seed of that shuffle.
         num_parallel_calls: files read and decoded in parallel.
         deterministic: see ``CocoJsonSource.dataset``.
+        input_context: a ``tf.distribute.InputContext``: only this input
+            pipeline's share of the images (every ``num_input_pipelines``-th
+            from ``input_pipeline_id``), chosen before any file is opened.
 
     Returns:
         A ``tf.data.Dataset`` of ``{"image": uint8 (H, W, 3), "boxes": float32
@@ -804,10 +837,18 @@ def coco_json_dataset(
         ['boxes', 'classes', 'image', 'image_id', 'is_crowd']
         >>> [tuple(example["boxes"].shape) for example in raw]
         [(1, 4), (0, 4)]
+        >>> share = coco_json_dataset(files.annotation_file, files.image_dir,
+        ...                           input_context=tf.distribute.InputContext(2, 1))
+        >>> [int(example["image_id"]) for example in share]   # pipeline 1 of 2
+        [2]
     """
     source = CocoJsonSource(annotation_file, image_dir, skip_invalid=skip_invalid)
     return source.dataset(
-        shuffle=shuffle, seed=seed, num_parallel_calls=num_parallel_calls, deterministic=deterministic
+        shuffle=shuffle,
+        seed=seed,
+        num_parallel_calls=num_parallel_calls,
+        deterministic=deterministic,
+        input_context=input_context,
     )
 
 

@@ -62,6 +62,33 @@ PADDING_CLASS = -1
 EVAL_KEYS = ("image_id", "scale", "image_shape")
 
 
+def input_share(input_context: "tf.distribute.InputContext | None", argument: str = "input_context") -> tuple[int, int]:
+    """``(num_input_pipelines, input_pipeline_id)`` of a ``tf.distribute.InputContext``; ``(1, 0)`` for None.
+
+    The sources (:func:`keras_retina.data.coco_json_dataset`,
+    :func:`keras_retina.data.tfds_dataset`) keep pipeline ``i``'s share of
+    the images, before any file is read, from these two numbers.
+
+    Raises:
+        TypeError: ``input_context`` is not an ``InputContext`` (the message
+            names ``argument``).
+
+    Example:
+        >>> input_share(tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=1))
+        (4, 1)
+        >>> input_share(None)
+        (1, 0)
+    """
+    if input_context is None:
+        return 1, 0
+    if not isinstance(input_context, tf.distribute.InputContext):
+        raise TypeError(
+            f"`{argument}` must be a tf.distribute.InputContext (what "
+            f"strategy.distribute_datasets_from_function passes) or None, got {input_context!r}."
+        )
+    return int(input_context.num_input_pipelines), int(input_context.input_pipeline_id)
+
+
 def _as_size_pair(value: Any, argument: str) -> tuple[int, int]:
     """``512`` or ``(512, 640)`` -> ``(height, width)``, validated."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):

@@ -21,7 +21,15 @@ Image ids, in order of preference:
    2**63 - 1 (`tf.strings.to_hash_bucket_fast`, stable across runs, machines
    and TensorFlow versions).
 3. Otherwise the example's position in the split (``0, 1, 2, ...``): stable
-   only for the same split with ``shuffle_files=False``.
+   only for the same split with ``shuffle_files=False`` (with an input
+   context, the position in the whole split, not in the share).
+
+With an ``input_context`` (``tf.distribute.InputContext``), input pipeline
+``i`` of ``k`` reads only ``tfds.even_splits(split, k)[i]``: TFDS turns that
+sub-split into read instructions over its record files, so the other shares'
+records are skipped before they are parsed or decoded. (``tfds.ReadConfig``'s
+own ``input_context`` shards whole files and refuses a split with fewer
+files than pipelines, e.g. a small validation split.)
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from keras_retina.data.pipeline import input_share
 
 #: Largest number of decimal digits parsed from a VOC-style file name before
 #: falling back to the hash (int64 holds 18 digits safely).
@@ -184,6 +194,7 @@ def tfds_dataset(
     download: bool = True,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     with_info: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset | tuple[tf.data.Dataset, tfds.core.DatasetInfo]:
     """Loads a TFDS detection dataset as raw examples (xyxy pixel boxes).
 
@@ -208,6 +219,10 @@ def tfds_dataset(
             downloading when the data is not prepared in ``data_dir``.
         num_parallel_calls: parallelism of the conversion ``map``.
         with_info: also return the ``tfds.core.DatasetInfo``.
+        input_context: a ``tf.distribute.InputContext``: read only this input
+            pipeline's share, ``tfds.even_splits(split, num_input_pipelines)
+            [input_pipeline_id]`` (shares differ by at most one example);
+            None for the whole split.
 
     Returns:
         A ``tf.data.Dataset`` of raw examples ``{"image": uint8 (H, W, 3),
@@ -241,6 +256,13 @@ def tfds_dataset(
     else:
         id_source = "index"
     channels = int(features["image"].shape[-1])
+    num_pipelines, pipeline_id = input_share(input_context)
+    first_index = 0  # position in the whole split of the share's first example
+    if num_pipelines > 1:
+        shares = tfds.even_splits(split, num_pipelines)
+        if id_source == "index":
+            first_index = sum(builder.info.splits[share].num_examples for share in shares[:pipeline_id])
+        split = shares[pipeline_id]
 
     dataset, info = tfds.load(
         name,
@@ -251,7 +273,7 @@ def tfds_dataset(
         download=download,
         with_info=True,
     )
-    dataset = dataset.enumerate().map(
+    dataset = dataset.enumerate(start=first_index).map(
         lambda index, example: _to_raw_example(example, index, has_is_crowd, id_source, channels),
         num_parallel_calls=num_parallel_calls,
         deterministic=True,
