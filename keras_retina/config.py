@@ -100,6 +100,9 @@ class DataConfig:
     skip_invalid: bool = False
     horizontal_flip: bool = True
     scale_jitter: tuple[float, float] | None = None
+    # grpc://HOST:PORT of a tf.data service dispatcher: training images are
+    # decoded and augmented on its workers (docs/SCALING.md); None: locally.
+    data_service: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,10 @@ class TrainConfig:
     init_weights: str | None = None
     eval_every_epochs: int = 1
     tensorboard: bool = True
+    # Linear scaling (Goyal et al. 2017, detectron2's REFERENCE_WORLD_SIZE):
+    # learning_rate and warmup_steps are for this global batch; at batch B the
+    # run uses learning_rate * B / ref and warmup_steps * ref / B. None: as given.
+    reference_batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,15 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     for section, name in (("data", "image_size"), ("data", "batch_size"), ("train", "epochs")):
         if getattr(getattr(config, section), name) <= 0:
             raise ValueError(f"{section}.{name} must be > 0, got {getattr(getattr(config, section), name)!r}.")
+    if data.data_service is not None and not str(data.data_service).startswith("grpc://"):
+        raise ValueError(f"data.data_service must be grpc://HOST:PORT (a tf.data service dispatcher), got {data.data_service!r}.")
+    if data.data_service is not None and data.skip_invalid:
+        raise ValueError(
+            "data.data_service cannot be used with data.skip_invalid=True: skipping counts in Python "
+            "(tf.py_function), which a tf.data service worker cannot run."
+        )
+    if train.reference_batch_size is not None and train.reference_batch_size <= 0:
+        raise ValueError(f"train.reference_batch_size must be > 0 or null, got {train.reference_batch_size!r}.")
     if train.learning_rate <= 0:
         raise ValueError(f"train.learning_rate must be > 0, got {train.learning_rate!r}.")
     if any(not 0 < f < 1 for f in train.decay_fractions):
