@@ -685,3 +685,143 @@ def test_get_box_loss_unknown_raises_naming_accepted_names(identifier):
     message = str(excinfo.value)
     for name in ("smooth_l1", "huber", "l1", repr(identifier)):
         assert name in message
+
+
+# --------------------------------------------------------------------------- #
+# Online hard example mining (the paper's Table 1d baseline)
+# --------------------------------------------------------------------------- #
+def np_ohem_reference(loss, weights, foreground, batch, fraction):
+    """The selection written as a loop over images and a sort, float64."""
+    loss, weights, foreground = (np.asarray(a) for a in (loss, weights, foreground))
+    chosen = np.zeros(loss.shape, bool)
+    for i in range(loss.shape[0]):
+        eligible = weights[i] > 0
+        fg = np.flatnonzero(eligible & foreground[i])
+        bg = np.flatnonzero(eligible & ~foreground[i])
+
+        def hardest(indices, k):
+            return indices[np.argsort(-loss[i, indices], kind="stable")[:k]]
+
+        if fraction is None:
+            chosen[i, hardest(np.flatnonzero(eligible), batch)] = True
+        else:
+            k_pos = min(len(fg), int(fraction * batch))
+            k_neg = min(batch - k_pos, int(np.floor(k_pos * (1 - fraction) / fraction + 0.5)))
+            chosen[i, hardest(fg, k_pos)] = True
+            chosen[i, hardest(bg, k_neg)] = True
+    return np.where(chosen, weights, 0.0)
+
+
+def _ohem(loss, weights, foreground, batch, fraction=None):
+    return np.asarray(
+        kr.losses.hard_example_weights(
+            np.asarray(loss, np.float32), np.asarray(weights, np.float32), np.asarray(foreground), batch, fraction
+        )
+    )
+
+
+def test_ohem_without_ratio_keeps_the_highest_losses_of_each_image():
+    loss = [[0.1, 0.7, 0.3, 0.9, 0.2], [5.0, 4.0, 3.0, 2.0, 1.0]]
+    weights = [[1, 1, 1, 1, 1], [1, 0, 1, 1, 1]]  # image 2: anchor 1 ignored (weight 0)
+    foreground = [[False, False, True, False, False]] * 2
+    np.testing.assert_array_equal(_ohem(loss, weights, foreground, 2), [[0, 1, 0, 1, 0], [1, 0, 1, 0, 0]])
+    # A batch larger than the eligible anchors keeps all eligible ones, and only them.
+    np.testing.assert_array_equal(_ohem(loss, weights, foreground, 10), weights)
+
+
+def test_ohem_one_to_three_keeps_positives_and_three_negatives_each():
+    loss = [[0.1, 0.2, 0.9, 0.5, 0.3, 0.05, 0.8, 0.4, 0.01, 0.02]]
+    foreground = [[False, True, False, False, False, False, True, False, False, False]]
+    ones = np.ones((1, 10))
+    # 2 positives (<= floor(0.25 * 16) = 4): both kept, and the 6 highest of the 8 negatives.
+    np.testing.assert_array_equal(_ohem(loss, ones, foreground, 16, 0.25), [[1, 1, 1, 1, 1, 1, 1, 1, 0, 0]])
+    # Batch 4: floor(0.25 * 4) = 1 positive (the harder, anchor 6), then 3 negatives.
+    np.testing.assert_array_equal(_ohem(loss, ones, foreground, 4, 0.25), [[0, 0, 1, 1, 0, 0, 1, 1, 0, 0]])
+    # No positive in the image: as in SSD, no anchor at all.
+    none = np.zeros((1, 10), bool)
+    np.testing.assert_array_equal(_ohem(loss, ones, none, 16, 0.25), np.zeros((1, 10)))
+
+
+@pytest.mark.parametrize("fraction", (None, 0.25, 0.5))
+@pytest.mark.parametrize("batch", (1, 7, 128))
+def test_ohem_matches_a_sorting_reference(batch, fraction):
+    rng = np.random.default_rng(batch)
+    loss = rng.exponential(size=(4, 300)).astype(np.float32)
+    foreground = rng.random((4, 300)) < 0.05
+    weights = (rng.random((4, 300)) < 0.9) * rng.choice([0.5, 1.0], size=(4, 300))
+    expected = np_ohem_reference(loss, weights, foreground, batch, fraction)
+    np.testing.assert_array_equal(_ohem(loss, weights, foreground, batch, fraction), expected)
+    if fraction is None:
+        assert np.all((expected > 0).sum(-1) == np.minimum(batch, (weights > 0).sum(-1)))
+
+
+def test_ohem_selection_passes_no_gradient_and_masks_the_rest():
+    logits = tf.constant([[2.0, -1.0, 0.5, -3.0]])
+    foreground = tf.constant([[True, False, False, False]])
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        targets = tf.cast(foreground, "float32")[..., None]  # (1, 4, 1): one class
+        per_anchor = focal_loss(targets, logits[..., None], alpha=None, gamma=0.0)  # plain CE
+        weights = kr.losses.hard_example_weights(per_anchor, tf.ones((1, 4)), foreground, 2)
+        total = tf.reduce_sum(per_anchor * weights)
+    gradient = tape.gradient(total, logits).numpy()
+    chosen = weights.numpy() > 0
+    assert chosen.sum() == 2
+    assert np.all(gradient[~chosen] == 0) and np.all(gradient[chosen] != 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    (
+        (dict(batch_size_per_image=0), "batch_size_per_image"),
+        (dict(batch_size_per_image=2.5), "batch_size_per_image"),
+        (dict(batch_size_per_image=4, positive_fraction=1.0), "positive_fraction"),
+        (dict(batch_size_per_image=4, positive_fraction=0.0), "positive_fraction"),
+    ),
+)
+def test_ohem_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kr.losses.hard_example_weights(np.ones((1, 3)), np.ones((1, 3)), np.zeros((1, 3), bool), **kwargs)
+
+
+def test_retinanet_with_ohem_counts_only_the_chosen_anchors_and_round_trips(tmp_path):
+    keras.utils.set_random_seed(0)
+    kwargs = dict(num_classes=2, backbone="tiny", fpn_channels=8, head_channels=8, num_head_convs=1)
+    model = kr.RetinaNet(**kwargs, ohem_batch_size=16, ohem_positive_fraction=0.25)
+    plain = kr.RetinaNet(**kwargs)
+    images = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3)).astype("uint8")
+    y = {"boxes": np.array([[[8.0, 8.0, 40.0, 40.0]], [[20.0, 4.0, 60.0, 30.0]]], "float32"),
+         "classes": np.array([[0], [1]], "int32")}
+    ce = FocalLoss(alpha=None, gamma=0.0, jit_compile=False)
+    for m in (model, plain):
+        m.compile(optimizer="sgd", classification_loss=ce)
+    outputs = model(images)
+    targets = model.label_anchors((64, 64), y)
+    cls_loss, box_loss, positives = model.loss_terms(targets, outputs)
+    plain_cls, plain_box, _ = plain.loss_terms(targets, outputs)
+
+    one_hot = np.asarray(tf.one_hot(np.maximum(targets["cls_targets"], 0), 2)) * np.asarray(targets["foreground"])[..., None]
+    per_anchor = np.asarray(ce.call(one_hot, outputs["cls_logits"]))
+    weights = np_ohem_reference(per_anchor, np.asarray(targets["cls_weights"]), np.asarray(targets["foreground"]), 16, 0.25)
+    assert 0 < (weights > 0).sum() <= 32
+    np.testing.assert_allclose(cls_loss, (per_anchor * weights).sum() / float(positives), rtol=1e-5)
+    assert float(plain_cls) > float(cls_loss)  # the plain loss sums every anchor
+    np.testing.assert_allclose(box_loss, plain_box, rtol=1e-6)  # the box loss is unchanged
+
+    assert {k: model.get_config()[k] for k in ("ohem_batch_size", "ohem_positive_fraction")} == {
+        "ohem_batch_size": 16, "ohem_positive_fraction": 0.25}
+    model.save(tmp_path / "ohem.keras")
+    restored = keras.saving.load_model(tmp_path / "ohem.keras")
+    assert (restored.ohem_batch_size, restored.ohem_positive_fraction) == (16, 0.25)
+    restored_cls, _, _ = restored.loss_terms(targets, restored(images))
+    np.testing.assert_allclose(restored_cls, cls_loss, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    ((dict(ohem_batch_size=0), "ohem_batch_size"), (dict(ohem_positive_fraction=0.25), "ohem_positive_fraction"),
+     (dict(ohem_batch_size=8, ohem_positive_fraction=1.5), "ohem_positive_fraction")),
+)
+def test_retinanet_refuses_bad_ohem_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kr.RetinaNet(num_classes=2, backbone="tiny", **kwargs)
