@@ -67,6 +67,9 @@ class ModelConfig:
     nms_iou_threshold: float = 0.5
     max_detections: int = 100
     fold_batchnorm: bool = True
+    # Online hard example mining (the paper's Table 1d): None = off (focal loss on every anchor).
+    ohem_batch_size: int | None = None
+    ohem_positive_fraction: float | None = None  # None: no ratio; 0.25: the paper's 1:3
     focal_alpha: float | None = 0.25
     focal_gamma: float = 2.0
     box_loss: str = "smooth_l1"

@@ -13,7 +13,7 @@ from keras_retina import compat, matching, postprocess
 from keras_retina.anchors import AnchorGenerator
 from keras_retina.backbones import build_backbone, fold_batchnorm, preprocessor
 from keras_retina.layers import GROUP_NORM_EPSILON, PRIOR_PROBABILITY, BoxHead, ClassificationHead, FeaturePyramid
-from keras_retina.losses import FocalLoss, get_box_loss
+from keras_retina.losses import FocalLoss, get_box_loss, hard_example_weights
 
 
 @keras.saving.register_keras_serializable(package="keras_retina")
@@ -87,6 +87,16 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             twin of the backbone with each BatchNorm folded into its conv
             (:func:`keras_retina.backbones.fold_batchnorm`; same weights,
             same outputs within float32 rounding, faster). Default ``True``.
+        ohem_batch_size: ``None`` (default: every anchor in the
+            classification loss, the paper's focal loss) or online hard
+            example mining, the paper's Table 1d baseline: per image only the
+            ``ohem_batch_size`` highest-loss anchors (128 or 256) count in
+            the classification loss
+            (:func:`keras_retina.losses.hard_example_weights`; the paper
+            pairs it with plain CE: ``FocalLoss(alpha=None, gamma=0)``). The
+            box loss and the normaliser (foreground anchors) are unchanged.
+        ohem_positive_fraction: with ``ohem_batch_size``: ``None`` (no
+            ratio) or the most foreground share (0.25: the paper's 1:3).
 
     Example:
         A tiny model, one training step on two 64 × 64 images (the second
@@ -135,9 +145,20 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
         fold_batchnorm: bool = True,
+        ohem_batch_size: int | None = None,
+        ohem_positive_fraction: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if ohem_batch_size is not None and (int(ohem_batch_size) != ohem_batch_size or ohem_batch_size < 1):
+            raise ValueError(f"`ohem_batch_size` must be None or an int >= 1, got {ohem_batch_size!r}.")
+        if ohem_positive_fraction is not None and (
+            ohem_batch_size is None or not 0.0 < ohem_positive_fraction < 1.0
+        ):
+            raise ValueError(
+                "`ohem_positive_fraction` must be None or in (0, 1), with `ohem_batch_size` set; got "
+                f"ohem_positive_fraction={ohem_positive_fraction!r}, ohem_batch_size={ohem_batch_size!r}."
+            )
         if isinstance(anchor_generator, dict):
             anchor_generator = keras.saving.deserialize_keras_object(anchor_generator)
         if anchor_generator is None:
@@ -181,6 +202,8 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             max_detections=max_detections,
         )
         self.fold_batchnorm = bool(fold_batchnorm)
+        self.ohem_batch_size = None if ohem_batch_size is None else int(ohem_batch_size)
+        self.ohem_positive_fraction = None if ohem_positive_fraction is None else float(ohem_positive_fraction)
 
         # === layers ===
         self.backbone = build_backbone(
@@ -443,6 +466,10 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         cls_one_hot = ops.one_hot(ops.maximum(targets["cls_targets"], 0), self.num_classes)  # (B, A, C)
         cls_one_hot = cls_one_hot * ops.expand_dims(foreground, -1)  # background rows all 0
         cls_per_anchor = self.classification_loss.call(cls_one_hot, y_pred["cls_logits"])  # (B, A)
+        if self.ohem_batch_size is not None:  # OHEM: only each image's hardest anchors
+            cls_weights = hard_example_weights(
+                cls_per_anchor, cls_weights, targets["foreground"], self.ohem_batch_size, self.ohem_positive_fraction
+            )
         box_per_anchor = self.box_loss.call(targets["box_targets"], y_pred["box_deltas"])  # (B, A)
         cls_sum = ops.sum(ops.cast(cls_per_anchor, "float32") * cls_weights)
         box_sum = ops.sum(ops.cast(box_per_anchor, "float32") * foreground_weighted)
@@ -666,6 +693,8 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             nms_iou_threshold=self.nms_iou_threshold,
             max_detections=self.max_detections,
             fold_batchnorm=self.fold_batchnorm,
+            ohem_batch_size=self.ohem_batch_size,
+            ohem_positive_fraction=self.ohem_positive_fraction,
         )
         return config
 
