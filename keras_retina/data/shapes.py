@@ -25,6 +25,16 @@ Properties the tests rely on:
   large > 96² pixels); the short side of almost every object is ≥ 16 px so
   that RetinaNet's smallest anchors (32 × 32 px at P3) can match it.
 - About ``empty_fraction`` of the images contain no object at all.
+
+A second setting, :data:`SMALL_OBJECTS_IN_CLUTTER` (``make_shapes_dataset(...,
+**SMALL_OBJECTS_IN_CLUTTER)``), is made for the paper's question (issue 15):
+small objects among many unannotated look-alikes (irregular blobs and hollow
+outlines of the five shapes), so that foreground anchors are about 1 in 1000
+of all anchors, as on COCO
+(``keras_retina.experiments.paper_study.foreground_anchor_ratio``
+measures it with the library's own anchors and matching). Its options (``min_objects``, ``size_probabilities``,
+``max_clutter``) draw nothing extra at their defaults: the default data stays
+byte-identical.
 """
 
 from __future__ import annotations
@@ -52,6 +62,24 @@ MIN_VISIBLE_FRACTION = 0.6
 
 #: Probabilities of drawing a small, medium or large object.
 SIZE_BUCKET_PROBABILITIES = (0.35, 0.4, 0.25)
+
+#: The paper study's setting (issue 15), keyword arguments of
+#: :func:`make_shapes_dataset`: 192-pixel images (6,921 anchors with the
+#: paper's 9 per location on P3-P7) holding 1 or 2 small objects (side 16-30
+#: px, COCO's "small") among 8 to 16 unannotated look-alikes (blobs, hollow
+#: outlines) on the textured backgrounds. Measured with the library's anchors
+#: and matching: about 1 foreground anchor in 1000, COCO's imbalance
+#: (docs/paper_study.md). More objects per image cannot keep that ratio at
+#: this size: each small object claims 4-7 anchors (tied low-quality
+#: matches), and 192 px have only 6,921 anchors.
+SMALL_OBJECTS_IN_CLUTTER = {
+    "image_size": (192, 192),
+    "min_objects": 1,
+    "max_objects": 2,
+    "size_probabilities": (1.0, 0.0, 0.0),
+    "max_clutter": 16,
+    "empty_fraction": 0.0,
+}
 
 #: Bumped whenever the drawing changes, so that cached datasets are redrawn.
 _GENERATOR_VERSION = 1
@@ -102,13 +130,18 @@ def make_shapes_dataset(
     jpeg_quality: int = 90,
     overwrite: bool = False,
     verbose: bool = True,
+    min_objects: int = 1,
+    size_probabilities: Sequence[float] = SIZE_BUCKET_PROBABILITIES,
+    max_clutter: int = 0,
 ) -> ShapesFiles:
     """Writes a synthetic COCO-format detection dataset of coloured shapes.
 
     Each image has a textured background (gradient, stripes, blotchy noise or
     checks, plus pixel noise) and 0 to ``max_objects`` shapes of the classes
     in ``SHAPE_CLASSES`` with random colour, size, aspect ratio and position.
-    The JSON is written last, so a complete annotation file means a complete
+    With ``max_clutter > 0``, ``max_clutter // 2`` to ``max_clutter``
+    unannotated distractors (blobs, hollow outlines) are drawn under the
+    objects first. The JSON is written last, so a complete annotation file means a complete
     dataset. When ``overwrite`` is False and ``directory`` already holds a
     dataset written with the same arguments, it is reused as is.
 
@@ -124,6 +157,13 @@ def make_shapes_dataset(
         jpeg_quality: JPEG quality, 1–95.
         overwrite: redraw even if a matching dataset is already there.
         verbose: show a progress bar while writing.
+        min_objects: fewest shapes per non-empty image, in
+            ``[1, max_objects]``.
+        size_probabilities: probabilities of a small (side 16-30 px),
+            medium (36-92) and large (104 up to 3/4 of the image) object;
+            three numbers >= 0 summing to 1.
+        max_clutter: most unannotated distractors per image, >= 0 (0: none,
+            and no random draw for them).
 
     Returns:
         A ``ShapesFiles`` with the annotation file and image folder paths.
@@ -145,6 +185,7 @@ def make_shapes_dataset(
     height, width = _check_arguments(
         num_images, image_size, max_objects, empty_fraction, jpeg_quality
     )
+    size_probabilities = _check_setting(min_objects, max_objects, size_probabilities, max_clutter)
     directory = os.fspath(directory)
     annotation_file = os.path.join(directory, ANNOTATION_FILE_NAME)
     image_dir = os.path.join(directory, IMAGE_DIR_NAME)
@@ -157,6 +198,13 @@ def make_shapes_dataset(
         "empty_fraction": float(empty_fraction),
         "jpeg_quality": int(jpeg_quality),
     }
+    setting = {
+        "min_objects": int(min_objects),
+        "size_probabilities": list(size_probabilities),
+        "max_clutter": int(max_clutter),
+    }
+    if setting != _DEFAULT_SETTING:  # recorded only when set: the default JSON stays byte-identical
+        params["setting"] = setting
     if not overwrite:
         existing = _load_if_matching(annotation_file, image_dir, params)
         if existing is not None:
@@ -169,7 +217,10 @@ def make_shapes_dataset(
     for index in range(num_images):
         image_id = index + 1
         rng = np.random.default_rng((*seed_key, index))
-        pixels, objects, _ = _draw_image(rng, height, width, max_objects, empty_fraction)
+        pixels, objects, _ = _draw_image(
+            rng, height, width, max_objects, empty_fraction,
+            min_objects, size_probabilities, max_clutter,
+        )
         file_name = f"{image_id:06d}.jpg"
         Image.fromarray(pixels).save(
             os.path.join(image_dir, file_name), format="JPEG", quality=jpeg_quality
@@ -289,6 +340,30 @@ def _check_arguments(num_images, image_size, max_objects, empty_fraction, jpeg_q
     return int(image_size[0]), int(image_size[1])
 
 
+_DEFAULT_SETTING = {
+    "min_objects": 1,
+    "size_probabilities": list(SIZE_BUCKET_PROBABILITIES),
+    "max_clutter": 0,
+}
+
+
+def _check_setting(min_objects, max_objects, size_probabilities, max_clutter) -> tuple[float, ...]:
+    """Validates the dense-setting arguments; returns ``size_probabilities`` as floats."""
+    if not isinstance(min_objects, (int, np.integer)) or not 1 <= min_objects <= max_objects:
+        raise ValueError(
+            f"`min_objects` must be an int in [1, max_objects={max_objects}], got {min_objects!r}."
+        )
+    probabilities = tuple(float(p) for p in size_probabilities)
+    if len(probabilities) != 3 or min(probabilities) < 0 or abs(sum(probabilities) - 1.0) > 1e-6:
+        raise ValueError(
+            "`size_probabilities` must be 3 numbers >= 0 (small, medium, large) summing to 1, "
+            f"got {size_probabilities!r}."
+        )
+    if not isinstance(max_clutter, (int, np.integer)) or max_clutter < 0:
+        raise ValueError(f"`max_clutter` must be an int >= 0, got {max_clutter!r}.")
+    return probabilities
+
+
 def _load_if_matching(annotation_file, image_dir, params) -> ShapesFiles | None:
     """The existing dataset if it was written with ``params`` and is complete."""
     try:
@@ -305,8 +380,17 @@ def _load_if_matching(annotation_file, image_dir, params) -> ShapesFiles | None:
     )
 
 
-def _draw_image(rng, height, width, max_objects, empty_fraction):
-    """Draws one image.
+def _draw_image(
+    rng,
+    height,
+    width,
+    max_objects,
+    empty_fraction,
+    min_objects=1,
+    size_probabilities=SIZE_BUCKET_PROBABILITIES,
+    max_clutter=0,
+):
+    """Draws one image (the default setting draws exactly as before the dense options).
 
     Returns:
         ``(pixels, objects, label_map)``: uint8 ``(height, width, 3)``; a list
@@ -321,13 +405,18 @@ def _draw_image(rng, height, width, max_objects, empty_fraction):
     texture = _background_texture(rng, height, width)  # (H, W) in [0, 1]
     image = colour_a + texture[..., None] * (colour_b - colour_a)  # (H, W, 3) float
 
+    if max_clutter:  # under the objects; no rng draw at all when off (default data unchanged)
+        _draw_clutter(rng, image, colour_a, colour_b, max_clutter)
+
     label_map = np.zeros((height, width), np.int32)
     full_areas, visible = [], []  # per object, in pixels
     placed = []
-    num_objects = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
+    num_objects = (
+        0 if rng.random() < empty_fraction else int(rng.integers(min_objects, max_objects + 1))
+    )
     for _ in range(num_objects):
         class_index = int(rng.integers(len(SHAPE_CLASSES)))
-        box_w, box_h = _object_size(rng, height, width)
+        box_w, box_h = _object_size(rng, height, width, size_probabilities)
         mask = _shape_mask(rng, SHAPE_CLASSES[class_index], box_w, box_h)  # (h, w) bool
         colour = _object_colour(rng, colour_a, colour_b)
         for _ in range(_PLACEMENT_TRIES):
@@ -394,9 +483,42 @@ def _background_texture(rng, height, width) -> np.ndarray:
     return (((xs // cell) + (ys // cell)) % 2).astype(np.float32)
 
 
-def _object_size(rng, height, width) -> tuple[int, int]:
+def _draw_clutter(rng, image, colour_a, colour_b, max_clutter) -> None:
+    """Paints ``max_clutter // 2`` to ``max_clutter`` unannotated distractors into ``image`` in place.
+
+    Half are blobs (2-4 overlapping ellipses: no class's shape), half hollow
+    outlines of a class shape (the right contour, but not a filled object);
+    both take object-like sizes and colours, so the detector has to learn
+    what is *not* an object.
+    """
+    height, width = image.shape[:2]
+    for _ in range(int(rng.integers(max_clutter // 2, max_clutter + 1))):
+        box_w, box_h = _object_size(rng, height, width, (0.7, 0.3, 0.0))
+        if rng.random() < 0.5:
+            canvas = Image.new("1", (box_w, box_h), 0)
+            draw = ImageDraw.Draw(canvas)
+            for _ in range(int(rng.integers(2, 5))):
+                cx, cy = rng.uniform(0.2, 0.8) * box_w, rng.uniform(0.2, 0.8) * box_h
+                rx, ry = rng.uniform(0.15, 0.35) * box_w, rng.uniform(0.15, 0.35) * box_h
+                draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=1)
+            mask = np.asarray(canvas, dtype=bool)
+        else:
+            name = SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))]
+            filled = _shape_mask(rng, name, box_w, box_h)
+            inner = np.zeros_like(filled)  # the mask eroded by 2 px: a 2-px outline remains
+            inner[2:-2, 2:-2] = (
+                filled[2:-2, 2:-2] & filled[:-4, 2:-2] & filled[4:, 2:-2] & filled[2:-2, :-4] & filled[2:-2, 4:]
+            )
+            mask = filled & ~inner
+        x0 = int(rng.integers(0, width - box_w + 1))
+        y0 = int(rng.integers(0, height - box_h + 1))
+        ys, xs = np.nonzero(mask)
+        image[y0 + ys, x0 + xs] = _object_colour(rng, colour_a, colour_b)
+
+
+def _object_size(rng, height, width, probabilities=SIZE_BUCKET_PROBABILITIES) -> tuple[int, int]:
     """Box ``(width, height)`` in pixels: a size bucket, then a side and an aspect."""
-    bucket = int(rng.choice(3, p=SIZE_BUCKET_PROBABILITIES))
+    bucket = int(rng.choice(3, p=probabilities))
     largest = 0.75 * min(height, width)
     low, high = ((16.0, 30.0), (36.0, 92.0), (104.0, max(largest, 105.0)))[bucket]
     high = min(high, largest)
