@@ -21,10 +21,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra --doctest-modules keras_retina tests
 
-# The paper's Table 1a/1b study on the shapes data (writes docs/focal_ablation.*).
+# The paper study (issue 15): Table 1a-e, the prior and Figure 4 with 3 seeds, resumable
+# (writes docs/paper_study.md and docs/paper_study_*.png); ARGS="--table=1b" for one table.
 ablation: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e ".[test,experiments]"
-	$(VENV)/bin/python -m keras_retina.experiments.focal_ablation $(ARGS)
+	$(VENV)/bin/python -m keras_retina.experiments.paper_study --table=all --seeds=0,1,2 $(ARGS)
 
 # keras_retina against keras-hub, and the first run (writes docs/BENCHMARKS.md,
 # docs/benchmarks.json and docs/benchmarks_first_run.json).

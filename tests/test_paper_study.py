@@ -1,0 +1,245 @@
+"""Tests for the paper study (issue 15): its data setting, the runner's skip and collect logic, the tables.
+
+No training here: the runner is exercised on fake run directories holding
+the files a finished run leaves (``study.json``, ``train_log.csv``).
+"""
+
+import json
+import os
+import statistics
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_retina as kr
+from keras_retina import config as config_lib
+from keras_retina.data import shapes
+from keras_retina.experiments import paper_dense, paper_study
+
+
+def _files(directory):
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                found[os.path.relpath(os.path.join(root, name), directory)] = f.read()
+    return found
+
+
+# ----------------------------------------------------------------------- data
+def test_clutter_setting_is_deterministic_and_leaves_the_default_alone(tmp_path):
+    setting = shapes.SMALL_OBJECTS_IN_CLUTTER
+    a = shapes.make_shapes_dataset(tmp_path / "a", 6, seed=5, verbose=False, **setting)
+    b = shapes.make_shapes_dataset(tmp_path / "b", 6, seed=5, verbose=False, **setting)
+    assert _files(os.path.dirname(a.annotation_file)) == _files(os.path.dirname(b.annotation_file))
+    # The new options at their default values draw and write exactly what the plain call does.
+    plain = shapes.make_shapes_dataset(tmp_path / "plain", 6, seed=5, verbose=False)
+    explicit = shapes.make_shapes_dataset(
+        tmp_path / "explicit", 6, seed=5, verbose=False, min_objects=1,
+        size_probabilities=shapes.SIZE_BUCKET_PROBABILITIES, max_clutter=0,
+    )
+    assert _files(os.path.dirname(plain.annotation_file)) == _files(os.path.dirname(explicit.annotation_file))
+    with open(plain.annotation_file) as f:
+        assert "setting" not in json.load(f)["info"]["keras_retina_shapes"]
+    with open(a.annotation_file) as f:
+        assert json.load(f)["info"]["keras_retina_shapes"]["setting"]["max_clutter"] == 16
+
+
+def _strong_pixels_outside_boxes(files, coco, images=10):
+    """Per image: the share of pixels outside every box more than 60 RGB units from the median colour."""
+    shares = []
+    for image in coco["images"][:images]:
+        pixels = np.asarray(Image.open(os.path.join(files.image_dir, image["file_name"])), np.float32)
+        outside = np.ones(pixels.shape[:2], bool)
+        for a in coco["annotations"]:
+            if a["image_id"] == image["id"]:
+                x, y, w, h = (int(round(v)) for v in a["bbox"])
+                outside[y : y + h, x : x + w] = False
+        distance = np.linalg.norm(pixels - np.median(pixels[outside], axis=0), axis=-1)
+        shares.append(float((distance[outside] > 60).mean()))
+    return shares
+
+
+def test_clutter_setting_has_few_small_objects_and_unannotated_clutter(tmp_path):
+    files = shapes.make_shapes_dataset(tmp_path, 30, seed=1, verbose=False, **shapes.SMALL_OBJECTS_IN_CLUTTER)
+    with open(files.annotation_file) as f:
+        coco = json.load(f)
+    per_image = np.bincount([a["image_id"] for a in coco["annotations"]], minlength=31)[1:]
+    assert per_image.min() >= 1 and per_image.max() <= 2
+    assert max(a["bbox"][2] * a["bbox"][3] for a in coco["annotations"]) < 32**2  # all COCO "small"
+    # Clutter: pixels outside every box that differ strongly from their image's median colour;
+    # without the clutter, (almost) none.
+    strong = _strong_pixels_outside_boxes(files, coco)
+    assert np.median(strong) > 0.03, strong
+    plain = shapes.make_shapes_dataset(tmp_path / "plain", 10, seed=1, verbose=False,
+                                       **{**shapes.SMALL_OBJECTS_IN_CLUTTER, "max_clutter": 0})
+    with open(plain.annotation_file) as f:
+        plain_strong = _strong_pixels_outside_boxes(plain, json.load(f))
+    assert np.median(plain_strong) < np.median(strong) / 3, (plain_strong, strong)
+
+
+def test_measured_foreground_ratio_is_cocos(tmp_path):
+    files = shapes.make_shapes_dataset(tmp_path, 60, seed=0, verbose=False, **shapes.SMALL_OBJECTS_IN_CLUTTER)
+    found = paper_study.foreground_anchor_ratio(files.annotation_file, kr.AnchorGenerator(), 192)
+    assert found["anchors"] == 6921 and found["images"] == 60
+    assert 1 / 1500 < found["ratio"] < 1 / 700, found
+    # The library's own matching decides: every object gets a foreground anchor.
+    assert found["foreground_per_image"] >= found["objects_per_image"]
+    # Same data, twice the side: anchors x ~4, objects' boxes x 2: a different ratio, so the size is measured, not assumed.
+    larger = paper_study.foreground_anchor_ratio(files.annotation_file, kr.AnchorGenerator(), 384)
+    assert larger["anchors"] > 4 * found["anchors"] - 200 and larger["ratio"] != found["ratio"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    (
+        (dict(min_objects=3, max_objects=2), "min_objects"),
+        (dict(size_probabilities=(0.5, 0.2, 0.2)), "size_probabilities"),
+        (dict(size_probabilities=(1.0, 0.0)), "size_probabilities"),
+        (dict(max_clutter=-1), "max_clutter"),
+    ),
+)
+def test_bad_setting_arguments_are_named(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        shapes.make_shapes_dataset(tmp_path, 2, verbose=False, **kwargs)
+
+
+# --------------------------------------------------------------- the settings
+def test_every_setting_is_a_valid_override_of_the_experiment():
+    base = paper_dense.config()
+    config_lib.validate(base)
+    assert base.model.focal_alpha == 0.25 and base.model.focal_gamma == 2.0  # the paper's default stays
+    for table in paper_study.TABLES.values():
+        names = [s.name for s in table.settings]
+        assert len(set(names)) == len(names)
+        for setting in table.settings:
+            config = config_lib.validate(config_lib.override(base, setting.overrides))
+            if setting.name.startswith("ohem"):
+                assert config.model.ohem_batch_size in (128, 256) and config.model.focal_gamma == 0.0
+                assert config.model.focal_alpha is None
+    ohem13 = config_lib.override(base, paper_study.TABLES["1d"].settings[2].overrides)
+    assert ohem13.model.ohem_positive_fraction == 0.25
+    sizes = [config_lib.override(base, s.overrides).data.image_size for s in paper_study.TABLES["1e"].settings]
+    assert sizes == sorted(sizes) and 192 in sizes
+    anchors = [config_lib.override(base, s.overrides).model.anchors for s in paper_study.TABLES["1c"].settings]
+    assert [len(a.scales) * len(a.aspect_ratios) for a in anchors] == [s.x for s in paper_study.TABLES["1c"].settings]
+
+
+def test_train_command_runs_the_experiment_with_the_settings_overrides():
+    table = paper_study.TABLES["prior"]
+    command = paper_study.train_command(table, table.settings[1], 2, 3000, "some/dir")
+    assert command[1:4] == ["-m", "keras_retina.cli", "--experiment=paper_dense"]
+    assert "--seed=2" in command and "--model_dir=some/dir" in command
+    assert f"--epochs={3000 // paper_study.PRIOR_LOG_STEPS}" in command  # the prior logs every 10 steps
+    assert "--override=model.prior_probability=0.5" in command
+
+
+# ---------------------------------------------------------------- the runner
+def _fake_result(runs_dir, table, setting, seed, ap, **extra):
+    run_dir = paper_study.run_dir_of(runs_dir, table.key, setting, seed)
+    os.makedirs(run_dir, exist_ok=True)
+    record = {"AP": ap, "AP50": ap + 0.2, "AP75": ap - 0.05, "diverged": False, **extra}
+    with open(os.path.join(run_dir, paper_study.RESULT_FILE), "w") as f:
+        json.dump(record, f)
+    return record
+
+
+def test_finished_runs_are_skipped(tmp_path, monkeypatch):
+    table = paper_study.TABLES["1b"]
+    record = _fake_result(str(tmp_path), table, table.settings[0], 0, 0.25)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(paper_study.subprocess, "run", no_training)
+    assert paper_study.run_one(table, table.settings[0], 0, 10, str(tmp_path)) == record
+
+
+def test_unfinished_run_is_trained_and_a_failure_names_the_run(tmp_path, monkeypatch):
+    table = paper_study.TABLES["1b"]
+    calls = []
+
+    class Failed:
+        returncode = 1
+
+    monkeypatch.setattr(paper_dense, "write_data", lambda **kwargs: None)
+    monkeypatch.setattr(paper_study.subprocess, "run", lambda command, **kwargs: calls.append(command) or Failed())
+    run_dir = paper_study.run_dir_of(str(tmp_path), "1b", table.settings[1], 0)
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:  # an intermediate evaluation is not a finished run
+        json.dump({"AP": 0.1, "AP50": 0.2, "AP75": 0.1}, f)
+    with pytest.raises(RuntimeError, match=r"fl_g0.5_a0.5_seed0.*exit 1"):
+        paper_study.run_one(table, table.settings[1], 0, 10, str(tmp_path))
+    assert len(calls) == 1 and paper_study.load_result(run_dir) is None
+
+
+def test_a_run_whose_loss_went_nan_is_recorded_as_diverged(tmp_path, monkeypatch):
+    table = paper_study.TABLES["prior"]
+
+    class Stopped:
+        returncode = 1
+
+    monkeypatch.setattr(paper_dense, "write_data", lambda **kwargs: None)
+    monkeypatch.setattr(paper_study.subprocess, "run", lambda command, **kwargs: Stopped())
+    monkeypatch.setattr(paper_study, "_measure", lambda table, run_dir: {})
+    run_dir = paper_study.run_dir_of(str(tmp_path), "prior", table.settings[1], 0)
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "train_log.csv"), "w") as f:
+        f.write("epoch,loss,cls_loss\n0,812.5,811.0\n1,nan,nan\n")
+    result = paper_study.run_one(table, table.settings[1], 0, 20, str(tmp_path))
+    assert result["diverged"] and result["AP"] == 0.0
+    assert result["loss_log"][0] == {"step": paper_study.PRIOR_LOG_STEPS, "loss": 812.5, "cls_loss": 811.0}
+    assert paper_study.load_result(run_dir)["diverged"]
+
+
+def test_a_study_json_without_ap_is_refused_naming_the_file(tmp_path):
+    with open(tmp_path / paper_study.RESULT_FILE, "w") as f:
+        json.dump({"setting": "x"}, f)
+    with pytest.raises(ValueError, match=r"study.json: no 'AP'"):
+        paper_study.load_result(str(tmp_path))
+
+
+# ---------------------------------------------------------------- collecting
+def test_mean_std_uses_the_sample_standard_deviation():
+    values = [0.31, 0.35, 0.30]
+    expected = f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+    assert paper_study.mean_std(values, scale=100) == expected
+    assert paper_study.mean_std([0.5, 0.5], digits=2) == "0.50 ± 0.00"
+
+
+def test_collect_and_table_formatting_from_fake_runs(tmp_path):
+    table = paper_study.TABLES["1b"]
+    aps = {0: 0.20, 1: 0.26}
+    for seed, ap in aps.items():
+        _fake_result(str(tmp_path), table, table.settings[3], seed, ap)
+    rows = paper_study.collect(table, [0, 1, 2], str(tmp_path))
+    assert [len(r["results"]) for r in rows] == [0, 0, 0, 2, 0]
+    assert rows[3]["missing"] == [2] and rows[0]["missing"] == [0, 1, 2]
+    text = paper_study.format_table(table, rows)
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(table.settings)
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    row = next(line for line in lines if line.startswith("| gamma = 2.0"))
+    assert paper_study.mean_std(list(aps.values()), 100) in row
+    assert "2 (missing 2)" in row and "20.0, 26.0" in row and "34.0 / 52.5 / 36.5" in row
+
+
+def test_write_doc_keeps_the_notes_and_marks_what_is_missing(tmp_path):
+    table = paper_study.TABLES["1a"]
+    for seed in (0, 1, 2):
+        _fake_result(str(tmp_path / "runs"), table, table.settings[0], seed, 0.1 + 0.01 * seed)
+    doc = tmp_path / "paper_study.md"
+    doc.write_text("# Notes\n\nhand-written\n")
+    paper_study.write_doc([0, 1, 2], str(tmp_path / "runs"), str(doc), figures=False)
+    first = doc.read_text()
+    assert first.startswith("# Notes\n\nhand-written\n")
+    assert "Table 1a: alpha-balanced CE (gamma = 0) (partial: 3 of 15 runs)" in first
+    assert "Table 1b: focal loss, gamma with the paper's best alpha (not run yet)" in first
+    assert "--table=1d --seeds=0,1,2" in first
+    assert "11.0 ± 1.0" in first
+    # Rewriting replaces the generated part only.
+    doc.write_text(first + "\ntrailing note\n")
+    paper_study.write_doc([0, 1, 2], str(tmp_path / "runs"), str(doc), figures=False)
+    second = doc.read_text()
+    assert second.count(paper_study.BEGIN_MARK) == 1 and second.endswith("\ntrailing note\n")
