@@ -7,6 +7,9 @@ runs them, so that ``python main.py`` works from a checkout.
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+# TensorFlow turns its oneDNN kernels on by default only on CPUs with VNNI, BF16 or AMX; on an
+# AVX2-only CPU its Eigen kernels cost 1.12x as much per train step (docs/BENCHMARKS.md, kernel paths).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from keras_retina import cli  # noqa: E402
 

@@ -66,6 +66,10 @@ flags.DEFINE_string(
 flags.DEFINE_string("jit_compile", "default", "train/loss: 'default', 'true' or 'false'.")
 flags.DEFINE_bool("fold_batchnorm", True, "keras_retina: fold inference-mode BatchNorm into convs.")
 flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0: TensorFlow's default).")
+flags.DEFINE_integer(
+    "threads", 0, "default_step: run on this many threads (intra-op, inter-op and OpenMP; 0: TensorFlow's "
+    "default). 1 gives CPU seconds per step that other processes' load hardly changes.",
+)
 flags.DEFINE_string("dtype_policy", "float32", "Keras dtype policy (float32, mixed_bfloat16, ...).")
 flags.DEFINE_multi_string("override", [], "default_step / time_to_accuracy: section.field=value for the default experiment.")
 flags.DEFINE_integer("tta_eval_every", 2, "time_to_accuracy: evaluate every this many epochs.")
@@ -113,18 +117,20 @@ class _Timer:
             def _begin(self, batch, logs=None):
                 if batch == warmup:
                     timer.start = time.perf_counter()
+                    timer.cpu_start = time.process_time()
 
             on_train_batch_begin = _begin
             on_predict_batch_begin = _begin
 
             def on_train_end(self, logs=None):
                 timer.end = time.perf_counter()
+                timer.cpu_end = time.process_time()
 
             def on_predict_end(self, logs=None):
                 timer.end = time.perf_counter()
 
         self.callback = Callback()
-        self.start = self.end = None
+        self.start = self.end = self.cpu_start = self.cpu_end = None
 
     def images_per_second(self, images):
         return images / (self.end - self.start)
@@ -278,8 +284,16 @@ def case_default_step():
         callbacks=[timer.callback],
     )
     seconds = (timer.end - timer.start) / FLAGS.steps
+    from tensorflow.python.util import _pywrap_util_port  # noqa: PLC0415  (TF's own "is oneDNN on" query)
+
     return {
         "step_s": seconds,
+        # CPU seconds of this process per step (all its threads): on --threads=1
+        # the figure other processes' load hardly changes.
+        "cpu_s_per_step": (timer.cpu_end - timer.cpu_start) / FLAGS.steps,
+        "threads": FLAGS.threads,
+        "onednn": bool(_pywrap_util_port.IsMklEnabled()),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "train_images_per_s": config.data.batch_size / seconds,
         "train_first_steps_s": timer.start - start,
         "overrides": FLAGS.override,
@@ -531,9 +545,14 @@ def main(argv):
     if len(argv) != 2 or argv[1] not in CASES:
         raise app.UsageError(f"usage: python -m benchmarks.cases {{{','.join(CASES)}}} [--flags]")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if FLAGS.threads:
+        os.environ["OMP_NUM_THREADS"] = str(FLAGS.threads)  # oneDNN's OpenMP pool; read when TF loads
     import keras
     import tensorflow as tf
 
+    if FLAGS.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
     if FLAGS.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     keras.config.set_dtype_policy(FLAGS.dtype_policy)

@@ -27,6 +27,7 @@ Examples:
     python -m benchmarks.run --write_docs
     python -m benchmarks.run --only=first_step,time_to_accuracy --nopeers --write_docs
     python -m benchmarks.run --only=litert --write_docs   # about 5 minutes on 2 cores
+    python -m benchmarks.run --only=kernels --nopeers --write_docs   # the train step per kernel path, 4 minutes
 """
 
 from __future__ import annotations
@@ -60,10 +61,13 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- benchmarks.run: begin -->", "<!-- benchmarks.run: end -->"
 FIRST_BEGIN, FIRST_END = "<!-- benchmarks.run first_run: begin -->", "<!-- benchmarks.run first_run: end -->"
 LITERT_BEGIN, LITERT_END = "<!-- benchmarks.run litert: begin -->", "<!-- benchmarks.run litert: end -->"
+KERNELS_BEGIN, KERNELS_END = "<!-- benchmarks.run kernels: begin -->", "<!-- benchmarks.run kernels: end -->"
 #: Groups of the first-run sections; every other group belongs to the peer comparison.
 FIRST_RUN_GROUPS = ("first_step", "time_to_accuracy")
 #: Groups of the LiteRT section.
 LITERT_GROUPS = ("litert",)
+#: Groups of the kernel-path section (the default train step on one thread, per oneDNN setting).
+KERNEL_GROUPS = ("kernels",)
 #: LiteRT goals: (quantization, least images/s as a multiple of our TF float32 ``model.predict``).
 LITERT_GOALS = (("int8", 2.0), ("float32", 1.0))
 
@@ -76,6 +80,19 @@ FIRST_RUN_LEVERS = (
     ("32 head channels", ["model.head_channels=32"]),
     ("192 px", ["data.image_size=192"]),
     ("batch 16", ["data.batch_size=16"]),
+)
+
+#: The kernel paths TensorFlow's CPU wheel can take for the default train step, each an environment.
+#: TensorFlow turns oneDNN on by default on Linux only for CPUs with AVX512_VNNI, AVX512_BF16,
+#: AVX_VNNI or AMX (``IsMklEnabled`` in tensorflow/core/util/util.cc): an AVX2-only EPYC (family 25)
+#: runs Eigen's kernels unless TF_ENABLE_ONEDNN_OPTS=1. Eigen's matrix products still go through
+#: oneDNN's sgemm, which ONEDNN_MAX_CPU_ISA caps too.
+FIRST_RUN_KERNELS = (
+    ("oneDNN, this CPU's widest ISA", {"TF_ENABLE_ONEDNN_OPTS": "1"}),
+    ("oneDNN, AVX2 kernels", {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}),
+    ("Eigen (oneDNN off: TF's default on AVX2-only CPUs), AVX2 sgemm",
+     {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX2"}),
+    ("oneDNN, SSE4.1 kernels", {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "SSE41"}),
 )
 
 
@@ -109,7 +126,7 @@ def cpu_peak_gflops() -> tuple[float, str]:
 
 
 def _cases(steps: int, peers: bool):
-    """(group, lib, case, flags) for every measurement.
+    """(group, lib, case, flags[, environment]) for every measurement.
 
     Groups: ``train_all`` (every layer trainable, BatchNorm in training mode:
     both libraries' default with random weights), ``train_frozen`` (stem and
@@ -140,6 +157,8 @@ def _cases(steps: int, peers: bool):
     for name, overrides in FIRST_RUN_LEVERS:
         rows.append(("first_step", name, "default_step", ["--steps=10", "--warmup_steps=3"]
                      + [f"--override={o}" for o in overrides]))
+    for name, env in FIRST_RUN_KERNELS:
+        rows.append(("kernels", name, "default_step", ["--steps=5", "--warmup_steps=2", "--threads=1"], env))
     rows.append(("time_to_accuracy", "keras_retina", "time_to_accuracy", ["--tta_eval_every=2"]))
     # LiteRT at batch 1 (XNNPACK, 2 threads) beside TF predict of the same
     # model (inside the litert case) and keras-hub's predict, both batch 1.
@@ -158,9 +177,9 @@ def _cases(steps: int, peers: bool):
     return rows
 
 
-def _run_case(case: str, args: list[str]) -> dict:
+def _run_case(case: str, args: list[str], extra_env: dict | None = None) -> dict:
     command = [sys.executable, "-m", "benchmarks.cases", case, *args]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), **(extra_env or {}))
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
@@ -218,6 +237,29 @@ def build_first_run_table(results: dict) -> str:
         lines.append(f"| end of training | {tta['train_seconds']:.0f} | {tta['final_AP']:.3f} (AP50 {tta['final_AP50']:.3f}) |")
     elif tta:
         lines.append(f"\nTime to accuracy fails: `{tta['error'][:200]}`")
+    return "\n".join(lines)
+
+
+def build_kernel_table(results: dict) -> str:
+    """Markdown table of the ``kernels`` group: the default train step on one thread, per kernel path."""
+    rows = results.get("kernels", {})
+    base = rows.get(FIRST_RUN_KERNELS[1][0], {}).get("cpu_s_per_step")
+    lines = [
+        "| default train step, 1 thread, kernel path (environment) | oneDNN on | CPU s/step | vs oneDNN AVX2 |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, env in FIRST_RUN_KERNELS:
+        result = rows.get(name)
+        if result is None:
+            continue
+        label = f"{name} (`{' '.join(f'{k}={v}' for k, v in env.items())}`)"
+        if "error" in result:
+            lines.append(f"| {label} | fails: `{result['error'][:90]}` | | |")
+            continue
+        lines.append(
+            f"| {label} | {'yes' if result['onednn'] else 'no'} | {_fmt(result['cpu_s_per_step'], 3)} "
+            f"| {_fmt(_ratio(result['cpu_s_per_step'], base))}× |"
+        )
     return "\n".join(lines)
 
 
@@ -478,23 +520,25 @@ def main(argv):
     print(f"machine: {_cpu_model()}; {how}; fp32 peak {peak:.0f} GFLOP/s; {versions}; Python {platform.python_version()}")
     results: dict = {}
     load_before = os.getloadavg()
-    for group, lib, case, args in _cases(FLAGS.steps, FLAGS.peers):
+    for group, lib, case, args, *env in _cases(FLAGS.steps, FLAGS.peers):
         if FLAGS.only and not any(group.startswith(prefix) for prefix in FLAGS.only):
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {group:13s} {lib:12s} ...", end=" ", flush=True)
-        result = _run_case(case, args)
+        result = _run_case(case, args, env[0] if env else None)
         results.setdefault(group, {})[lib] = result
         shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if k not in ("case", "lib")}
         print(shown, flush=True)
     load_after = os.getloadavg()
-    peer_results = {g: r for g, r in results.items() if g not in FIRST_RUN_GROUPS + LITERT_GROUPS}
+    peer_results = {g: r for g, r in results.items() if g not in FIRST_RUN_GROUPS + LITERT_GROUPS + KERNEL_GROUPS}
+    kernel_results = {g: r for g, r in results.items() if g in KERNEL_GROUPS}
     first_results = {g: r for g, r in results.items() if g in FIRST_RUN_GROUPS}
     litert_results = {g: r for g, r in results.items() if g in LITERT_GROUPS}
     table = build_table(peer_results, peak) if peer_results else ""
     first_table = build_first_run_table(first_results) if first_results else ""
     litert_table = build_litert_table(litert_results, peak) if litert_results else ""
+    kernel_table = build_kernel_table(kernel_results) if kernel_results else ""
     print()
-    print("\n\n".join(part for part in (table, first_table, litert_table) if part))
+    print("\n\n".join(part for part in (table, first_table, kernel_table, litert_table) if part))
     load = f"load average (1, 5, 15 min) {_fmt_load(load_before)} before the cases, {_fmt_load(load_after)} after"
     print(load)
     if FLAGS.write_docs:
@@ -512,6 +556,8 @@ def main(argv):
             (table, peer_results, BEGIN, END, "benchmarks.json", stamp),
             (first_table, first_results, FIRST_BEGIN, FIRST_END, "benchmarks_first_run.json", stamp),
             (litert_table, litert_results, LITERT_BEGIN, LITERT_END, "benchmarks_litert.json", litert_stamp),
+            (kernel_table, kernel_results, KERNELS_BEGIN, KERNELS_END, "benchmarks_kernels.json",
+             f"{stamp[:-2]}; {_cpu_model()}; {load}._"),
         ):
             if not part_results:
                 continue
@@ -519,7 +565,7 @@ def main(argv):
                 "date": date, "machine": how, "cpu": _cpu_model(), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
                 "peak_gflops": peak, "versions": versions, "steps": FLAGS.steps, "results": part_results,
             }
-            if json_name == "benchmarks_litert.json":
+            if json_name in ("benchmarks_litert.json", "benchmarks_kernels.json"):
                 record["load_average_before"], record["load_average_after"] = list(load_before), list(load_after)
             (ROOT / "docs" / json_name).write_text(json.dumps(record, indent=1) + "\n")
             text = _write_section(text, begin, end, f"{part_stamp}\n\n{part}")
