@@ -87,6 +87,7 @@ class Table:
     x_name: str
     settings: tuple[Setting, ...]
     steps_per_epoch: int = STEPS_PER_EPOCH
+    eval_every_epochs: int | None = None  # None: one evaluation, at the end
 
 
 def _fl(alpha, gamma) -> tuple[str, ...]:
@@ -199,6 +200,38 @@ TABLES = {
         steps_per_epoch=PRIOR_LOG_STEPS,
     ),
 }
+#: The budget run (not a table): FL gamma 2 at a constant learning rate (after the
+#: warm-up), evaluated every 500 steps, to find where AP stops improving.
+BUDGET = Table(
+    "budget",
+    "Budget: FL gamma 2, constant learning rate, AP every 500 steps",
+    "step",
+    (Setting("fl_constant_lr", "FL gamma 2, alpha 0.25, constant LR", ("train.decay_fractions=(0.999,)",), None, 0),),
+    eval_every_epochs=5,
+)
+BUDGET_STEPS = 6000
+
+
+def plateau_step(rows: list[dict], tolerance: float = 0.01) -> int | None:
+    """The first evaluated step after which ``val_AP`` never rises more than ``tolerance`` above it.
+
+    Args:
+        rows: :func:`read_train_log` rows (``epoch``, ``val_AP``: a float
+            where the epoch was evaluated), ``STEPS_PER_EPOCH`` steps each.
+        tolerance: in AP (0.01 = 1 point).
+
+    Example:
+        >>> rows = [{"epoch": e, "val_AP": ap} for e, ap in enumerate([0.1, "NA", 0.3, 0.305, 0.31, 0.309])]
+        >>> plateau_step(rows)
+        300
+    """
+    evaluated = [(int(r["epoch"]), r["val_AP"]) for r in rows if isinstance(r.get("val_AP"), float)]
+    for i, (epoch, ap) in enumerate(evaluated):
+        if all(later <= ap + tolerance for _, later in evaluated[i + 1 :]):
+            return (epoch + 1) * STEPS_PER_EPOCH
+    return None
+
+
 #: The paper's ms per image for Table 1e (ResNet-50, Nvidia M40 GPU).
 PAPER_MS = {128: 64, 160: 72, 192: 98, 224: 121, 256: 153}
 #: Figure 4: the gammas, and the run of table 1b whose converged model it uses.
@@ -371,7 +404,7 @@ def train_command(table: Table, setting: Setting, seed: int, steps: int, run_dir
         f"--seed={seed}",
         f"--epochs={epochs}",
         f"--steps_per_epoch={table.steps_per_epoch}",
-        f"--override=train.eval_every_epochs={epochs}",
+        f"--override=train.eval_every_epochs={table.eval_every_epochs or epochs}",
         "--override=train.tensorboard=false",
         *(f"--override={o}" for o in setting.overrides),
     ]
@@ -414,7 +447,10 @@ def run_one(table: Table, setting: Setting, seed: int, steps: int, runs_dir: str
             metrics = json.load(f)
     else:
         metrics = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}  # diverged: counted as AP 0, and marked
+    import keras_retina  # noqa: PLC0415
+
     result = {
+        "code": os.path.dirname(os.path.abspath(keras_retina.__file__)),  # which snapshot of the code ran
         "table": table.key,
         "setting": setting.name,
         "seed": seed,
@@ -695,7 +731,18 @@ def main(argv=None) -> None:
     parser.add_argument("--runs_dir", default=RUNS_DIR)
     parser.add_argument("--doc", default=DOC_PATH)
     parser.add_argument("--collect", action="store_true", help="only collect finished runs into the doc")
+    parser.add_argument(
+        "--budget", action="store_true", help=f"run the budget run ({BUDGET_STEPS} steps, constant LR) and print where AP stops improving"
+    )
     args = parser.parse_args(argv)
+    if args.budget:
+        run_one(BUDGET, BUDGET.settings[0], 0, BUDGET_STEPS, args.runs_dir)
+        rows = read_train_log(run_dir_of(args.runs_dir, BUDGET.key, BUDGET.settings[0], 0))
+        for row in rows:
+            if isinstance(row.get("val_AP"), float):
+                print(f"step {(int(row['epoch']) + 1) * STEPS_PER_EPOCH}: AP {row['val_AP']:.3f}")
+        print(f"AP stops improving (within 1 point) at step {plateau_step(rows)}")
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     keys = list(TABLES) if args.table == "all" else args.table.split(",")
     unknown = [k for k in keys if k not in TABLES]
