@@ -243,3 +243,23 @@ def test_write_doc_keeps_the_notes_and_marks_what_is_missing(tmp_path):
     paper_study.write_doc([0, 1, 2], str(tmp_path / "runs"), str(doc), figures=False)
     second = doc.read_text()
     assert second.count(paper_study.BEGIN_MARK) == 1 and second.endswith("\ntrailing note\n")
+
+
+def test_plot_table_writes_a_png_only_when_there_are_results(tmp_path):
+    table = paper_study.TABLES["1d"]
+    empty = paper_study.collect(table, [0], str(tmp_path / "runs"))
+    assert paper_study.plot_table(table, empty, str(tmp_path / "none.png")) is None
+    _fake_result(str(tmp_path / "runs"), table, table.settings[3], 0, 0.4)
+    rows = paper_study.collect(table, [0], str(tmp_path / "runs"))
+    path = paper_study.plot_table(table, rows, str(tmp_path / "1d.png"))
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_plateau_is_where_ap_stops_rising_by_more_than_a_point():
+    aps = [0.1, 0.3, 0.45, 0.50, 0.505, 0.51, 0.512]
+    rows = [{"epoch": 4 * i + 3, "val_AP": ap} for i, ap in enumerate(aps)]
+    # At 0.50 a later 0.512 is still 1.2 points more; from 0.505 on no later AP gains more than 1 point.
+    assert paper_study.plateau_step(rows) == (4 * 4 + 4) * paper_study.STEPS_PER_EPOCH
+    assert paper_study.plateau_step(rows, tolerance=0.001) == (4 * 6 + 4) * paper_study.STEPS_PER_EPOCH
+    assert paper_study.plateau_step([]) is None

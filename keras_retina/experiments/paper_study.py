@@ -479,13 +479,17 @@ def _measure(table: Table, run_dir: str) -> dict:
         config = config_lib.from_dict(json.load(f))
     measured = {"foreground": print_foreground_ratio(config, config.data.train_annotations)}
     if table.key == "1e":
-        import keras  # noqa: PLC0415
-
-        model = keras.saving.load_model(os.path.join(run_dir, "checkpoints", "latest.keras"))
-        measured["ms_per_image"] = time_predict(model, config.data.image_size)
+        measured["ms_per_image"] = time_predict(_load_model(run_dir), config.data.image_size)
     if table.key == "prior":
         measured["initial_loss"] = initial_loss(config)
     return measured
+
+
+def _load_model(run_dir: str):
+    """The run's ``checkpoints/latest.keras``."""
+    from keras_retina import rundir, training  # noqa: F401, PLC0415 (training registers the LR schedule the file names)
+
+    return rundir.load_trained_model(run_dir)
 
 
 def initial_loss(config, num_batches: int = 2) -> dict:
@@ -621,8 +625,14 @@ def plot_table(table: Table, rows: list[dict], path: str) -> str | None:
     return path
 
 
-def figure4(runs_dir: str = RUNS_DIR, path: str = os.path.join("docs", "paper_study_fig4.png"), max_images: int = 100) -> str | None:
-    """The paper's Figure 4 from the converged gamma = 2 model of table 1b (seed 0); ``None`` until it exists.
+def fig4_run_dir(runs_dir: str = RUNS_DIR) -> str:
+    """The run whose model Figure 4 uses: table 1b's gamma = 2, seed 0."""
+    table, name, seed = FIG4_RUN
+    return run_dir_of(runs_dir, table, next(s for s in TABLES[table].settings if s.name == name), seed)
+
+
+def figure4(run_dir: str, path: str = os.path.join("docs", "paper_study_fig4.png"), max_images: int = 100) -> str | None:
+    """The paper's Figure 4 from the trained model of ``run_dir`` (its ``checkpoints/latest.keras``); returns ``path``.
 
     Over the first ``max_images`` validation images, the per-anchor loss
     (summed over classes, alpha left out: it is constant within each group)
@@ -630,12 +640,7 @@ def figure4(runs_dir: str = RUNS_DIR, path: str = os.path.join("docs", "paper_st
     within background anchors the losses are sorted, and their cumulative
     sum over the total is plotted against the fraction of anchors.
     """
-    table, name, seed = FIG4_RUN
-    setting = next(s for s in TABLES[table].settings if s.name == name)
-    run_dir = run_dir_of(runs_dir, table, setting, seed)
-    if load_result(run_dir) is None:
-        return None
-    import keras  # noqa: PLC0415
+    model = _load_model(run_dir)
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -647,7 +652,6 @@ def figure4(runs_dir: str = RUNS_DIR, path: str = os.path.join("docs", "paper_st
 
     with open(os.path.join(run_dir, "config.json")) as f:
         config = config_lib.from_dict(json.load(f))
-    model = keras.saving.load_model(os.path.join(run_dir, "checkpoints", "latest.keras"))
     data = datasets.RunData(config.data, seed=0)
     losses = {g: {"foreground": [], "background": []} for g in FIG4_GAMMAS}
     seen = 0
@@ -675,8 +679,8 @@ def figure4(runs_dir: str = RUNS_DIR, path: str = os.path.join("docs", "paper_st
         axis.set_title(f"{group} anchors ({count:,}, {seen} val images)", fontsize=9)
         axis.set_xlabel(f"fraction of {group} anchors")
         axis.set_ylabel("cumulative normalised loss")
-        axis.legend(fontsize=8)
-    figure.suptitle("Figure 4 on our data: model trained with gamma = 2 (table 1b, seed 0)", fontsize=10)
+        axis.legend(fontsize=8, loc="upper left")
+    figure.suptitle(f"Figure 4 on our data: the gamma = 2 model of {run_dir}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -706,7 +710,9 @@ def write_doc(seeds: Sequence[int], runs_dir: str = RUNS_DIR, doc_path: str = DO
             png = plot_table(table, rows, os.path.join(docs_dir, f"paper_study_{table.key}.png"))
             if png:
                 parts += [f"![{table.key}]({os.path.basename(png)})", ""]
-    fig4 = figure4(runs_dir, os.path.join(docs_dir, "paper_study_fig4.png")) if figures else None
+    fig4 = None
+    if figures and load_result(fig4_run_dir(runs_dir)) is not None:  # only from a finished run
+        fig4 = figure4(fig4_run_dir(runs_dir), os.path.join(docs_dir, "paper_study_fig4.png"))
     parts += ["### Figure 4: CDF of the normalised loss " + ("" if fig4 else "(not run yet: needs table 1b, seed 0)"), ""]
     if fig4:
         parts += [f"![Figure 4]({os.path.basename(fig4)})", ""]
