@@ -31,6 +31,12 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         best_path: where the best model is saved (with a ``.json`` note).
         class_names: for the TensorBoard picture.
         image_log_dir: TensorBoard directory of the picture; None for none.
+        distributed_dataset: ``dataset`` distributed by the model's strategy
+            (:meth:`keras_retina.datasets.RunData.distributed_pipeline`):
+            evaluation then runs on every replica, each worker on its share
+            of the images, the detections gathered
+            (:func:`keras_retina.evaluation.predict_distributed`); None: on
+            this device, over ``dataset``.
 
     Attributes:
         last_metrics: the metrics of the last evaluation
@@ -46,8 +52,10 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         best_path: str | None = None,
         class_names=None,
         image_log_dir: str | None = None,
+        distributed_dataset=None,
     ):
         super().__init__()
+        self.distributed_dataset = distributed_dataset
         self.class_names = class_names
         self.image_writer = tf.summary.create_file_writer(image_log_dir) if image_log_dir else None
         self.dataset = dataset
@@ -65,7 +73,8 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         first = epoch == 0
         if (epoch + 1) % self.every_epochs and not last and not first:
             return
-        metrics = evaluation.evaluate_model(self.model, self.dataset, self.coco_gt, self.category_ids, verbose=False)
+        dataset = self.dataset if self.distributed_dataset is None else self.distributed_dataset
+        metrics = evaluation.evaluate_model(self.model, dataset, self.coco_gt, self.category_ids, verbose=False)
         self.last_metrics = metrics
         if logs is not None:
             for name in evaluation.METRIC_NAMES[:6]:

@@ -36,6 +36,18 @@ flags.DEFINE_string(
     "Fine-tune from a trained detector: torchvision_v1_coco | torchvision_v2_coco (downloaded once) | a "
     "torchvision .pth | a keras_retina .keras. Its architecture replaces the experiment's.",
 )
+flags.DEFINE_bool(
+    "sync_batchnorm",
+    None,
+    "BatchNorm that trains on several replicas normalises with the global batch's statistics (default: on "
+    "exactly then); --nosync_batchnorm keeps per-replica statistics.",
+)
+flags.DEFINE_string(
+    "data_service",
+    None,
+    "grpc://HOST:PORT of a tf.data service dispatcher: training images are decoded and augmented on its "
+    "workers, each once per epoch (docs/SCALING.md).",
+)
 flags.DEFINE_integer("image_size", None, "Square input size in pixels.")
 flags.DEFINE_integer("batch_size", None, "Global batch size (split over replicas).")
 flags.DEFINE_integer("epochs", None, "Training epochs.")

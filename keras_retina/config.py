@@ -47,6 +47,9 @@ class ModelConfig:
     backbone_weights: str | None = None
     freeze_at: int | None = None
     freeze_batchnorm: bool | None = None
+    # BatchNorm that trains on several replicas uses the global batch's
+    # statistics (synchronized); None: on exactly then; --nosync_batchnorm: off.
+    sync_batchnorm: bool | None = None
     fpn_channels: int = 256
     head_channels: int = 256
     num_head_convs: int = 4

@@ -41,6 +41,9 @@ class RunData:
         seed: seed of the training shuffle and augmentation (a resumed run
             passes a different one, so that it does not replay the first
             epochs' draws).
+        data_service_job: with ``data.data_service``, the tf.data service
+            job that the training pipelines of every worker share (one
+            epoch split over all of them); None for a job of this process.
 
     Attributes:
         config: ``data``.
@@ -59,9 +62,10 @@ class RunData:
         (TensorShape([2, 64, 64, 3]), ['boxes', 'classes'])
     """
 
-    def __init__(self, data: DataConfig, *, seed: int = 0):
+    def __init__(self, data: DataConfig, *, seed: int = 0, data_service_job: str | None = None):
         self.config = data
         self.seed = int(seed)
+        self.data_service_job = data_service_job
         self._splits: dict[str, _Split] = {}
         self._pipelines: dict[str, tf.data.Dataset] = {}
 
@@ -83,7 +87,7 @@ class RunData:
         return self.split(split).dataset(shuffle=shuffle, seed=self.seed)
 
     def pipeline(self, split: str) -> tf.data.Dataset:
-        """Batched ``(images, y)`` for ``split``.
+        """Batched ``(images, y)`` for ``split``, at the global batch size, on one input pipeline.
 
         ``"train"``: shuffled, augmented and repeated forever (``fit`` takes
         ``steps_per_epoch``); ``"val"``: one pass in file order, with
@@ -93,23 +97,76 @@ class RunData:
             self._pipelines[split] = self._make_pipeline(split)
         return self._pipelines[split]
 
-    def _make_pipeline(self, split: str) -> tf.data.Dataset:
+    def distributed_pipeline(self, split: str, strategy: tf.distribute.Strategy):
+        """``split``'s pipeline fed to ``strategy``: ``strategy.distribute_datasets_from_function``.
+
+        Each input pipeline (one per worker) reads only its share of the
+        images (the sources' ``input_context``, before any file is opened)
+        and batches ``input_context.get_per_replica_batch_size(batch_size)``
+        examples, so ``data.batch_size`` stays the global batch. With
+        ``data.data_service`` the training split is read through the tf.data
+        service instead (the service shares the images out, see
+        :func:`keras_retina.data.make_pipeline`).
+
+        Raises:
+            ValueError: ``data.batch_size`` is not a multiple of the number
+                of replicas (raised when the strategy calls the function).
+
+        Example:
+            >>> import tempfile
+            >>> from keras_retina.config import DataConfig
+            >>> config = DataConfig(shapes_dir=tempfile.mkdtemp(), shapes_num_train=4, shapes_num_val=4,
+            ...                     shapes_image_size=64, image_size=64, batch_size=2)
+            >>> _ = make_shapes_splits(config.shapes_dir, 4, 4, image_size=(64, 64), verbose=False)
+            >>> strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+            >>> batches = RunData(config).distributed_pipeline("val", strategy)
+            >>> images, y = next(iter(batches))
+            >>> [tuple(x.shape) for x in strategy.experimental_local_results(images)]  # one image per replica
+            [(1, 64, 64, 3), (1, 64, 64, 3)]
+        """
+
+        def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+            return self._make_pipeline(split, input_context)
+
+        return strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _make_pipeline(self, split: str, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         data = self.config
         training = split == "train"
-        raw = self.raw(split, shuffle=training)
+        batch_size = data.batch_size
+        pipeline_id = 0
+        if input_context is not None:
+            batch_size = input_context.get_per_replica_batch_size(data.batch_size)
+            pipeline_id = input_context.input_pipeline_id
+        service = data.data_service if training else None
+        # The tf.data service shares the images out over its consumers: no sharding here.
+        share = None if service else input_context
+        seed = self.seed + pipeline_id  # each pipeline its own draws (the same for one pipeline)
+        opened = self.split(split)
+        raw = opened.dataset(shuffle=training, seed=seed, input_context=share)
+        if share is not None and share.num_input_pipelines > 1:
+            logging.info(
+                "%s split: input pipeline %d of %d reads %s of its images.",
+                split,
+                share.input_pipeline_id,
+                share.num_input_pipelines,
+                opened.share_description(share),
+            )
         if training:
             return make_pipeline(
                 raw.repeat(),
                 image_size=data.image_size,
-                batch_size=data.batch_size,
+                batch_size=batch_size,
                 training=True,
                 max_boxes=data.max_boxes,
-                seed=self.seed,
+                seed=seed,
                 scale_jitter=data.scale_jitter,
                 horizontal_flip=data.horizontal_flip,
+                data_service=service,
+                data_service_job=self.data_service_job,
             )
         return make_pipeline(
-            raw, image_size=data.image_size, batch_size=data.batch_size, training=False, max_boxes=data.max_boxes
+            raw, image_size=data.image_size, batch_size=batch_size, training=False, max_boxes=data.max_boxes
         )
 
     # ----------------------------------------------------------- what a run needs
@@ -188,8 +245,12 @@ class _Split:
     num_images: int | None
     stats = None  # SkipStats of a COCO-JSON source
 
-    def dataset(self, shuffle: bool, seed: int) -> tf.data.Dataset:
+    def dataset(self, shuffle: bool, seed: int, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         raise NotImplementedError
+
+    def share_description(self, input_context: tf.distribute.InputContext) -> str:
+        """How many images ``input_context``'s share holds, in words (for the log)."""
+        return f"1/{input_context.num_input_pipelines}"
 
     def coco_gt(self) -> COCO:
         raise NotImplementedError
@@ -206,8 +267,11 @@ class _CocoJsonSplit(_Split):
         self.num_images = self.source.num_images
         self.stats = self.source.stats
 
-    def dataset(self, shuffle: bool, seed: int) -> tf.data.Dataset:
-        return self.source.dataset(shuffle=shuffle, seed=seed if shuffle else None)
+    def dataset(self, shuffle: bool, seed: int, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+        return self.source.dataset(shuffle=shuffle, seed=seed if shuffle else None, input_context=input_context)
+
+    def share_description(self, input_context: tf.distribute.InputContext) -> str:
+        return f"{self.source.share_size(input_context)} of {self.num_images}"
 
     def coco_gt(self) -> COCO:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its timings
@@ -226,10 +290,15 @@ class _TfdsSplit(_Split):
         self.category_ids = COCO_CATEGORY_IDS if name.startswith("coco/") else tuple(range(len(self.class_names)))
         self.num_images = None
 
-    def dataset(self, shuffle: bool, seed: int) -> tf.data.Dataset:
+    def dataset(self, shuffle: bool, seed: int, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         read_config = tfds.ReadConfig(shuffle_seed=seed) if shuffle else None  # seeded file order
         return tfds_dataset(
-            self.name, self.tfds_split, data_dir=self.data_dir, shuffle_files=shuffle, read_config=read_config
+            self.name,
+            self.tfds_split,
+            data_dir=self.data_dir,
+            shuffle_files=shuffle,
+            read_config=read_config,
+            input_context=input_context,
         )
 
     def coco_gt(self) -> COCO:

@@ -61,6 +61,14 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             scratch, where frozen random weights would be useless.
         freeze_batchnorm: ``None`` means frozen BatchNorm (the paper) with
             pretrained weights and trainable BatchNorm from scratch.
+        sync_batchnorm: BatchNorm that trains normalises with the mean and
+            variance of the global batch, all-reduced over the replicas
+            (Keras' ``BatchNormalization(synchronized=True)``), as
+            detectron2, torchvision's v2 recipe and Model Garden do at a few
+            images per GPU. ``None`` (default): on when the model is built
+            under a strategy with more than one replica, off on one device
+            (where it changes nothing). Frozen (and folded) BatchNorm is
+            never affected.
         fpn_channels: channels of P3–P7 (256).
         head_channels, num_head_convs: subnet width and depth (256, 4).
         use_group_norm: GroupNorm(32) after each subnet conv (not in the paper;
@@ -125,6 +133,7 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         backbone_weights: str | None = None,
         freeze_at: int | None = None,
         freeze_batchnorm: bool | None = None,
+        sync_batchnorm: bool | None = None,
         fpn_channels: int = 256,
         head_channels: int = 256,
         num_head_convs: int = 4,
@@ -175,6 +184,7 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         self.backbone_weights = backbone_weights
         self.freeze_at = freeze_at
         self.freeze_batchnorm = freeze_batchnorm
+        self.sync_batchnorm = sync_batchnorm
         self.fpn_channels = int(fpn_channels)
         self.head_channels = int(head_channels)
         self.num_head_convs = int(num_head_convs)
@@ -212,6 +222,11 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             freeze_at=(2 if pretrained else 0) if freeze_at is None else freeze_at,
             freeze_batchnorm=pretrained if freeze_batchnorm is None else freeze_batchnorm,
         )
+        synchronize = _num_replicas() > 1 if sync_batchnorm is None else bool(sync_batchnorm)
+        if synchronize:
+            for layer in self.backbone.layers:
+                if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+                    layer.synchronized = True  # read by BatchNormalization.call (Keras 3.15)
         self._preprocess = preprocessor(backbone)
         # The BatchNorm-folded twin shares the backbone's variables; kept out
         # of Keras' tracking (a plain object) so it is never saved twice.
@@ -673,6 +688,7 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             backbone_weights=self.backbone_weights,
             freeze_at=self.freeze_at,
             freeze_batchnorm=self.freeze_batchnorm,
+            sync_batchnorm=self.sync_batchnorm,
             fpn_channels=self.fpn_channels,
             head_channels=self.head_channels,
             num_head_convs=self.num_head_convs,

@@ -28,6 +28,8 @@ _FLAG_FIELDS = {
     "skip_invalid": "data.skip_invalid",
     "backbone": "model.backbone",
     "backbone_weights": "model.backbone_weights",
+    "sync_batchnorm": "model.sync_batchnorm",
+    "data_service": "data.data_service",
     "epochs": "train.epochs",
     "steps_per_epoch": "train.steps_per_epoch",
     "learning_rate": "train.learning_rate",

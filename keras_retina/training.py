@@ -121,7 +121,37 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def build_optimizer(train: config_lib.TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
+def scaled_for_batch(train: config_lib.TrainConfig, batch_size: int | None) -> config_lib.TrainConfig:
+    """``train`` with the linear scaling rule applied for global batch ``batch_size``.
+
+    With ``train.reference_batch_size = R`` (the batch that
+    ``learning_rate`` and ``warmup_steps`` were tuned for, 16 in the paper)
+    a run at global batch ``B`` uses ``learning_rate * B / R`` and
+    ``warmup_steps * R / B`` steps of warm-up (Goyal et al. 2017; detectron2's
+    ``REFERENCE_WORLD_SIZE`` rule); milestones are fractions of the run and
+    follow its steps. Unchanged when ``reference_batch_size`` or
+    ``batch_size`` is None.
+
+    Example:
+        >>> from keras_retina.config import TrainConfig
+        >>> scaled = scaled_for_batch(TrainConfig(learning_rate=0.01, reference_batch_size=16), 64)
+        >>> round(scaled.learning_rate, 6), scaled.warmup_steps   # 4x the batch: 4x the rate, 1/4 the warm-up
+        (0.04, 125)
+    """
+    reference = train.reference_batch_size
+    if not reference or not batch_size:
+        return train
+    factor = batch_size / reference
+    return dataclasses.replace(
+        train,
+        learning_rate=train.learning_rate * factor,
+        warmup_steps=max(int(round(train.warmup_steps / factor)), 0),
+    )
+
+
+def build_optimizer(
+    train: config_lib.TrainConfig, total_steps: int, batch_size: int | None = None
+) -> keras.optimizers.Optimizer:
     """SGD with momentum (or Adam/AdamW), weight decay off for biases and norms, the paper's schedule.
 
     Keras applies weight decay decoupled from the gradient (``w -= lr * wd * w``),
@@ -132,6 +162,8 @@ def build_optimizer(train: config_lib.TrainConfig, total_steps: int) -> keras.op
     Args:
         train: the training config (learning rate, momentum, decay, warm-up...).
         total_steps: planned optimizer steps; milestones are fractions of it.
+        batch_size: the global batch; with ``train.reference_batch_size``
+            the rate and warm-up follow it (:func:`scaled_for_batch`).
 
     Returns:
         a ``keras.optimizers.Optimizer`` with a :class:`WarmupStepDecay`
@@ -145,6 +177,7 @@ def build_optimizer(train: config_lib.TrainConfig, total_steps: int) -> keras.op
         >>> round(float(optimizer.learning_rate), 5)   # step 0: a third of 0.01, warming up
         0.00333
     """
+    train = scaled_for_batch(train, batch_size)
     warmup_steps = min(train.warmup_steps, max(total_steps // 10, 1))
     if train.schedule == "cosine":
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -207,7 +240,7 @@ def build_anchor_generator(model_config: config_lib.ModelConfig) -> AnchorGenera
 def compile_model(model: RetinaNet, config: config_lib.ExperimentConfig, total_steps: int) -> None:
     """Compiles ``model`` with the config's optimizer, focal loss (alpha, gamma), box loss and XLA choice."""
     model.compile(
-        optimizer=build_optimizer(config.train, total_steps),
+        optimizer=build_optimizer(config.train, total_steps, batch_size=config.data.batch_size),
         classification_loss=FocalLoss(alpha=config.model.focal_alpha, gamma=config.model.focal_gamma),
         box_loss=config.model.box_loss,
         jit_compile=config.train.jit_compile,
@@ -289,7 +322,14 @@ def train(
     rundir.trim_log(os.path.join(model_dir, rundir.TRAIN_LOG), resume_epoch)
     # A resumed run draws a different shuffle and augmentation sequence than
     # its first start (else it would replay the first epochs' draws).
-    data = datasets.RunData(config.data, seed=config.train.seed + 1_000_003 * resume_epoch)
+    # Trainers of one multi-worker run share one tf.data service job (one
+    # epoch split over all of them); a lone trainer has a job of its own.
+    service_job = None
+    if config.data.data_service and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        service_job = f"keras_retina:{config.resolved_model_dir()}:{resume_epoch}"
+    data = datasets.RunData(
+        config.data, seed=config.train.seed + 1_000_003 * resume_epoch, data_service_job=service_job
+    )
     rundir.write_classes(model_dir, data.class_names, data.category_ids)
     steps = steps_per_epoch(config, data.num_train_images)
     model = build_compiled_model(config, len(data.class_names), steps * config.train.epochs, strategy)
@@ -299,6 +339,9 @@ def train(
     best = os.path.join(model_dir, rundir.BEST_CHECKPOINT)
     if not os.path.exists(backup_dir) and os.path.exists(best + ".json"):
         os.remove(best + ".json")  # a fresh run: an earlier run's best AP does not count
+    # Evaluation on every replica (each worker its share of the images, the
+    # detections gathered) when there are several; else on this device.
+    distributed_val = data.distributed_pipeline("val", strategy) if strategy.num_replicas_in_sync > 1 else None
     evaluator = callbacks_lib.CocoEvaluationCallback(
         data.pipeline("val"),
         data.coco_gt,
@@ -307,6 +350,7 @@ def train(
         best_path=best,
         class_names=data.class_names,
         image_log_dir=os.path.join(model_dir, "logs", "detections") if config.train.tensorboard else None,
+        distributed_dataset=distributed_val,
     )
     nan_stopper = callbacks_lib.TerminateOnNaNKeepingLast(latest)
     run_callbacks = [
@@ -322,8 +366,10 @@ def train(
     # been evaluated, checkpointed and logged; kept after a NaN stop so that a
     # rerun resumes from the last good epoch.
     run_callbacks.append(callbacks_lib.FiniteBackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=False))
+    # Each input pipeline (one per worker) reads only its share of the
+    # images and batches per replica (datasets.RunData.distributed_pipeline).
     history = model.fit(
-        data.pipeline("train"), epochs=config.train.epochs, steps_per_epoch=steps, callbacks=run_callbacks, shuffle=False
+        data.distributed_pipeline("train", strategy), epochs=config.train.epochs, steps_per_epoch=steps, callbacks=run_callbacks, shuffle=False
     )
     data.report_skipped()
     if nan_stopper.stopped_at is not None:

@@ -352,6 +352,8 @@ def make_pipeline(
     drop_remainder: bool | None = None,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     prefetch: int = tf.data.AUTOTUNE,
+    data_service: str | None = None,
+    data_service_job: str | None = None,
 ) -> tf.data.Dataset:
     """Builds the batched training or evaluation dataset from raw examples.
 
@@ -392,6 +394,14 @@ def make_pipeline(
         drop_remainder: drop the last partial batch; None means ``training``.
         num_parallel_calls: parallelism of the per-example ``map``.
         prefetch: batches to prefetch.
+        data_service: training only: ``grpc://HOST:PORT`` of a tf.data
+            service dispatcher. Reading, decoding and augmentation run on
+            its workers, each example once per epoch (dynamic sharding);
+            batching and prefetching here. ``raw`` may be repeated (as for
+            local training): each repetition is handed out once.
+        data_service_job: the service job's name; trainers that pass the
+            same name share one epoch between them (multi-worker). None: a
+            job of this iterator alone.
 
     Returns:
         ``tf.data.Dataset`` of ``(images, y)``: ``images`` float32
@@ -486,6 +496,23 @@ def make_pipeline(
             deterministic=deterministic,
         )
 
+    if data_service is not None:
+        if not training:
+            raise ValueError("`data_service` is for training pipelines (training=True) only.")
+        # DYNAMIC ("distributed_epoch"): the dispatcher hands the source's
+        # elements (here: the file index) out to the workers one split at a
+        # time, and a repeated source once per repetition, so every example is
+        # processed exactly once per epoch over all workers and consumers
+        # (OFF: every worker processes the whole dataset, each example once
+        # per worker and epoch). Batching stays here so that no worker
+        # drops a remainder of its own.
+        dataset = dataset.apply(
+            tf.data.experimental.service.distribute(
+                processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+                service=data_service,
+                job_name=data_service_job,
+            )
+        )
     dataset = dataset.batch(
         batch_size,
         drop_remainder=drop_remainder,
