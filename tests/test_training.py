@@ -207,3 +207,16 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert rate(100) == pytest.approx(0.02)
     assert rate(600) == pytest.approx(0.01, rel=1e-4)  # half-way down the cosine
     assert rate(1100) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_linear_scaling_rule_follows_the_global_batch():
+    import dataclasses as dc
+
+    paper = dc.replace(TrainConfig(), learning_rate=0.01, warmup_steps=500, reference_batch_size=16)
+    assert training.scaled_for_batch(paper, 16) == paper  # the paper's batch: its numbers
+    scaled = training.scaled_for_batch(paper, 128)
+    assert scaled.learning_rate == pytest.approx(0.08) and scaled.warmup_steps == 62
+    assert training.scaled_for_batch(TrainConfig(), 128) == TrainConfig()  # no reference: as given
+    optimizer = training.build_optimizer(paper, total_steps=100000, batch_size=64)
+    schedule = optimizer._learning_rate
+    assert schedule.base_learning_rate == pytest.approx(0.04) and schedule.warmup_steps == 125
