@@ -59,27 +59,57 @@ def test_two_workers_train_to_identical_weights(tmp_path):
     assert np.isfinite(first["loss"]).all()
 
 
+def _copy_keeping_share(splits, directory, index, count=2):
+    """A copy of the shapes splits whose images outside worker ``index``'s share are not images.
+
+    A worker that opened another worker's image would fail to decode it, naming the file.
+    """
+    import shutil
+
+    paths = {}
+    for name, files in splits.items():
+        target = directory / name
+        shutil.copytree(files.image_dir, target / "images")
+        images = json.loads(open(files.annotation_file).read())["images"]
+        for position, image in enumerate(images):
+            if position % count != index:
+                (target / "images" / image["file_name"]).write_bytes(b"not an image")
+        shutil.copy(files.annotation_file, target / "annotations.json")
+        paths[name] = (target / "annotations.json", target / "images")
+    return paths
+
+
 @pytest.mark.slow
 def test_main_py_multi_worker_chief_writes_the_run_directory(tmp_path):
-    """Two main.py workers: the chief writes model_dir, the other worker its own sub-directory."""
+    """Two main.py workers: each reads only its half of the images; the chief writes model_dir, the other its sub-directory.
+
+    Each worker gets a copy of the data in which the other half's images are not images, so a worker
+    that decoded one image of the other's share would fail; evaluation runs on both, the detections
+    gathered, and both report the same AP.
+    """
     root = os.path.dirname(HERE)
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     run = tmp_path / "run"
     command = [
         sys.executable, os.path.join(root, "main.py"), "--mode=train", "--strategy=multi_worker",
         f"--model_dir={run}", "--image_size=128", "--batch_size=4", "--epochs=1", "--steps_per_epoch=2",
-        f"--override=data.shapes_dir={tmp_path / 'shapes'}", "--override=shapes_num_train=16",
-        "--override=shapes_num_val=8", "--override=shapes_image_size=128", "--override=tensorboard=false",
+        "--dataset=coco_json", "--override=tensorboard=false", "--verbosity=0",
     ]
-    # Write the dataset once first: the two workers would otherwise both write it.
     from keras_retina.data import make_shapes_splits
 
-    make_shapes_splits(tmp_path / "shapes", num_train=16, num_val=8, seed=0, image_size=(128, 128))
+    splits = make_shapes_splits(tmp_path / "shapes", num_train=16, num_val=8, seed=0, image_size=(128, 128))
     processes = []
     for index in range(2):
+        paths = _copy_keeping_share(splits, tmp_path / f"data_{index}", index)
+        data_flags = [
+            f"--train_annotations={paths['train'][0]}", f"--train_images={paths['train'][1]}",
+            f"--val_annotations={paths['val'][0]}", f"--val_images={paths['val'][1]}",
+        ]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        processes.append(subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        processes.append(
+            subprocess.Popen(command + data_flags, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     outputs = []
     try:
         for process in processes:
@@ -87,8 +117,10 @@ def test_main_py_multi_worker_chief_writes_the_run_directory(tmp_path):
     finally:
         for process in processes:
             process.kill()
-    for process, out in zip(processes, outputs):
+    for index, (process, out) in enumerate(zip(processes, outputs)):
         assert process.returncode == 0, out[-3000:]
+        assert f"train split: input pipeline {index} of 2 reads 8 of 16 of its images" in out, out[-3000:]
+        assert f"val split: input pipeline {index} of 2 reads 4 of 8 of its images" in out, out[-3000:]
     for directory in (run, run / "workers" / "worker_1"):
         assert (directory / "checkpoints" / "latest.keras").exists(), directory
         assert (directory / "train_log.csv").exists(), directory
