@@ -263,3 +263,23 @@ def test_plateau_is_where_ap_stops_rising_by_more_than_a_point():
     assert paper_study.plateau_step(rows) == (4 * 4 + 4) * paper_study.STEPS_PER_EPOCH
     assert paper_study.plateau_step(rows, tolerance=0.001) == (4 * 6 + 4) * paper_study.STEPS_PER_EPOCH
     assert paper_study.plateau_step([]) is None
+
+
+def test_main_runs_seed_by_seed_and_only_the_named_rows(monkeypatch):
+    calls = []
+    monkeypatch.setattr(paper_study, "run_one", lambda table, setting, seed, steps, runs_dir: calls.append((table.key, setting.name, seed, steps)))
+    monkeypatch.setattr(paper_study, "write_doc", lambda *args, **kwargs: "")
+    paper_study.main(["--table=1b,prior", "--seeds=0,1", "--only=fl_g2.0_a0.25,ce_bias0"])
+    assert calls == [
+        ("1b", "fl_g2.0_a0.25", 0, paper_study.STEPS),
+        ("1b", "fl_g2.0_a0.25", 1, paper_study.STEPS),
+        ("prior", "ce_bias0", 0, paper_study.PRIOR_STEPS),
+        ("prior", "ce_bias0", 1, paper_study.PRIOR_STEPS),
+    ]
+    calls.clear()
+    paper_study.main(["--table=1b", "--seeds=0,1"])
+    assert [(name, seed) for _, name, seed, _ in calls] == [
+        (s.name, seed) for seed in (0, 1) for s in paper_study.TABLES["1b"].settings
+    ]
+    with pytest.raises(SystemExit):
+        paper_study.main(["--table=1z"])

@@ -47,9 +47,13 @@ from typing import Sequence
 
 import numpy as np
 
-#: Training steps of every run (batch 8), from the budget run in docs/paper_study.md.
-STEPS = 3000
+#: Training steps of every run (batch 8): twice the 4000-step schedule whose AP stopped
+#: improving after its second decay (docs/paper_study.md, "Budget").
+STEPS = 8000
 STEPS_PER_EPOCH = 100
+#: Study runs evaluate every EVAL_EVERY_EPOCHS epochs (1000 steps), so that each run's
+#: study.json says where its own AP stopped improving.
+EVAL_EVERY_EPOCHS = 10
 #: The prior table logs the loss every PRIOR_LOG_STEPS steps (its epochs are this short, and
 #: each epoch saves a checkpoint), so its runs are PRIOR_STEPS long: the question is the early
 #: training; their AP is not converged.
@@ -90,7 +94,7 @@ class Table:
     x_name: str
     settings: tuple[Setting, ...]
     steps_per_epoch: int = STEPS_PER_EPOCH
-    eval_every_epochs: int | None = None  # None: one evaluation, at the end
+    eval_every_epochs: int | None = EVAL_EVERY_EPOCHS  # None: one evaluation, at the end
     steps: int | None = None  # None: the study's --steps
 
 
@@ -207,6 +211,7 @@ TABLES = {
             Setting("fl_bias0", "FL (gamma 2, alpha 0.25), bias 0, Adam", ("model.prior_probability=0.5",), None, 4),
         ),
         steps_per_epoch=PRIOR_LOG_STEPS,
+        eval_every_epochs=None,
         steps=PRIOR_STEPS,
     ),
 }
@@ -222,13 +227,14 @@ BUDGET = Table(
 BUDGET_STEPS = 6000
 
 
-def plateau_step(rows: list[dict], tolerance: float = 0.01) -> int | None:
+def plateau_step(rows: list[dict], tolerance: float = 0.01, steps_per_epoch: int = STEPS_PER_EPOCH) -> int | None:
     """The first evaluated step after which ``val_AP`` never rises more than ``tolerance`` above it.
 
     Args:
         rows: :func:`read_train_log` rows (``epoch``, ``val_AP``: a float
-            where the epoch was evaluated), ``STEPS_PER_EPOCH`` steps each.
+            where the epoch was evaluated).
         tolerance: in AP (0.01 = 1 point).
+        steps_per_epoch: steps of one row.
 
     Example:
         >>> rows = [{"epoch": e, "val_AP": ap} for e, ap in enumerate([0.1, "NA", 0.3, 0.305, 0.31, 0.309])]
@@ -238,7 +244,7 @@ def plateau_step(rows: list[dict], tolerance: float = 0.01) -> int | None:
     evaluated = [(int(r["epoch"]), r["val_AP"]) for r in rows if isinstance(r.get("val_AP"), float)]
     for i, (epoch, ap) in enumerate(evaluated):
         if all(later <= ap + tolerance for _, later in evaluated[i + 1 :]):
-            return (epoch + 1) * STEPS_PER_EPOCH
+            return (epoch + 1) * steps_per_epoch
     return None
 
 
@@ -401,7 +407,7 @@ def train_command(table: Table, setting: Setting, seed: int, steps: int, run_dir
     Example:
         >>> command = train_command(TABLES["1b"], TABLES["1b"].settings[3], 1, 3000, "r")
         >>> [c for c in command if "focal" in c or "epochs" in c]
-        ['--epochs=30', '--override=train.eval_every_epochs=30', '--override=model.focal_alpha=0.25', '--override=model.focal_gamma=2.0']
+        ['--epochs=30', '--override=train.eval_every_epochs=10', '--override=model.focal_alpha=0.25', '--override=model.focal_gamma=2.0']
     """
     epochs = max(steps // table.steps_per_epoch, 1)
     return [
@@ -471,6 +477,12 @@ def run_one(table: Table, setting: Setting, seed: int, steps: int, runs_dir: str
         "AP50": float(metrics["AP50"]),
         "AP75": float(metrics["AP75"]),
         "metrics": metrics,
+        "ap_curve": [
+            [(int(row["epoch"]) + 1) * table.steps_per_epoch, row["val_AP"]]
+            for row in rows
+            if isinstance(row.get("val_AP"), float)
+        ],
+        "plateau_step": plateau_step(rows, steps_per_epoch=table.steps_per_epoch),
         "loss_log": [{"step": (i + 1) * table.steps_per_epoch, "loss": row.get("loss"), "cls_loss": row.get("cls_loss")} for i, row in enumerate(rows)],
     }
     result.update(_measure(table, run_dir))
@@ -747,6 +759,7 @@ def main(argv=None) -> None:
     parser.add_argument("--runs_dir", default=RUNS_DIR)
     parser.add_argument("--doc", default=DOC_PATH)
     parser.add_argument("--collect", action="store_true", help="only collect finished runs into the doc")
+    parser.add_argument("--only", default=None, help="comma-separated setting names: run only these rows")
     parser.add_argument(
         "--budget", action="store_true", help=f"run the budget run ({BUDGET_STEPS} steps, constant LR) and print where AP stops improving"
     )
@@ -768,6 +781,8 @@ def main(argv=None) -> None:
         for key in keys:
             for seed in seeds:  # seed-major: a table's first seed finishes first
                 for setting in TABLES[key].settings:
+                    if args.only and setting.name not in args.only.split(","):
+                        continue
                     run_one(TABLES[key], setting, seed, TABLES[key].steps or args.steps, args.runs_dir)
                 write_doc(seeds, args.runs_dir, args.doc)
     write_doc(seeds, args.runs_dir, args.doc)
