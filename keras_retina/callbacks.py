@@ -43,6 +43,9 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
             (:func:`keras_retina.evaluation.coco_evaluate`).
     """
 
+    #: The names it adds to an evaluated epoch's logs.
+    LOG_NAMES = tuple(f"val_{name}" for name in evaluation.METRIC_NAMES[:6])
+
     def __init__(
         self,
         dataset,
@@ -65,20 +68,20 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.best_path = best_path
         self.best_ap = rundir.read_best_ap(best_path)
         self.last_metrics: dict | None = None
+        self.last_results: tuple[list, list] | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         last = self.params and epoch + 1 == self.params.get("epochs")
-        # The run's first epoch (not a resumed fit's): the CSV log's columns
-        # come from it (ResumableCSVLogger keeps them when a run resumes).
-        first = epoch == 0
-        if (epoch + 1) % self.every_epochs and not last and not first:
+        if (epoch + 1) % self.every_epochs and not last:
             return
         dataset = self.dataset if self.distributed_dataset is None else self.distributed_dataset
-        metrics = evaluation.evaluate_model(self.model, dataset, self.coco_gt, self.category_ids, verbose=False)
+        results, image_ids = evaluation.predict_to_coco(self.model, dataset, self.category_ids, verbose=False)
+        metrics = evaluation.coco_evaluate(self.coco_gt, results, image_ids=image_ids, verbose=False)
         self.last_metrics = metrics
+        self.last_results = (results, image_ids)
         if logs is not None:
             for name in evaluation.METRIC_NAMES[:6]:
-                logs[f"val_{name}"] = metrics[name]
+                logs[f"val_{name}"] = metrics[name]  # LOG_NAMES
         print(f"\nepoch {epoch + 1}: COCO AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
         if self.image_writer is not None:
             grid = evaluation.detection_grid(self.model, self.dataset, self.class_names)
@@ -91,13 +94,21 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
 
 
 class ResumableCSVLogger(keras.callbacks.CSVLogger):
-    """``keras.callbacks.CSVLogger`` whose columns, when it appends, are those of the file's header.
+    """``keras.callbacks.CSVLogger`` whose columns are known before the first epoch ends.
 
     Keras' logger takes its columns from the first epoch's logs of each
-    ``fit()``; a resumed run whose first epoch is not evaluated would then
-    write rows without ``val_AP``... under a header that has them (columns
-    shifted). Here an appended file keeps its header's columns; a value an
-    epoch lacks is written ``NA``.
+    ``fit()``: a run whose first epoch is not evaluated would lose its
+    ``val_AP``... columns, and a resumed one would write rows under a header
+    with other columns (shifted). Here a new file's columns are the first
+    logs' plus ``columns`` (the evaluation's, which come only every few
+    epochs), and an appended file keeps its header's; a value an epoch
+    lacks is written ``NA``.
+
+    Args:
+        filename: the CSV file.
+        columns: names always in a new file's header, besides the first
+            epoch's logs.
+        **kwargs: ``keras.callbacks.CSVLogger``'s (``separator``, ``append``).
 
     Example:
         >>> import tempfile, os
@@ -107,7 +118,20 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
         >>> logger.on_train_begin(); logger.on_epoch_end(1, {"loss": 0.5}); logger.on_train_end()
         >>> open(path).read().splitlines()[-1]
         '1,0.5,NA'
+        >>> fresh = ResumableCSVLogger(os.path.join(tempfile.mkdtemp(), "log.csv"), columns=["val_AP"])
+        >>> fresh.on_train_begin(); fresh.on_epoch_end(0, {"loss": 0.5}); fresh.on_train_end()
+        >>> open(fresh.filename).read().splitlines()
+        ['epoch,loss,val_AP', '0,0.5,NA']
     """
+
+    def __init__(self, filename: str, columns=(), **kwargs):
+        super().__init__(filename, **kwargs)
+        self.columns = tuple(columns)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None and self.columns:
+            self.keys = sorted(set(logs or {}) | set(self.columns))
+        super().on_epoch_end(epoch, logs)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)

@@ -126,6 +126,7 @@ def write_report(
     tensorboard_dir: str | None = None,
     step: int | None = None,
     verbose: bool = False,
+    detections: tuple[list, list] | None = None,
 ) -> Evaluation:
     """Evaluates ``model`` on ``dataset`` and writes the report (``report.md`` and PNGs) to ``output_dir``.
 
@@ -145,6 +146,10 @@ def write_report(
         tensorboard_dir: also write the pictures there as ``tf.summary.image``; None: don't.
         step: the TensorBoard step; None: the model's optimizer step (0 without one).
         verbose: progress bar.
+        detections: ``(results, image_ids)`` of ``model`` on ``dataset``
+            already made (:func:`keras_retina.evaluation.predict_to_coco`, or
+            a training run's ``val_detections.json``): the report uses them
+            instead of detecting again.
 
     Returns:
         the :class:`Evaluation`; its ``metrics`` are
@@ -164,9 +169,15 @@ def write_report(
         (True, True)
     """
     start = time.perf_counter()
-    collected = collect(
-        model, dataset, coco_gt, class_names, category_ids, score_threshold=score_threshold, verbose=verbose
-    )
+    if detections is None:
+        collected = collect(
+            model, dataset, coco_gt, class_names, category_ids, score_threshold=score_threshold, verbose=verbose
+        )
+    else:
+        results, image_ids = detections
+        collected = evaluate_results(
+            coco_gt, results, class_names, category_ids, image_ids=image_ids, score_threshold=score_threshold
+        )
     if step is None:
         optimizer = getattr(model, "optimizer", None)
         step = int(optimizer.iterations.numpy()) if optimizer is not None else 0

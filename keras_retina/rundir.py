@@ -10,6 +10,8 @@
       train_log.csv               one row per epoch
       logs/                       TensorBoard
       metrics.json                the last COCO evaluation
+      val_detections.json         its detections (COCO results, with the images evaluated)
+      timing.json                 python main.py: seconds per stage, and the machine
       workers/<type>_<id>/        what the non-chief workers of a multi-worker run write
 """
 
@@ -31,6 +33,7 @@ BEST_CHECKPOINT = "checkpoints/best.keras"
 BACKUP_DIR = "backup"
 TRAIN_LOG = "train_log.csv"
 METRICS_FILE = "metrics.json"
+DETECTIONS_FILE = "val_detections.json"
 
 
 def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
@@ -90,6 +93,37 @@ def write_classes(model_dir: str, class_names, category_ids) -> None:
     """
     with open(os.path.join(model_dir, CLASSES_FILE), "w") as f:
         json.dump({"class_names": list(class_names), "category_ids": [int(c) for c in category_ids]}, f, indent=2)
+
+
+def write_detections(model_dir: str, results: list[dict], image_ids) -> None:
+    """Writes ``val_detections.json``: the last evaluation's COCO results and the ids of the images it saw.
+
+    ``results`` are :func:`keras_retina.evaluation.detections_to_coco`
+    entries (``image_id``, ``category_id``, ``bbox`` xywh in original pixels,
+    ``score``); the file's ``"results"`` list is what
+    ``pycocotools.coco.COCO.loadRes`` takes.
+
+    Example:
+        >>> import tempfile
+        >>> run = tempfile.mkdtemp()
+        >>> write_detections(run, [{"image_id": 3, "category_id": 1, "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9}], [3, 4])
+        >>> read_detections(run)[1]
+        [3, 4]
+    """
+    with open(os.path.join(model_dir, DETECTIONS_FILE), "w") as f:
+        json.dump({"image_ids": [int(i) for i in image_ids], "results": results}, f)
+
+
+def read_detections(model_dir: str) -> tuple[list[dict], list[int]]:
+    """``(results, image_ids)`` from a run directory's ``val_detections.json`` (:func:`write_detections`)."""
+    path = os.path.join(model_dir, DETECTIONS_FILE)
+    with open(path) as f:
+        values = json.load(f)
+    if not isinstance(values, dict) or not isinstance(values.get("results"), list) or not isinstance(
+        values.get("image_ids"), list
+    ):
+        raise ValueError(f"{path}: expected an object with lists 'results' and 'image_ids'.")
+    return values["results"], [int(i) for i in values["image_ids"]]
 
 
 def read_classes(model_dir: str) -> tuple[tuple[str, ...], tuple[int, ...]]:

@@ -9,8 +9,13 @@ classes from the run directory (:mod:`keras_retina.rundir`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import platform
+import re
 import time
+
+import keras
 
 from keras_retina import config as config_lib
 from keras_retina import datasets, evaluation, experiments, rundir, training
@@ -88,9 +93,15 @@ def run(mode: str, config: config_lib.ExperimentConfig, flags: dict, strategy=No
 
 
 def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict, strategy=None) -> dict:
-    """Trains, evaluates the final model (metrics.json, ``report/``), exports it and draws validation predictions."""
+    """Trains, evaluates the final model (metrics.json, ``report/``), exports it and draws validation predictions.
+
+    Prints, and writes to ``<model_dir>/timing.json``, the seconds each stage
+    took and the machine they were measured on (:func:`machine`).
+    """
     start = time.time()
-    model, _, data, metrics = training.train(config, strategy)  # writes metrics.json
+    epochs = _EpochTimer()
+    model, _, data, metrics = training.train(config, strategy, callbacks=[epochs])  # writes metrics.json
+    stages = {"data, build and training (evaluation included)": time.time() - start}
     model_dir = config.resolved_model_dir()
     print(evaluation.format_metrics(metrics))
     if config.train.strategy == "multi_worker":
@@ -101,21 +112,85 @@ def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict, strateg
     from keras_retina import report  # noqa: PLC0415  (matplotlib: only for the modes that write a report)
 
     report_dir = os.path.join(model_dir, report.REPORT_DIR)
+    detections = None
+    if os.path.exists(os.path.join(model_dir, rundir.DETECTIONS_FILE)):
+        detections = rundir.read_detections(model_dir)  # the final evaluation's: not detected again
+    stage_start = time.time()
     report.write_report(
         model, data.pipeline("val"), data.coco_gt, data.class_names, data.category_ids, report_dir,
         tensorboard_dir=os.path.join(model_dir, "logs", "report") if config.train.tensorboard else None,
+        detections=detections,
     )
+    stages["report"] = time.time() - stage_start
+    stage_start = time.time()
     drawing = draw_validation_predictions(model, data, os.path.join(model_dir, "val_predictions.png"))
+    stages["drawing"] = time.time() - stage_start
+    stage_start = time.time()
     export_path = _export(model, flags, model_dir, config, data.class_names, data.category_ids)
-    minutes = (time.time() - start) / 60
-    print(f"\nDone in {minutes:.1f} min. COCO AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}).")
+    stages["export"] = time.time() - stage_start
+    total = time.time() - start
+    timing = {
+        "total_s": round(total, 1),
+        "stages_s": {name: round(seconds, 1) for name, seconds in stages.items()},
+        "epoch_s": [round(seconds, 1) for seconds in epochs.seconds],
+        "machine": machine(),
+    }
+    with open(os.path.join(model_dir, "timing.json"), "w") as f:
+        json.dump(timing, f, indent=1)
+    print(f"\nDone in {total / 60:.1f} min. COCO AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}).")
+    print("  " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages.items()))
+    if epochs.seconds:
+        print(f"  {len(epochs.seconds)} epochs, {sum(epochs.seconds) / len(epochs.seconds):.1f} s each on average;"
+              f" {timing['machine']['summary']}")
     print(f"  run directory:     {model_dir}")
     print(f"  checkpoints:       {os.path.join(model_dir, 'checkpoints')}")
     print(f"  metrics:           {os.path.join(model_dir, 'metrics.json')}")
     print(f"  report:            {os.path.join(report_dir, report.REPORT_FILE)}")
     print(f"  predictions drawn: {drawing}")
     print(f"  SavedModel:        {export_path}")
+    print(f"  timing:            {os.path.join(model_dir, 'timing.json')}")
     return metrics
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of each epoch of a fit, its evaluation and checkpoints included."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.time() - self._start)
+
+
+def machine() -> dict:
+    """What a time was measured on: CPU model, family, vector extensions, cores, whether oneDNN is on.
+
+    Example:
+        >>> sorted(machine())
+        ['cores', 'cpu', 'family', 'onednn', 'summary', 'vector_isa']
+    """
+    info = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    field = lambda name: (re.search(rf"^{name}\s*:\s*(.*)$", info, re.M) or [None, platform.processor()])[1]  # noqa: E731
+    flag_words = set(field("flags").split())
+    isa = "AVX-512" if "avx512f" in flag_words else ("AVX2" if "avx2" in flag_words else "no AVX2")
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # noqa: PLC0415  (TF's own query; no public API)
+
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except ImportError:
+        onednn = None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu, family = field("model name"), field("cpu family")
+    summary = f"{cores} cores, {cpu}, family {family}, {isa}, oneDNN {'on' if onednn else 'off'}"
+    return {"cpu": cpu, "family": family, "vector_isa": isa, "cores": cores, "onednn": onednn, "summary": summary}
 
 
 def evaluate(config: config_lib.ExperimentConfig) -> dict:

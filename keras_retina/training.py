@@ -291,7 +291,8 @@ def train(
     ``config.resolved_model_dir()``: ``config.json``, ``classes.json``,
     ``checkpoints/latest.keras`` (every epoch), ``checkpoints/best.keras``
     (best ``val_AP``), ``backup/`` (BackupAndRestore state), ``train_log.csv``,
-    ``logs/`` (TensorBoard) and ``metrics.json`` (the last evaluation).
+    ``logs/`` (TensorBoard), ``metrics.json`` (the last evaluation) and
+    ``val_detections.json`` (its detections).
 
     A NaN or inf loss stops training and raises :class:`TrainingDivergedError`
     (the last good checkpoint and backup are kept).
@@ -358,7 +359,9 @@ def train(
         *callbacks,
         callbacks_lib.FiniteModelCheckpoint(latest),
         nan_stopper,
-        callbacks_lib.ResumableCSVLogger(os.path.join(model_dir, rundir.TRAIN_LOG), append=True),
+        callbacks_lib.ResumableCSVLogger(
+            os.path.join(model_dir, rundir.TRAIN_LOG), columns=callbacks_lib.CocoEvaluationCallback.LOG_NAMES, append=True
+        ),
     ]
     if config.train.tensorboard:
         run_callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), write_graph=False))
@@ -380,4 +383,6 @@ def train(
         )
     shutil.rmtree(backup_dir, ignore_errors=True)  # finished: a rerun starts a new run
     evaluation.write_metrics(evaluator.last_metrics, os.path.join(model_dir, rundir.METRICS_FILE))
+    if evaluator.last_results is not None:  # the report (runs.train_and_evaluate) reuses them
+        rundir.write_detections(model_dir, *evaluator.last_results)
     return model, history, data, evaluator.last_metrics

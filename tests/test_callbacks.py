@@ -78,14 +78,19 @@ def test_coco_evaluation_schedule_logs_and_best_checkpoint(tmp_path, monkeypatch
 
     from keras_retina import evaluation, rundir
 
-    aps = iter([0.2, 0.1, 0.3, 0.25])
+    aps = iter([0.1, 0.3, 0.25])
     evaluated = []
 
-    def fake_evaluate(model, dataset, coco_gt, category_ids, verbose=False):
+    def fake_predict(model, dataset, category_ids, verbose=False):
         evaluated.append(len(evaluated))
+        return [{"image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}], [7]
+
+    def fake_coco_evaluate(coco_gt, results, image_ids=None, verbose=False):
+        assert image_ids == [7] and len(results) == 1  # the detections just made
         return {name: 0.0 for name in evaluation.METRIC_NAMES} | {"AP": next(aps)}
 
-    monkeypatch.setattr(evaluation, "evaluate_model", fake_evaluate)
+    monkeypatch.setattr(evaluation, "predict_to_coco", fake_predict)
+    monkeypatch.setattr(evaluation, "coco_evaluate", fake_coco_evaluate)
     model = small_model()
     model.build((None, 64, 64, 3))
     best = str(tmp_path / "best.keras")
@@ -98,9 +103,10 @@ def test_coco_evaluation_schedule_logs_and_best_checkpoint(tmp_path, monkeypatch
         logs = {"loss": 1.0}
         callback.on_epoch_end(epoch, logs)
         logged.append(logs.get("val_AP"))
-    # Epoch 1 (first of the run), 2 (every 2nd) and 4 (every 2nd, and the last); not 3.
-    assert logged == [0.2, 0.1, None, 0.3]
+    # Epoch 2 (every 2nd) and 4 (every 2nd, and the last); not 1 or 3.
+    assert logged == [None, 0.1, None, 0.3]
     assert callback.last_metrics["AP"] == 0.3
+    assert callback.last_results == ([{"image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}], [7])
     assert json.loads((tmp_path / "best.keras.json").read_text()) == {"epoch": 4, "AP": 0.3}
     assert os.path.exists(best)
     # A resumed run keeps the best so far: a lower AP does not replace it.
@@ -111,25 +117,30 @@ def test_coco_evaluation_schedule_logs_and_best_checkpoint(tmp_path, monkeypatch
     resumed.on_train_begin()
     logs = {}
     resumed.on_epoch_end(2, logs)  # epoch 3: the resumed fit's first, not on the schedule
-    assert "val_AP" not in logs and len(evaluated) == 3
+    assert "val_AP" not in logs and len(evaluated) == 2
     resumed.on_epoch_end(3, logs)  # epoch 4: the last
-    assert logs["val_AP"] == 0.25 and len(evaluated) == 4
+    assert logs["val_AP"] == 0.25 and len(evaluated) == 3
     assert json.loads((tmp_path / "best.keras.json").read_text())["AP"] == 0.3
 
 
 def test_resumed_run_evaluates_only_on_schedule_and_keeps_csv_columns(tmp_path, monkeypatch):
-    """fit() killed after epoch 1 and resumed by BackupAndRestore: epoch 2 is not evaluated (every 3)."""
+    """fit() killed after epoch 1 and resumed by BackupAndRestore: only epochs 3 (every 3) and 4 (last) are evaluated.
+
+    Neither the run's first epoch nor the resumed fit's first is evaluated
+    off schedule, and the CSV log still has the evaluation's columns.
+    """
     from helpers import small_model, toy_batch
 
     from keras_retina import evaluation
 
     evaluated = []
 
-    def fake_evaluate(model, dataset, coco_gt, category_ids, verbose=False):
+    def fake_predict(model, dataset, category_ids, verbose=False):
         evaluated.append(int(model.optimizer.iterations.numpy()))
-        return {name: 0.5 for name in evaluation.METRIC_NAMES}
+        return [], [1]
 
-    monkeypatch.setattr(evaluation, "evaluate_model", fake_evaluate)
+    monkeypatch.setattr(evaluation, "predict_to_coco", fake_predict)
+    monkeypatch.setattr(evaluation, "coco_evaluate", lambda *a, **k: {name: 0.5 for name in evaluation.METRIC_NAMES})
     images, y = toy_batch()
     dataset = tf.data.Dataset.from_tensor_slices((images, y)).batch(2).repeat()
     log = tmp_path / "log.csv"
@@ -145,7 +156,7 @@ def test_resumed_run_evaluates_only_on_schedule_and_keeps_csv_columns(tmp_path, 
         model.compile(optimizer=keras.optimizers.SGD(0.01))
         run_callbacks = [
             callbacks.CocoEvaluationCallback(None, None, (1, 2, 3), every_epochs=3),
-            callbacks.ResumableCSVLogger(str(log), append=True),
+            callbacks.ResumableCSVLogger(str(log), columns=callbacks.CocoEvaluationCallback.LOG_NAMES, append=True),
             callbacks.FiniteBackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False),
             *extra,
         ]
@@ -153,12 +164,12 @@ def test_resumed_run_evaluates_only_on_schedule_and_keeps_csv_columns(tmp_path, 
 
     with pytest.raises(KeyboardInterrupt):
         fit([StopAfterFirstEpoch()])
-    assert evaluated == [1]  # the run's first epoch
+    assert evaluated == []  # the run's first epoch is not on the schedule
     fit()
-    assert evaluated == [1, 3, 4]  # resumed at epoch 2: not evaluated; 3 (every 3rd) and 4 (last) are
+    assert evaluated == [3, 4]  # resumed at epoch 2: not evaluated; 3 (every 3rd) and 4 (last) are
     rows = [line.split(",") for line in log.read_text().splitlines()]
     header = rows[0]
     assert [row[0] for row in rows[1:]] == ["0", "1", "2", "3"]
     assert all(len(row) == len(header) for row in rows)
     val_ap = [row[header.index("val_AP")] for row in rows[1:]]
-    assert val_ap == ["0.5", "NA", "0.5", "0.5"]
+    assert val_ap == ["NA", "NA", "0.5", "0.5"]

@@ -215,3 +215,26 @@ def test_runs_evaluate_writes_the_report(tmp_path):
     _assert_valid_pngs(str(report_dir), _linked_pngs(markdown))
     assert json.loads((tmp_path / "run" / rundir.METRICS_FILE).read_text())["AP"] == metrics["AP"]
     assert glob.glob(str(tmp_path / "run" / "logs" / "report" / "events.*"))  # TensorBoard is on by default
+
+
+def test_write_report_uses_detections_it_is_given_and_detects_otherwise(tmp_path, shapes_val, monkeypatch):
+    """``detections=``: the report scores those and does not call the model; without them it detects."""
+    import keras_retina as kr
+
+    files, source = shapes_val
+    dataset = make_pipeline(source.dataset(), image_size=64, batch_size=2, training=False)
+    model = kr.RetinaNet(num_classes=5, backbone="tiny", fpn_channels=16, head_channels=16, num_head_convs=1)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(files.annotation_file)
+    # The ground truth as detections: AP 1, which the untrained model cannot reach.
+    results = [_det(a["category_id"], a["bbox"], 0.9, image_id=a["image_id"]) for a in gt.loadAnns(gt.getAnnIds())]
+    calls = []
+    original = evaluation.predict_to_coco
+    monkeypatch.setattr(evaluation, "predict_to_coco", lambda *a, **k: calls.append(1) or original(*a, **k))
+    given = report.write_report(model, dataset, files.annotation_file, source.class_names, source.category_ids,
+                                str(tmp_path / "given"), detections=(results, gt.getImgIds()))
+    assert calls == [] and given.metrics["AP"] == pytest.approx(1.0)
+    detected = report.write_report(model, dataset, files.annotation_file, source.class_names, source.category_ids,
+                                   str(tmp_path / "detected"))
+    assert calls == [1] and detected.metrics["AP"] < 0.5
+    assert (tmp_path / "given" / report.REPORT_FILE).exists()

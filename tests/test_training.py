@@ -82,6 +82,25 @@ def test_main_default_flow_writes_everything(tmp_path):
     assert json.loads((run / "config.json").read_text())["data"]["image_size"] == 128
     header = (run / "train_log.csv").read_text().splitlines()[0].split(",")
     assert {"dropped_boxes", "truncated_boxes", "val_AP", "num_positives"} <= set(header), header
+    rows = [line.split(",") for line in (run / "train_log.csv").read_text().splitlines()[1:]]
+    # Evaluated once, after the last epoch (the default experiment's schedule); epoch 1 is not.
+    assert [row[header.index("val_AP")] == "NA" for row in rows] == [True, False]
+    assert float(rows[1][header.index("val_AP")]) == pytest.approx(metrics["AP"])
+    # The final evaluation's detections are kept, and they are what metrics.json scored.
+    from pycocotools.coco import COCO
+
+    from keras_retina import evaluation, rundir
+
+    results, image_ids = rundir.read_detections(str(run))
+    assert len(image_ids) == 8 and results
+    rescored = evaluation.coco_evaluate(COCO(str(tmp_path / "shapes" / "val" / "annotations.json")), results, image_ids=image_ids, verbose=False)
+    assert rescored["AP"] == pytest.approx(metrics["AP"], abs=1e-9)
+    timing = json.loads((run / "timing.json").read_text())
+    assert set(timing["stages_s"]) >= {"report", "drawing", "export"} and len(timing["epoch_s"]) == 2
+    assert all(seconds >= 0 for seconds in timing["stages_s"].values())
+    assert sum(timing["stages_s"].values()) <= timing["total_s"] + 0.5
+    assert timing["machine"]["cores"] >= 1 and timing["machine"]["vector_isa"] in ("AVX-512", "AVX2", "no AVX2")
+    assert "Done in" in result.stdout and "export" in result.stdout
     assert not (run / "backup").exists()  # a finished run leaves no backup to resume from
     assert "COCO AP" in result.stdout
     assert (run / "export" / "1" / "saved_model.pb").exists()

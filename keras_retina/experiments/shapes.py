@@ -9,6 +9,8 @@ N(0, 0.01) init leaves a from-scratch model near its prior for hundreds of
 steps), 256-pixel images, Adam with gradient-norm clipping instead of SGD
 (measured on this data: AP 0.16 after 400 steps against 0.10 for SGD with
 GroupNorm and 0.005 for SGD without).
+It evaluates once, after the last epoch (the time-to-accuracy benchmark
+draws the curve: docs/BENCHMARKS.md).
 """
 
 from keras_retina.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
@@ -36,6 +38,6 @@ def config() -> ExperimentConfig:
             weight_decay=0.0,
             clipnorm=5.0,
             warmup_steps=100,
-            eval_every_epochs=4,
+            eval_every_epochs=16,  # once, at the end: the run's report and metrics.json use it
         ),
     )
