@@ -67,7 +67,9 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             detectron2, torchvision's v2 recipe and Model Garden do at a few
             images per GPU. ``None`` (default): on when the model is built
             under a strategy with more than one replica, off on one device
-            (where it changes nothing). Frozen (and folded) BatchNorm is
+            (where it changes only rounding). ``True`` forces it, on one
+            device too (Keras' one-pass E[x^2] - E[x]^2 statistics, as the
+            replicas compute them). Frozen (and folded) BatchNorm is
             never affected.
         fpn_channels: channels of P3–P7 (256).
         head_channels, num_head_convs: subnet width and depth (256, 4).
