@@ -8,6 +8,13 @@ library pads to a square, so the default here is 800 x 800 with the long
 side fitted, and ``--image_size`` chooses 512–1024 (Table 1e's speed/accuracy
 points). 90k iterations = 12 epochs of the 118k-image train2017 set at batch 16
 (7,500 steps each).
+
+``train.reference_batch_size=16``: those rates are for batch 16, so another
+global batch ``B`` (``--batch_size``) gets the linear scaling rule, lr
+``0.01 * B / 16`` and ``500 * 16 / B`` warm-up steps (docs/SCALING.md); at
+batch 16 nothing changes. ``steps_per_epoch`` stays 7,500 (TFDS does not
+give the pipeline its size): keep 12 epochs with ``train.steps_per_epoch``
+``= 7500 * 16 / B``.
 """
 
 from keras_retina.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
@@ -35,6 +42,7 @@ def config() -> ExperimentConfig:
             weight_decay=1e-4,
             warmup_steps=500,
             decay_fractions=(60000 / 90000, 80000 / 90000),
+            reference_batch_size=16,
             eval_every_epochs=4,
             jit_compile=True,
         ),
