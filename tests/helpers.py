@@ -1,5 +1,6 @@
 """Small shared fixtures for model tests: a CPU-sized RetinaNet and toy data."""
 
+import functools
 import os
 
 import keras
@@ -82,3 +83,19 @@ def skip_if_onednn_cap_hides_bf16(policy: str = "mixed_bfloat16") -> None:
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if "bfloat16" in policy and cap and cap not in ("ALL", "DEFAULT") and "BF16" not in cap and "AMX" not in cap:
         pytest.skip(f"ONEDNN_MAX_CPU_ISA={cap} hides oneDNN's bf16 convolutions that TensorFlow still calls")
+
+
+@functools.lru_cache(maxsize=None)
+def two_replica_strategy():
+    """The process's one MirroredStrategy over the two logical CPUs (../conftest.py), and a OneDeviceStrategy.
+
+    Every test that needs two replicas takes this one: a second
+    MirroredStrategy in the same process reuses collective instance keys, and
+    its collectives then meet the first one's ("Shape mismatch in the
+    collective instance 100").
+    """
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "conftest.py should create two logical CPUs"
+    return tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), tf.distribute.OneDeviceStrategy(devices[0].name)

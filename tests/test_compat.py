@@ -45,7 +45,9 @@ def test_built_input_shape_of_a_subclassed_model():
 
 
 def test_model_strategy_and_additional_loss():
-    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    from helpers import two_replica_strategy
+
+    strategy, _ = two_replica_strategy()  # the process's one MirroredStrategy
     with strategy.scope():
         model = keras.Sequential([keras.layers.Dense(1)])
     assert compat.model_strategy(model) is strategy

@@ -1,6 +1,5 @@
 """Scale-out on two logical CPUs (conftest.py): synchronised BatchNorm, evaluation on every replica, tf.data service."""
 
-import functools
 
 import numpy as np
 import pytest
@@ -12,13 +11,10 @@ from keras_retina import evaluation
 from keras_retina.data import make_pipeline
 
 
-@functools.lru_cache(maxsize=None)
 def _two_replicas():
-    """One MirroredStrategy for the module: a second one in the process reuses collective instance keys
-    (its gather meets the first one's all-reduce: "Collective instance 100 expected type 0")."""
-    devices = tf.config.list_logical_devices("CPU")
-    assert len(devices) >= 2, "conftest.py should create two logical CPUs"
-    return tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), tf.distribute.OneDeviceStrategy(devices[0].name)
+    from helpers import two_replica_strategy
+
+    return two_replica_strategy()
 
 
 # ------------------------------------------------------------ synchronised BatchNorm

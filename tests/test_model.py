@@ -311,11 +311,10 @@ def _one_sgd_step(strategy, images, y):
 def test_mirrored_strategy_normalises_by_global_positives():
     """Two replicas, different positive counts: same weights and losses as one device."""
     images, y = toy_batch()  # image 0 has 2 boxes, image 1 has 1: replicas see different counts
-    devices = tf.config.list_logical_devices("CPU")
-    assert len(devices) >= 2, "conftest.py should create two logical CPUs"
-    mirrored = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    from helpers import two_replica_strategy
+
+    mirrored, single = two_replica_strategy()  # the process's one MirroredStrategy
     assert mirrored.num_replicas_in_sync == 2
-    single = tf.distribute.OneDeviceStrategy(devices[0].name)
     w_mirrored, h_mirrored = _one_sgd_step(mirrored, images, y)
     w_single, h_single = _one_sgd_step(single, images, y)
     for key in ("loss", "cls_loss", "box_loss", "num_positives"):
