@@ -172,7 +172,7 @@ def machine() -> dict:
 
     Example:
         >>> sorted(machine())
-        ['cores', 'cpu', 'family', 'onednn', 'summary', 'vector_isa']
+        ['cores', 'cpu', 'family', 'onednn', 'onednn_max_cpu_isa', 'summary', 'vector_isa']
     """
     info = ""
     if os.path.exists("/proc/cpuinfo"):
@@ -189,8 +189,13 @@ def machine() -> dict:
         onednn = None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cpu, family = field("model name"), field("cpu family")
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # oneDNN limited to older kernels (the AVX2 stand-in)
     summary = f"{cores} cores, {cpu}, family {family}, {isa}, oneDNN {'on' if onednn else 'off'}"
-    return {"cpu": cpu, "family": family, "vector_isa": isa, "cores": cores, "onednn": onednn, "summary": summary}
+    summary += f" (ONEDNN_MAX_CPU_ISA={cap})" if cap else ""
+    return {
+        "cpu": cpu, "family": family, "vector_isa": isa, "cores": cores, "onednn": onednn,
+        "onednn_max_cpu_isa": cap, "summary": summary,
+    }
 
 
 def evaluate(config: config_lib.ExperimentConfig) -> dict:
