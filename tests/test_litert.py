@@ -110,23 +110,25 @@ def test_float_detections_match_predict(files, trained, quantization):
     images = _val_images(data)
     predicted = model.predict(images, verbose=0)
     contiguous = {cid: i for i, cid in enumerate(data.category_ids)}
+    # A twin may score a little under the 0.3 cut (float16 weights move scores by a few hundredths).
+    margin = 0.01 if quantization is None else 0.05
     compared = 0
     for i, image in enumerate(images):
         out = detector(image)
-        ours = _confident(
-            predicted["boxes"][i], predicted["scores"][i], predicted["classes"][i], predicted["num_detections"][i]
-        )
-        theirs = _confident(
+        ours_all = (predicted["boxes"][i], predicted["scores"][i], predicted["classes"][i], predicted["num_detections"][i])
+        theirs_all = (
             out["detection_boxes"][0], out["detection_scores"][0],
             np.array([contiguous[c] for c in out["detection_classes"][0, : out["num_detections"][0]]], np.int64),
             out["num_detections"][0],
         )
         # Every confident detection of either has a twin in the other: same class, IoU >= 0.95.
-        for (boxes_a, _, classes_a), (boxes_b, _, classes_b) in ((ours, theirs), (theirs, ours)):
+        for a, b in ((ours_all, theirs_all), (theirs_all, ours_all)):
+            boxes_a, _, classes_a = _confident(*a)
+            boxes_b, _, classes_b = _confident(*b, threshold=0.3 - margin)
             for box, cls in zip(boxes_a, classes_a):
                 same = classes_b == cls
                 assert same.any() and _iou(box[None], boxes_b[same]).max() >= 0.95, (i, box, cls)
-        compared += len(ours[0])
+        compared += len(_confident(*ours_all)[0])
     print(f"{compared} confident detections compared")
     assert compared >= 10, f"only {compared} detections scored 0.3 or more: the test model is undertrained"
 
