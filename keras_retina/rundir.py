@@ -141,6 +141,10 @@ def load_trained_model(model_dir: str, which: str = "latest") -> keras.Model:
     path = os.path.join(model_dir, LATEST_CHECKPOINT if which == "latest" else BEST_CHECKPOINT)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No checkpoint at {path}: train first (--mode=train) or check --model_dir.")
+    # A checkpoint's optimizer names the learning-rate schedule registered in training (imported
+    # here, not at the top: training imports this module).
+    from keras_retina import training  # noqa: F401, PLC0415
+
     return keras.saving.load_model(path)
 
 
