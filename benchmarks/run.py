@@ -579,13 +579,10 @@ def _fmt_load(load) -> str:
 
 def _cpu_model() -> str:
     """``lscpu``'s model name, family and the widest vector extension, for the record."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return platform.processor()
-    field = lambda name: (re.search(rf"^{name}\s*:\s*(.*)$", info, re.M) or [None, "?"])[1]  # noqa: E731
-    isa = "AVX-512" if "avx512f" in info else ("AVX2" if "avx2" in info else "no AVX2")
-    return f"{field('model name')}, family {field('cpu family')}, {isa}"
+    from keras_retina.runs import machine  # noqa: PLC0415  (what python main.py's timing.json records)
+
+    found = machine()
+    return f"{found['cpu']}, family {found['family']}, {found['vector_isa']}"
 
 if __name__ == "__main__":
     app.run(main)
