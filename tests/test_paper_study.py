@@ -193,6 +193,58 @@ def test_a_run_whose_loss_went_nan_is_recorded_as_diverged(tmp_path, monkeypatch
     assert paper_study.load_result(run_dir)["diverged"]
 
 
+def test_a_row_that_trains_the_same_model_as_another_tables_row_is_reused(tmp_path, monkeypatch):
+    b, d, e = (paper_study.TABLES[k] for k in ("1b", "1d", "1e"))
+    fl_b, fl_d = b.settings[3], d.settings[3]  # FL gamma 2, alpha 0.25 in both tables
+    assert fl_b.overrides != fl_d.overrides  # spelled differently, the same training
+    key = paper_study.run_key(b, fl_b, 1, 500)
+    assert key == paper_study.run_key(d, fl_d, 1, 500) == paper_study.run_key(e, e.settings[2], 1, 500)  # 192 px
+    assert key != paper_study.run_key(b, fl_b, 1, 600) and key != paper_study.run_key(b, b.settings[2], 1, 500)
+    assert key != paper_study.run_key(paper_study.TABLES["prior"], fl_b, 1, 500)  # its own schedule
+    record = _fake_result(str(tmp_path), b, fl_b, 1, 0.41, run_key=key, ms_per_image=None)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a twin run was trained again")
+
+    monkeypatch.setattr(paper_study.subprocess, "run", no_training)
+    measured = []
+    monkeypatch.setattr(paper_study, "_measure", lambda table, run_dir: measured.append((table.key, run_dir)) or {"ms_per_image": 7.5})
+    result = paper_study.run_one(e, e.settings[2], 1, 500, str(tmp_path))
+    twin_dir = paper_study.run_dir_of(str(tmp_path), "1b", fl_b, 1)
+    assert result["AP"] == record["AP"] and result["table"] == "1e" and result["reused_from"] == twin_dir
+    assert measured == [("1e", twin_dir)] and result["ms_per_image"] == 7.5  # 1e's timing, on the twin's model
+    assert paper_study.load_result(paper_study.run_dir_of(str(tmp_path), "1e", e.settings[2], 1))["AP"] == 0.41
+    # A row with no twin is trained.
+    monkeypatch.setattr(paper_study.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("trained")))
+    monkeypatch.setattr(paper_dense, "write_data", lambda **kwargs: None)
+    with pytest.raises(RuntimeError, match="trained"):
+        paper_study.run_one(e, e.settings[0], 1, 500, str(tmp_path))
+
+
+def test_pretraining_crops_hold_their_object_or_none_and_the_weights_load(tmp_path):
+    from keras_retina.backbones import build_backbone
+    from keras_retina.experiments import paper_pretrain
+
+    split = paper_pretrain.write_data(str(tmp_path / "data"), num_train=6, num_val=1, verbose=False)["train"]
+    images, labels, names = paper_pretrain.crops(split.annotation_file, split.image_dir, seed=3)
+    with open(split.annotation_file) as f:
+        coco = json.load(f)
+    assert names == tuple(shapes.SHAPE_CLASSES) + ("background",)
+    assert images.shape == (len(labels), 64, 64, 3)
+    objects = sorted(a["category_id"] - 1 for a in coco["annotations"])
+    assert sorted(labels[labels < 5].tolist()) == objects and (labels == 5).sum() == 2 * 6
+    # The study's data is seed 0; the pre-training images are others.
+    assert paper_pretrain.DATA_SEED != paper_dense.DATA_SEED
+    weights = str(tmp_path / "w.weights.h5")
+    result = paper_pretrain.pretrain(str(tmp_path / "data"), weights, steps=3, batch_size=8, num_train=6, num_val=1, verbose=0)
+    assert result["train_crops"] == len(labels) and os.path.exists(weights + ".json")
+    loaded, again, fresh = build_backbone("tiny", weights=weights), build_backbone("tiny", weights=weights), build_backbone("tiny")
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
+    np.testing.assert_array_equal(loaded(x)[-1], again(x)[-1])  # the file's weights, not each build's random init
+    assert not np.allclose(loaded(x)[-1], fresh(x)[-1])
+    assert paper_dense.config().model.backbone_weights == paper_pretrain.WEIGHTS_PATH
+
+
 def test_a_study_json_without_ap_is_refused_naming_the_file(tmp_path):
     with open(tmp_path / paper_study.RESULT_FILE, "w") as f:
         json.dump({"setting": "x"}, f)

@@ -7,7 +7,7 @@ look-alikes: about 1 foreground anchor in 1000, measured by
 under ``data/paper_dense/`` and read with ``dataset="coco_json"``. Write it
 once before ``--experiment=paper_dense``::
 
-    python -m keras_retina.experiments.paper_dense      # writes the data, prints the foreground ratio
+    python -m keras_retina.experiments.paper_dense      # writes the data and the backbone, prints the foreground ratio
     python main.py --experiment=paper_dense --mode=train
 
 (``python -m keras_retina.experiments.paper_study`` writes it itself.) The
@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 
 from keras_retina.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from keras_retina.experiments import paper_pretrain
 
 #: Where the data is written, and its size.
 DATA_DIR = os.path.join("data", "paper_dense")
@@ -35,12 +36,19 @@ def config() -> ExperimentConfig:
 
     Example:
         >>> c = config()
-        >>> c.data.dataset, c.data.image_size, c.model.focal_gamma
-        ('coco_json', 192, 2.0)
+        >>> c.data.dataset, c.data.image_size, c.model.focal_gamma, c.model.backbone_weights
+        ('coco_json', 192, 2.0, 'data/paper_dense_pretrain/tiny_backbone.weights.h5')
     """
     return ExperimentConfig(
         name="paper_dense",
-        model=ModelConfig(backbone="tiny", fpn_channels=64, head_channels=64, num_head_convs=4, use_group_norm=True),
+        model=ModelConfig(
+            backbone="tiny",
+            backbone_weights=paper_pretrain.WEIGHTS_PATH,
+            fpn_channels=64,
+            head_channels=64,
+            num_head_convs=4,
+            use_group_norm=True,
+        ),
         data=DataConfig(
             dataset="coco_json",
             train_annotations=os.path.join(DATA_DIR, "train", "annotations.json"),
@@ -66,9 +74,13 @@ def config() -> ExperimentConfig:
 
 
 def write_data(
-    directory: str = DATA_DIR, num_train: int = NUM_TRAIN, num_val: int = NUM_VAL, verbose: bool = True
+    directory: str = DATA_DIR, num_train: int = NUM_TRAIN, num_val: int = NUM_VAL, verbose: bool = True, pretrained: bool = False
 ) -> dict:
     """Writes (or finds) the study's train and val splits; returns ``make_shapes_splits``' dict.
+
+    With ``pretrained``, also the pre-trained backbone the config names
+    (:func:`keras_retina.experiments.paper_pretrain.ensure_weights`: trained
+    once, a few minutes).
 
     Example:
         >>> import tempfile
@@ -78,13 +90,14 @@ def write_data(
     """
     from keras_retina.data.shapes import SMALL_OBJECTS_IN_CLUTTER, make_shapes_splits  # noqa: PLC0415
 
-    return make_shapes_splits(
-        directory, num_train, num_val, seed=DATA_SEED, verbose=verbose, **SMALL_OBJECTS_IN_CLUTTER
-    )
+    splits = make_shapes_splits(directory, num_train, num_val, seed=DATA_SEED, verbose=verbose, **SMALL_OBJECTS_IN_CLUTTER)
+    if pretrained:
+        paper_pretrain.ensure_weights()
+    return splits
 
 
 if __name__ == "__main__":
     from keras_retina.experiments import paper_study  # noqa: PLC0415
 
-    splits = write_data()
+    splits = write_data(pretrained=True)
     paper_study.print_foreground_ratio(config(), splits["train"].annotation_file)

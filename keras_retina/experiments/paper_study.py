@@ -47,9 +47,9 @@ from typing import Sequence
 
 import numpy as np
 
-#: Training steps of every run (batch 8): twice the 4000-step schedule whose AP stopped
-#: improving after its second decay (docs/paper_study.md, "Budget").
-STEPS = 8000
+#: Training steps of every run (batch 8): twice the 2400 steps after which the budget run
+#: (pre-trained backbone, constant learning rate) stopped improving (docs/paper_study.md, "Budget").
+STEPS = 4800
 STEPS_PER_EPOCH = 100
 #: Study runs evaluate every EVAL_EVERY_EPOCHS epochs (1000 steps), so that each run's
 #: study.json says where its own AP stopped improving.
@@ -216,15 +216,15 @@ TABLES = {
     ),
 }
 #: The budget run (not a table): FL gamma 2 at a constant learning rate (after the
-#: warm-up), evaluated every 500 steps, to find where AP stops improving.
+#: warm-up), evaluated every 200 steps, to find where AP stops improving.
 BUDGET = Table(
     "budget",
-    "Budget: FL gamma 2, constant learning rate, AP every 500 steps",
+    "Budget: FL gamma 2, constant learning rate, AP every 200 steps",
     "step",
     (Setting("fl_constant_lr", "FL gamma 2, alpha 0.25, constant LR", ("train.decay_fractions=(0.999,)",), None, 0),),
-    eval_every_epochs=5,
+    eval_every_epochs=2,
 )
-BUDGET_STEPS = 6000
+BUDGET_STEPS = 3000
 
 
 def plateau_step(rows: list[dict], tolerance: float = 0.01, steps_per_epoch: int = STEPS_PER_EPOCH) -> int | None:
@@ -441,9 +441,13 @@ def run_one(table: Table, setting: Setting, seed: int, steps: int, runs_dir: str
     if found is not None:
         print(f"[{table.key}] {setting.name} seed {seed}: done (AP {found['AP']:.3f}), skipped", flush=True)
         return found
+    key = run_key(table, setting, seed, steps)
+    twin = find_twin(runs_dir, key)
+    if twin is not None:  # the same training in another table (e.g. 1b's gamma 2 is 1c's 3x3 and 1d's FL)
+        return _reuse(table, setting, seed, twin, run_dir)
     from keras_retina.experiments import paper_dense  # noqa: PLC0415
 
-    paper_dense.write_data(verbose=False)
+    paper_dense.write_data(verbose=False, pretrained=True)
     os.makedirs(run_dir, exist_ok=True)
     print(f"[{table.key}] {setting.name} seed {seed}: training {steps} steps in {run_dir}", flush=True)
     start = time.time()
@@ -466,6 +470,8 @@ def run_one(table: Table, setting: Setting, seed: int, steps: int, runs_dir: str
     import keras_retina  # noqa: PLC0415
 
     result = {
+        "run_key": key,
+        "run_dir": run_dir,
         "code": os.path.dirname(os.path.abspath(keras_retina.__file__)),  # which snapshot of the code ran
         "table": table.key,
         "setting": setting.name,
@@ -490,6 +496,69 @@ def run_one(table: Table, setting: Setting, seed: int, steps: int, runs_dir: str
         json.dump(result, f, indent=1, sort_keys=True)
     os.replace(os.path.join(run_dir, RESULT_FILE + ".tmp"), os.path.join(run_dir, RESULT_FILE))
     print(f"[{table.key}] {setting.name} seed {seed}: AP {result['AP']:.3f} in {elapsed / 60:.1f} min", flush=True)
+    return result
+
+
+def run_key(table: Table, setting: Setting, seed: int, steps: int) -> str:
+    """A hash of everything that decides a run's training: the resolved config, seed, steps, schedule.
+
+    Rows of different tables that train the same model (1a's alpha 0.75 and
+    1b's gamma 0; 1b's gamma 2, 1c's 3 x 3, 1d's FL and 1e's 192 px) get the
+    same key, so each is trained once.
+
+    Example:
+        >>> run_key(TABLES["1b"], TABLES["1b"].settings[3], 0, 100) == run_key(TABLES["1d"], TABLES["1d"].settings[3], 0, 100)
+        True
+        >>> run_key(TABLES["1b"], TABLES["1b"].settings[3], 0, 100) == run_key(TABLES["1b"], TABLES["1b"].settings[3], 1, 100)
+        False
+    """
+    import hashlib  # noqa: PLC0415
+
+    from keras_retina import config as config_lib  # noqa: PLC0415
+    from keras_retina.experiments import paper_dense  # noqa: PLC0415
+
+    resolved = config_lib.to_dict(config_lib.override(paper_dense.config(), setting.overrides))
+    schedule = {"seed": seed, "steps": steps, "steps_per_epoch": table.steps_per_epoch, "eval_every_epochs": table.eval_every_epochs}
+    text = json.dumps({"config": resolved, **schedule}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def find_twin(runs_dir: str, key: str) -> str | None:
+    """The directory of a finished run (any table) whose ``run_key`` is ``key``, or ``None``.
+
+    Example:
+        >>> import tempfile
+        >>> find_twin(tempfile.mkdtemp(), "0123") is None
+        True
+    """
+    if not os.path.isdir(runs_dir):
+        return None
+    for table_dir in sorted(os.listdir(runs_dir)):
+        if table_dir.startswith("_") or not os.path.isdir(os.path.join(runs_dir, table_dir)):
+            continue  # _from_scratch, _code_*: not this study's runs
+        for name in sorted(os.listdir(os.path.join(runs_dir, table_dir))):
+            path = os.path.join(runs_dir, table_dir, name, RESULT_FILE)
+            if os.path.exists(path):
+                with open(path) as f:
+                    record = json.load(f)
+                if record.get("run_key") == key and not record.get("reused_from"):
+                    return os.path.dirname(path)
+    return None
+
+
+def _reuse(table: Table, setting: Setting, seed: int, twin: str, run_dir: str) -> dict:
+    """This row's record from its twin's: the same metrics, this table's measurements (on the twin's model)."""
+    with open(os.path.join(twin, RESULT_FILE)) as f:
+        result = json.load(f)
+    result.update({"table": table.key, "setting": setting.name, "reused_from": twin, "run_dir": twin})
+    for extra in ("ms_per_image", "initial_loss"):
+        result.pop(extra, None)
+    result.update(_measure(table, twin))
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, RESULT_FILE + ".tmp"), "w") as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+    os.replace(os.path.join(run_dir, RESULT_FILE + ".tmp"), os.path.join(run_dir, RESULT_FILE))
+    print(f"[{table.key}] {setting.name} seed {seed}: the same training as {twin} (AP {result['AP']:.3f}), reused", flush=True)
     return result
 
 
