@@ -222,17 +222,20 @@ def test_a_row_that_trains_the_same_model_as_another_tables_row_is_reused(tmp_pa
 
 
 def test_pretraining_crops_hold_their_object_or_none_and_the_weights_load(tmp_path):
+    from keras_retina import backbone_pretraining
     from keras_retina.backbones import build_backbone
     from keras_retina.experiments import paper_pretrain
 
     split = paper_pretrain.write_data(str(tmp_path / "data"), num_train=6, num_val=1, verbose=False)["train"]
-    images, labels, names = paper_pretrain.crops(split.annotation_file, split.image_dir, seed=3)
+    found = backbone_pretraining.crops(split.annotation_file, split.image_dir, seed=3)
+    images, labels, names = found["images"], found["labels"], found["class_names"]
     with open(split.annotation_file) as f:
         coco = json.load(f)
     assert names == tuple(shapes.SHAPE_CLASSES) + ("background",)
     assert images.shape == (len(labels), 64, 64, 3)
     objects = sorted(a["category_id"] - 1 for a in coco["annotations"])
     assert sorted(labels[labels < 5].tolist()) == objects and (labels == 5).sum() == 2 * 6
+    assert found["background_skipped"] == 0
     # The study's data is seed 0; the pre-training images are others.
     assert paper_pretrain.DATA_SEED != paper_dense.DATA_SEED
     weights = str(tmp_path / "w.weights.h5")

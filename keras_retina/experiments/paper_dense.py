@@ -11,10 +11,15 @@ once before ``--experiment=paper_dense``::
     python main.py --experiment=paper_dense --mode=train
 
 (``python -m keras_retina.experiments.paper_study`` writes it itself.) The
-model and optimiser are the default ``shapes`` experiment's (tiny backbone
-from scratch, GroupNorm heads, Adam with clipping: see
-``keras_retina/experiments/shapes.py`` for why); the loss is the paper's
-focal loss (alpha 0.25, gamma 2). No scale jitter: it would change the
+model and optimiser are the default ``shapes`` experiment's (tiny
+backbone, GroupNorm heads, Adam with clipping: see
+``keras_retina/experiments/shapes.py`` for why). The backbone starts from
+the study's own pre-trained weights, as the paper's starts from ImageNet: a
+crop classifier trained on other images of this setting
+(``keras_retina/experiments/paper_pretrain.py``; ``write_data(pretrained=True)``
+trains it once, about 5 minutes), with the stem and the stride-4 stage
+frozen; ``--override=model.backbone_weights=null`` trains from scratch
+instead. The loss is the paper's focal loss (alpha 0.25, gamma 2). No scale jitter: it would change the
 object sizes, hence the measured imbalance.
 """
 
