@@ -112,6 +112,7 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         A tiny model, one training step on two 64 × 64 images (the second
         has one box and one padding row), then detections:
 
+        >>> keras.utils.set_random_seed(0)   # the detections below depend on the random init
         >>> model = RetinaNet(num_classes=3, backbone="tiny", fpn_channels=16,
         ...                   head_channels=16, num_head_convs=1)
         >>> images = np.zeros((2, 64, 64, 3), "uint8")
