@@ -338,3 +338,21 @@ def test_main_runs_seed_by_seed_and_only_the_named_rows(monkeypatch):
     ]
     with pytest.raises(SystemExit):
         paper_study.main(["--table=1z"])
+
+
+def test_comparison_names_a_clear_disagreement_and_leaves_one_seed_unclear(tmp_path):
+    table = paper_study.TABLES["1b"]
+    # gamma 5 clearly above gamma 2 (the paper has it 1.8 points below); gamma 1 has one seed.
+    for seed, (ap2, ap5) in enumerate([(0.60, 0.66), (0.61, 0.67), (0.62, 0.65)]):
+        _fake_result(str(tmp_path), table, table.settings[3], seed, ap2)
+        _fake_result(str(tmp_path), table, table.settings[4], seed, ap5)
+    _fake_result(str(tmp_path), table, table.settings[2], 0, 0.70)
+    found = paper_study.compare_to_paper(paper_study.collect(table, [0, 1, 2], str(tmp_path)))
+    assert (found["agree"], found["disagree"], found["unclear"]) == (0, 1, 2)
+    assert found["best_ours"] == "gamma = 1.0, alpha = 0.25" and found["best_paper"] == "gamma = 2.0, alpha = 0.25"
+    text = paper_study.format_comparison(found)
+    assert "gamma = 2.0, alpha = 0.25 vs gamma = 5.0, alpha = 0.25 (-5.0 ± 0.8 here, +1.8 in the paper)" in text
+    assert "1 of 3 pairs of rows have the paper's sign" in text
+    doc = tmp_path / "doc.md"
+    paper_study.write_doc([0, 1, 2], str(tmp_path), str(doc), figures=False)
+    assert text in doc.read_text()

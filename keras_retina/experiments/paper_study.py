@@ -674,6 +674,86 @@ def format_table(table: Table, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compare_to_paper(rows: list[dict], ties: float = 0.1) -> dict:
+    """Does our AP order the rows as the paper's does? Every pair of rows, judged by the seed spread.
+
+    For each pair of rows with a paper AP and results, the paper's sign of
+    ``AP_i - AP_j`` (pairs within ``ties`` points in the paper are skipped) is
+    compared with ours. Our difference ``d`` counts as *clear* when both rows
+    have at least 2 seeds and ``|d| > 2 * SE``, ``SE = sqrt(s_i^2/n_i +
+    s_j^2/n_j)`` (sample standard deviations, AP in points). That is a rough
+    screen, not a significance test: with 3 seeds a two-sided t-test at 5 %
+    needs about 2.8 standard errors (Welch, about 4 degrees of freedom).
+
+    Args:
+        rows: ``collect`` output (``[{"setting", "results", "missing"}]``).
+        ties: paper differences (AP points) at or below this are not a claim.
+
+    Returns:
+        ``{"pairs": [{"a", "b", "paper", "ours", "se", "verdict"}], "agree",
+        "disagree", "unclear", "best_ours", "best_paper"}``; verdict is one of
+        ``"agree"``, ``"disagree"`` (both clear), ``"unclear"`` (within 2 SE
+        or one seed). Labels name the rows; ``best_*`` is the label of the
+        highest mean (ours) or AP (paper), or ``None``.
+
+    Example:
+        >>> t = TABLES["1b"]
+        >>> def row(setting, aps):
+        ...     return {"setting": setting, "missing": [],
+        ...             "results": [{"AP": a, "AP50": a, "AP75": a} for a in aps]}
+        >>> found = compare_to_paper([row(t.settings[0], [0.60, 0.61, 0.62]),
+        ...                           row(t.settings[3], [0.65, 0.66, 0.64])])
+        >>> found["agree"], found["disagree"], found["unclear"], found["best_ours"]
+        (1, 0, 0, 'gamma = 2.0, alpha = 0.25')
+        >>> round(found["pairs"][0]["ours"], 1), round(found["pairs"][0]["se"], 2)
+        (-4.0, 0.82)
+    """
+    usable = [r for r in rows if r["setting"].paper and r["results"]]
+    aps = {id(r): [100 * x["AP"] for x in r["results"]] for r in usable}
+    pairs = []
+    for i, a in enumerate(usable):
+        for b in usable[i + 1 :]:
+            paper = a["setting"].paper[0] - b["setting"].paper[0]
+            if abs(paper) <= ties:
+                continue
+            xa, xb = aps[id(a)], aps[id(b)]
+            ours = statistics.mean(xa) - statistics.mean(xb)
+            se = math.sqrt(statistics.variance(xa) / len(xa) + statistics.variance(xb) / len(xb)) if min(len(xa), len(xb)) >= 2 else None
+            clear = se is not None and abs(ours) > 2 * se
+            verdict = ("agree" if ours * paper > 0 else "disagree") if clear else "unclear"
+            pairs.append({"a": a["setting"].label, "b": b["setting"].label, "paper": paper, "ours": ours, "se": se, "verdict": verdict})
+    found = {"pairs": pairs, **{v: sum(p["verdict"] == v for p in pairs) for v in ("agree", "disagree", "unclear")}}
+    found["best_ours"] = max(usable, key=lambda r: statistics.mean(aps[id(r)]))["setting"].label if usable else None
+    found["best_paper"] = max(usable, key=lambda r: r["setting"].paper[0])["setting"].label if usable else None
+    return found
+
+
+def format_comparison(found: dict) -> str:
+    """One markdown paragraph from ``compare_to_paper``: the counts, the best rows, the clear disagreements.
+
+    Example:
+        >>> print(format_comparison({"pairs": [], "agree": 0, "disagree": 0, "unclear": 0,
+        ...                          "best_ours": None, "best_paper": None}))
+        <BLANKLINE>
+    """
+    pairs = found["pairs"]
+    if not pairs:
+        return ""
+    same_sign = sum(p["ours"] * p["paper"] > 0 for p in pairs)
+    text = (
+        f"Against the paper's order: {same_sign} of {len(pairs)} pairs of rows have the paper's sign; "
+        f"beyond twice their standard error {found['agree']} agree and {found['disagree']} disagree, "
+        f"{found['unclear']} are within the seed spread (or have one seed). "
+        f"Best row here: {found['best_ours']}; in the paper: {found['best_paper']}."
+    )
+    against = [p for p in pairs if p["verdict"] == "disagree"]
+    if against:
+        text += " Clearly against the paper: " + "; ".join(
+            f"{p['a']} vs {p['b']} ({p['ours']:+.1f} ± {p['se']:.1f} here, {p['paper']:+.1f} in the paper)" for p in against
+        ) + "."
+    return text
+
+
 def _foreground_line(rows: list[dict]) -> str:
     parts = []
     for row in rows:
@@ -794,9 +874,9 @@ def write_doc(seeds: Sequence[int], runs_dir: str = RUNS_DIR, doc_path: str = DO
         parts += [f"### {table.title} ({status})", ""]
         parts.append(f"`python -m keras_retina.experiments.paper_study --table={table.key} --seeds={','.join(map(str, seeds))}`")
         parts += ["", format_table(table, rows), ""]
-        line = _foreground_line(rows)
-        if line:
-            parts += [line, ""]
+        for line in (format_comparison(compare_to_paper(rows)), _foreground_line(rows)):
+            if line:
+                parts += [line, ""]
         if figures:
             png = plot_table(table, rows, os.path.join(docs_dir, f"paper_study_{table.key}.png"))
             if png:
