@@ -741,9 +741,9 @@ def format_comparison(found: dict) -> str:
         return ""
     same_sign = sum(p["ours"] * p["paper"] > 0 for p in pairs)
     text = (
-        f"Against the paper's order: {same_sign} of {len(pairs)} pairs of rows have the paper's sign; "
-        f"beyond twice their standard error {found['agree']} agree and {found['disagree']} disagree, "
-        f"{found['unclear']} are within the seed spread (or have one seed). "
+        f"Against the paper's order: {same_sign} of {len(pairs)} pairs of rows have the paper's sign. "
+        f"Beyond twice their standard error: {found['agree']} agree, {found['disagree']} disagree; "
+        f"within it (or with one seed): {found['unclear']}. "
         f"Best row here: {found['best_ours']}; in the paper: {found['best_paper']}."
     )
     against = [p for p in pairs if p["verdict"] == "disagree"]
