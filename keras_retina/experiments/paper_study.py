@@ -708,23 +708,21 @@ def compare_to_paper(rows: list[dict], ties: float = 0.1) -> dict:
         >>> round(found["pairs"][0]["ours"], 1), round(found["pairs"][0]["se"], 2)
         (-4.0, 0.82)
     """
-    usable = [r for r in rows if r["setting"].paper and r["results"]]
-    aps = {id(r): [100 * x["AP"] for x in r["results"]] for r in usable}
+    usable = [(r["setting"], [100 * x["AP"] for x in r["results"]]) for r in rows if r["setting"].paper and r["results"]]
     pairs = []
-    for i, a in enumerate(usable):
-        for b in usable[i + 1 :]:
-            paper = a["setting"].paper[0] - b["setting"].paper[0]
+    for i, (a, xa) in enumerate(usable):
+        for b, xb in usable[i + 1 :]:
+            paper = a.paper[0] - b.paper[0]
             if abs(paper) <= ties:
                 continue
-            xa, xb = aps[id(a)], aps[id(b)]
             ours = statistics.mean(xa) - statistics.mean(xb)
             se = math.sqrt(statistics.variance(xa) / len(xa) + statistics.variance(xb) / len(xb)) if min(len(xa), len(xb)) >= 2 else None
             clear = se is not None and abs(ours) > 2 * se
             verdict = ("agree" if ours * paper > 0 else "disagree") if clear else "unclear"
-            pairs.append({"a": a["setting"].label, "b": b["setting"].label, "paper": paper, "ours": ours, "se": se, "verdict": verdict})
+            pairs.append({"a": a.label, "b": b.label, "paper": paper, "ours": ours, "se": se, "verdict": verdict})
     found = {"pairs": pairs, **{v: sum(p["verdict"] == v for p in pairs) for v in ("agree", "disagree", "unclear")}}
-    found["best_ours"] = max(usable, key=lambda r: statistics.mean(aps[id(r)]))["setting"].label if usable else None
-    found["best_paper"] = max(usable, key=lambda r: r["setting"].paper[0])["setting"].label if usable else None
+    found["best_ours"] = max(usable, key=lambda u: statistics.mean(u[1]))[0].label if usable else None
+    found["best_paper"] = max(usable, key=lambda u: u[0].paper[0])[0].label if usable else None
     return found
 
 
