@@ -120,7 +120,8 @@ def _anchors(num_scales: int, num_ratios: int) -> tuple[str, ...]:
 #: CE without the prior diverges is a claim about it; the study's Adam with clipping would hide it.
 _SGD = ("train.optimizer=sgd", "train.learning_rate=0.01", "train.clipnorm=null", "train.weight_decay=0.0001")
 
-# The paper's numbers (Lin et al. 2017, Table 1; AP, AP50, AP75 in percent).
+# The paper's numbers (Lin et al. 2017, Table 1; AP, AP50, AP75 in percent), checked against
+# the text of arXiv:1708.02002v2. 1d: its NMS-0.5 rows (ResNet-101); 1e: its ResNet-50 rows (test-dev).
 TABLES = {
     "1a": Table(
         "1a",
