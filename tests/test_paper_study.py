@@ -91,6 +91,24 @@ def test_measured_foreground_ratio_is_cocos(tmp_path):
     assert larger["anchors"] > 4 * found["anchors"] - 200 and larger["ratio"] != found["ratio"]
 
 
+def test_anchor_coverage_sees_aspect_ratios_fit_elongated_objects_and_1c_names_its_data(tmp_path):
+    # A 2:1 box of a P3 anchor's area, on an anchor centre: the 1:2 anchor fits it exactly,
+    # the square one at IoU 724 / 1324 = 0.547 (the overlap is 32 x 22.6 px).
+    half_w, half_h = 16 * 2**0.5, 8 * 2**0.5
+    coco = {
+        "images": [{"id": 1, "width": 192, "height": 192, "file_name": "a.png"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [28 - half_w, 28 - half_h, 2 * half_w, 2 * half_h]}],
+    }
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(coco))
+    square = paper_study.anchor_coverage(str(path), kr.AnchorGenerator(scales=(1.0,), aspect_ratios=(1.0,)), 192)
+    three = paper_study.anchor_coverage(str(path), kr.AnchorGenerator(scales=(1.0,)), 192)
+    assert square["median_best_iou"] == pytest.approx(0.547, abs=0.002) and square["covered"] == 1.0
+    assert three["median_best_iou"] == pytest.approx(1.0, abs=1e-4)
+    assert three["aspect"][1] == pytest.approx(2.0, rel=1e-4)
+    assert paper_study.coverage_line(paper_study.TABLES["1b"]) == ""
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     (

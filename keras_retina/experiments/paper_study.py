@@ -286,6 +286,27 @@ def foreground_anchor_ratio(annotation_file: str, anchor_generator, image_size: 
     """
     from keras_retina import matching  # noqa: PLC0415 (TensorFlow only when measuring)
 
+    boxes, classes = _read_boxes(annotation_file, image_size, max_images)
+    anchors = anchor_generator((image_size, image_size))
+    foreground, ignored = 0, 0
+    for start in range(0, len(boxes), 64):  # in chunks: (64, A, N) IoU at a time
+        targets = matching.assign_targets(anchors, boxes[start : start + 64], classes[start : start + 64])
+        foreground += int(np.asarray(targets["foreground"]).sum())
+        ignored += int((np.asarray(targets["cls_targets"]) == matching.IGNORE).sum())
+    n = len(boxes)
+    return {
+        "anchors": int(len(anchors)),
+        "images": n,
+        "objects_per_image": float((classes >= 0).sum() / n),
+        "foreground_per_image": foreground / n,
+        "ignored_per_image": ignored / n,
+        "ratio": foreground / (n * len(anchors)),
+    }
+
+
+def _read_boxes(annotation_file: str, image_size: int, max_images: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """A COCO JSON's boxes as the pipeline sees them: ``(B, N, 4)`` xyxy pixels at ``image_size``
+    (longer side resized to it) and ``(B, N)`` classes, 0 for a box and -1 for padding."""
     with open(annotation_file) as f:
         coco = json.load(f)
     images = coco["images"][:max_images] if max_images else coco["images"]
@@ -301,20 +322,59 @@ def foreground_anchor_ratio(annotation_file: str, anchor_generator, image_size: 
         for column, (x, y, w, h) in enumerate(by_image[image["id"]]):
             boxes[row, column] = np.array([x, y, x + w, y + h]) * scale
             classes[row, column] = 0
-    anchors = anchor_generator((image_size, image_size))
-    foreground, ignored = 0, 0
-    for start in range(0, len(images), 64):  # in chunks: (64, A, N) IoU at a time
-        targets = matching.assign_targets(anchors, boxes[start : start + 64], classes[start : start + 64])
-        foreground += int(np.asarray(targets["foreground"]).sum())
-        ignored += int((np.asarray(targets["cls_targets"]) == matching.IGNORE).sum())
-    n = len(images)
+    return boxes, classes
+
+
+def anchor_coverage(annotation_file: str, anchor_generator, image_size: int, max_images: int | None = None) -> dict:
+    """How well the anchors fit the objects: each object's best IoU with any anchor.
+
+    Table 1c's question is whether more scales and aspect ratios cover the
+    objects better; that depends on the spread of the objects' sizes and
+    shapes, so this also reports those. An object whose best IoU is below
+    the foreground threshold (0.5) still gets its best anchor through the
+    low-quality match, but a poorly fitting one.
+
+    Args:
+        annotation_file: a COCO instances JSON.
+        anchor_generator: a :class:`keras_retina.AnchorGenerator`.
+        image_size: the square input size in pixels (boxes are scaled as the pipeline does).
+        max_images: measure only the first images (all by default).
+
+    Returns:
+        ``{"objects": n, "median_best_iou", "covered"`` (share of objects with
+        best IoU >= 0.5)``, "side_px"`` (5/50/95 % quantiles of sqrt(w h) in
+        pixels)``, "aspect"`` (5/50/95 % quantiles of w / h)``}``.
+
+    Example:
+        A 32-pixel square on a default anchor (P3, stride 8, centre 28) fits
+        it exactly; a 16-pixel square on the same centre has IoU 0.25:
+
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "annotations.json")
+        >>> coco = {"images": [{"id": 1, "width": 192, "height": 192, "file_name": "a.png"}],
+        ...         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [12, 12, 32, 32]},
+        ...                         {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 20, 16, 16]}]}
+        >>> json.dump(coco, open(path, "w"))
+        >>> found = anchor_coverage(path, kr.AnchorGenerator(), 192)
+        >>> found["objects"], round(found["median_best_iou"], 3), found["covered"], found["side_px"][1]
+        (2, 0.625, 0.5, 24.0)
+    """
+    from keras_retina import boxes as boxes_lib  # noqa: PLC0415
+
+    boxes, classes = _read_boxes(annotation_file, image_size, max_images)
+    objects = boxes[classes >= 0]  # (n, 4)
+    anchors = anchor_generator((image_size, image_size))  # (A, 4)
+    best = np.concatenate(
+        [np.asarray(boxes_lib.pairwise_iou(objects[i : i + 512], anchors)).max(axis=1) for i in range(0, len(objects), 512)]
+    )  # (n,), in chunks: (512, A) IoU at a time
+    width, height = objects[:, 2] - objects[:, 0], objects[:, 3] - objects[:, 1]
+    quantiles = lambda v: [float(q) for q in np.quantile(v, (0.05, 0.5, 0.95))]  # noqa: E731
     return {
-        "anchors": int(len(anchors)),
-        "images": n,
-        "objects_per_image": float((classes >= 0).sum() / n),
-        "foreground_per_image": foreground / n,
-        "ignored_per_image": ignored / n,
-        "ratio": foreground / (n * len(anchors)),
+        "objects": int(len(objects)),
+        "median_best_iou": float(np.median(best)),
+        "covered": float(np.mean(best >= 0.5)),
+        "side_px": quantiles(np.sqrt(width * height)),
+        "aspect": quantiles(width / np.maximum(height, 1e-6)),
     }
 
 
@@ -762,6 +822,32 @@ def _foreground_line(rows: list[dict]) -> str:
     return ("Measured foreground anchors per image (training split): " + "; ".join(parts) + ".") if parts else ""
 
 
+def coverage_line(table: Table, max_images: int = 400) -> str:
+    """Table 1c's anchor fit per row (:func:`anchor_coverage` on the study's training split); ``""``
+    for other tables or before the data is written."""
+    from keras_retina import config as config_lib  # noqa: PLC0415
+    from keras_retina.experiments import paper_dense  # noqa: PLC0415
+
+    base = paper_dense.config()
+    if table.key != "1c" or not os.path.exists(base.data.train_annotations):
+        return ""
+    from keras_retina import training  # noqa: PLC0415
+
+    parts, found = [], None
+    for setting in table.settings:
+        config = config_lib.override(base, setting.overrides)
+        found = anchor_coverage(
+            config.data.train_annotations, training.build_anchor_generator(config.model), config.data.image_size, max_images
+        )
+        parts.append(f"{setting.label}: median {found['median_best_iou']:.2f}, {100 * found['covered']:.0f} % at IoU >= 0.5")
+    side, aspect = found["side_px"], found["aspect"]
+    return (
+        f"Anchor fit (each object's best IoU with any anchor; training split, {found['objects']} objects of the first "
+        f"{max_images} images, {side[0]:.0f}-{side[2]:.0f} px on a side and w/h {aspect[0]:.2f}-{aspect[2]:.2f}, "
+        f"5-95 %): " + "; ".join(parts) + "."
+    )
+
+
 def plot_table(table: Table, rows: list[dict], path: str) -> str | None:
     """AP (mean, seeds as dots) against the table's x, with the paper's AP on a second axis; ``None`` if no results."""
     if not any(row["results"] for row in rows):
@@ -873,7 +959,7 @@ def write_doc(seeds: Sequence[int], runs_dir: str = RUNS_DIR, doc_path: str = DO
         parts += [f"### {table.title} ({status})", ""]
         parts.append(f"`python -m keras_retina.experiments.paper_study --table={table.key} --seeds={','.join(map(str, seeds))}`")
         parts += ["", format_table(table, rows), ""]
-        for line in (format_comparison(compare_to_paper(rows)), _foreground_line(rows)):
+        for line in (format_comparison(compare_to_paper(rows)), _foreground_line(rows), coverage_line(table)):
             if line:
                 parts += [line, ""]
         if figures:
