@@ -341,9 +341,10 @@ def anchor_coverage(annotation_file: str, anchor_generator, image_size: int, max
         max_images: measure only the first images (all by default).
 
     Returns:
-        ``{"objects": n, "median_best_iou", "covered"`` (share of objects with
-        best IoU >= 0.5)``, "side_px"`` (5/50/95 % quantiles of sqrt(w h) in
-        pixels)``, "aspect"`` (5/50/95 % quantiles of w / h)``}``.
+        A dict: ``objects`` (their number), ``median_best_iou``, ``covered``
+        (the share of objects with best IoU >= 0.5), ``side_px`` (the 5, 50
+        and 95 % quantiles of sqrt(w h), pixels) and ``aspect`` (the same
+        quantiles of w / h).
 
     Example:
         A 32-pixel square on a default anchor (P3, stride 8, centre 28) fits
