@@ -109,6 +109,20 @@ def test_anchor_coverage_sees_aspect_ratios_fit_elongated_objects_and_1c_names_i
     assert paper_study.coverage_line(paper_study.TABLES["1b"]) == ""
 
 
+def test_coverage_line_follows_the_objects_as_1e_scales_the_input(tmp_path):
+    # A 32-pixel square on a P3 anchor at 192 px; at 128 px it is 21.3 px, inside the 32-pixel anchor: IoU 0.44.
+    coco = {
+        "images": [{"id": 1, "width": 192, "height": 192, "file_name": "a.png"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [12, 12, 32, 32]}],
+    }
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(coco))
+    line = paper_study.coverage_line(paper_study.TABLES["1e"], annotation_file=str(path))
+    assert "192 px (paper 600): objects 32-32 px, median 1.00, 100 % at IoU >= 0.5" in line, line
+    assert "128 px (paper 400): objects 21-21 px, median 0.44, 0 % at IoU >= 0.5" in line, line
+    assert paper_study.coverage_line(paper_study.TABLES["1e"], annotation_file=str(tmp_path / "missing.json")) == ""
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     (

@@ -823,29 +823,31 @@ def _foreground_line(rows: list[dict]) -> str:
     return ("Measured foreground anchors per image (training split): " + "; ".join(parts) + ".") if parts else ""
 
 
-def coverage_line(table: Table, max_images: int = 400) -> str:
-    """Table 1c's anchor fit per row (:func:`anchor_coverage` on the study's training split); ``""``
-    for other tables or before the data is written."""
+def coverage_line(table: Table, max_images: int = 400, annotation_file: str | None = None) -> str:
+    """Tables 1c and 1e: each row's anchor fit (:func:`anchor_coverage` on the study's training
+    split, or ``annotation_file``, at the row's anchors and input size); ``""`` for other tables or
+    before the data is written."""
     from keras_retina import config as config_lib  # noqa: PLC0415
     from keras_retina.experiments import paper_dense  # noqa: PLC0415
 
     base = paper_dense.config()
-    if table.key != "1c" or not os.path.exists(base.data.train_annotations):
+    annotation_file = annotation_file or base.data.train_annotations
+    if table.key not in ("1c", "1e") or not os.path.exists(annotation_file):
         return ""
     from keras_retina import training  # noqa: PLC0415
 
     parts, found = [], None
     for setting in table.settings:
         config = config_lib.override(base, setting.overrides)
-        found = anchor_coverage(
-            config.data.train_annotations, training.build_anchor_generator(config.model), config.data.image_size, max_images
-        )
-        parts.append(f"{setting.label}: median {found['median_best_iou']:.2f}, {100 * found['covered']:.0f} % at IoU >= 0.5")
+        found = anchor_coverage(annotation_file, training.build_anchor_generator(config.model), config.data.image_size, max_images)
+        side = found["side_px"]
+        sides = f"objects {side[0]:.0f}-{side[2]:.0f} px, " if table.key == "1e" else ""  # 1e: they scale with the input
+        parts.append(f"{setting.label}: {sides}median {found['median_best_iou']:.2f}, {100 * found['covered']:.0f} % at IoU >= 0.5")
     side, aspect = found["side_px"], found["aspect"]
+    sizes = "" if table.key == "1e" else f"{side[0]:.0f}-{side[2]:.0f} px on a side and "
     return (
         f"Anchor fit (each object's best IoU with any anchor; training split, {found['objects']} objects of the first "
-        f"{max_images} images, {side[0]:.0f}-{side[2]:.0f} px on a side and w/h {aspect[0]:.2f}-{aspect[2]:.2f}, "
-        f"5-95 %): " + "; ".join(parts) + "."
+        f"{max_images} images, {sizes}w/h {aspect[0]:.2f}-{aspect[2]:.2f}, 5-95 %): " + "; ".join(parts) + "."
     )
 
 
