@@ -107,6 +107,9 @@ def test_anchor_coverage_sees_aspect_ratios_fit_elongated_objects_and_1c_names_i
     assert three["median_best_iou"] == pytest.approx(1.0, abs=1e-4)
     assert three["aspect"][1] == pytest.approx(2.0, rel=1e-4)
     assert paper_study.coverage_line(paper_study.TABLES["1b"]) == ""
+    path.write_text(json.dumps({**coco, "annotations": []}))
+    with pytest.raises(ValueError, match="annotations.json: `annotations` holds no"):
+        paper_study.anchor_coverage(str(path), kr.AnchorGenerator(), 192)
 
 
 def test_coverage_line_follows_the_objects_as_1e_scales_the_input(tmp_path):

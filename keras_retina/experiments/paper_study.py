@@ -374,6 +374,8 @@ def anchor_coverage(annotation_file: str, anchor_generator, image_size: int, max
 
     boxes, classes = _read_boxes(annotation_file, image_size, max_images)
     objects = boxes[classes >= 0]  # (n, 4)
+    if not len(objects):
+        raise ValueError(f"{annotation_file}: `annotations` holds no (non-crowd) box of the images read; nothing to fit.")
     anchors = anchor_generator((image_size, image_size))  # (A, 4)
     best = np.concatenate(
         [np.asarray(boxes_lib.pairwise_iou(objects[i : i + 512], anchors)).max(axis=1) for i in range(0, len(objects), 512)]
@@ -837,14 +839,15 @@ def coverage_line(table: Table, max_images: int = 400, annotation_file: str | No
     """Tables 1c and 1e: each row's anchor fit (:func:`anchor_coverage` on the study's training
     split, or ``annotation_file``, at the row's anchors and input size); ``""`` for other tables or
     before the data is written."""
-    from keras_retina import config as config_lib  # noqa: PLC0415
+    if table.key not in ("1c", "1e"):
+        return ""
+    from keras_retina import config as config_lib, training  # noqa: PLC0415
     from keras_retina.experiments import paper_dense  # noqa: PLC0415
 
     base = paper_dense.config()
     annotation_file = annotation_file or base.data.train_annotations
-    if table.key not in ("1c", "1e") or not os.path.exists(annotation_file):
+    if not os.path.exists(annotation_file):
         return ""
-    from keras_retina import training  # noqa: PLC0415
 
     parts, found = [], None
     for setting in table.settings:
