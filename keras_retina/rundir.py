@@ -13,12 +13,15 @@
       val_detections.json         its detections (COCO results, with the images evaluated)
       timing.json                 python main.py: seconds per stage, and the machine
       workers/<type>_<id>/        what the non-chief workers of a multi-worker run write
+      .lock                       held while a process trains here (which pid, on which host)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 
 import keras
 import tensorflow as tf
@@ -34,6 +37,61 @@ BACKUP_DIR = "backup"
 TRAIN_LOG = "train_log.csv"
 METRICS_FILE = "metrics.json"
 DETECTIONS_FILE = "val_detections.json"
+LOCK_FILE = ".lock"
+
+
+class RunDirInUseError(RuntimeError):
+    """Another process is training into this run directory."""
+
+
+@contextlib.contextmanager
+def claim(model_dir: str):
+    """Holds ``model_dir`` for one trainer; a second process that tries gets :class:`RunDirInUseError`.
+
+    Two trainers in one directory (a rerun started while the first still
+    runs, or an orphan left by killing a parent) would both write
+    ``latest.keras``, ``backup/`` and ``train_log.csv``: the checkpoint is
+    then one run's, the log both. The lock is an advisory ``flock`` on
+    ``<model_dir>/.lock``, which the operating system drops when its
+    process ends, however it ends: a killed run leaves no stale lock. The
+    file says who holds it (pid and host), for the error. Where ``fcntl``
+    is missing (Windows) nothing is locked. ``model_dir`` must exist.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d, claim(d):
+        ...     try:
+        ...         with claim(d):
+        ...             pass
+        ...     except RunDirInUseError as e:
+        ...         print("refused:", "is being trained by" in str(e))
+        refused: True
+    """
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:  # no flock on this platform
+        yield
+        return
+    path = os.path.join(model_dir, LOCK_FILE)
+    handle = open(path, "a+")  # noqa: SIM115 (held for the whole block)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "owner unknown"
+        handle.close()
+        raise RunDirInUseError(
+            f"{model_dir} is being trained by another process ({owner}, from {path}). Wait for it, stop it, "
+            "or pass another --model_dir."
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing drops the flock
 
 
 def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:

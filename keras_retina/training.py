@@ -295,7 +295,9 @@ def train(
     ``val_detections.json`` (its detections).
 
     A NaN or inf loss stops training and raises :class:`TrainingDivergedError`
-    (the last good checkpoint and backup are kept).
+    (the last good checkpoint and backup are kept). A directory another
+    process is training into raises :class:`keras_retina.rundir.RunDirInUseError`
+    before anything in it is touched (:func:`keras_retina.rundir.claim`).
 
     Returns:
         ``(model, history, data, metrics)``: ``data`` is the run's
@@ -312,6 +314,12 @@ def train(
     strategy = strategy or make_strategy(config.train.strategy)
     model_dir = rundir.worker_dir(config.resolved_model_dir(), strategy)
     os.makedirs(os.path.join(model_dir, "checkpoints"), exist_ok=True)
+    with rundir.claim(model_dir):  # one trainer per run directory
+        return _train_in(model_dir, config, strategy, init_source, callbacks)
+
+
+def _train_in(model_dir, config, strategy, init_source, callbacks):
+    """:func:`train` once ``model_dir`` is held: resume or start, fit, write the results."""
     rundir.write_config(model_dir, config)
     keras.utils.set_random_seed(config.train.seed)
     backup_dir = os.path.join(model_dir, rundir.BACKUP_DIR)

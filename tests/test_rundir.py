@@ -59,3 +59,49 @@ def test_only_the_chief_writes_the_run_directory():
     assert rundir.task_dir("runs/x", "worker", 0, has_chief=True) == "runs/x/workers/worker_0"
     assert rundir.task_dir("runs/x", "worker", 3, has_chief=False) == "runs/x/workers/worker_3"
     assert rundir.task_dir("runs/x", "evaluator", 0, has_chief=False) == "runs/x/workers/evaluator_0"
+
+
+def test_claim_refuses_a_second_trainer_and_frees_the_directory_when_its_holder_dies(tmp_path):
+    """The lock of a run directory: a second holder is refused with the first's pid; a killed holder leaves none."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from keras_retina import rundir\n"
+         f"with rundir.claim({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(rundir.RunDirInUseError, match=rf"{tmp_path} is being trained by another process \(pid {holder.pid} on "):
+            with rundir.claim(str(tmp_path)):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.time() + 10  # the kernel drops the flock as the process ends
+    while True:
+        try:
+            with rundir.claim(str(tmp_path)):
+                assert (tmp_path / ".lock").read_text() == f"pid {os.getpid()} on {__import__('socket').gethostname()}\n"
+            break
+        except rundir.RunDirInUseError:
+            assert time.time() < deadline, "the killed holder's lock was not released"
+            time.sleep(0.1)
+
+
+def test_train_refuses_a_directory_another_process_is_training_into(tmp_path):
+    import dataclasses
+
+    from keras_retina import experiments, training
+
+    config = dataclasses.replace(experiments.load("shapes"), model_dir=str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    with rundir.claim(str(tmp_path / "run")):
+        with pytest.raises(rundir.RunDirInUseError, match="is being trained by another process"):
+            training.train(config)
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before it wrote anything

@@ -563,7 +563,10 @@ def run_one(table: Table, setting: Setting, seed: int, steps: int, runs_dir: str
             if isinstance(row.get("val_AP"), float)
         ],
         "plateau_step": plateau_step(rows, steps_per_epoch=table.steps_per_epoch),
-        "loss_log": [{"step": (i + 1) * table.steps_per_epoch, "loss": row.get("loss"), "cls_loss": row.get("cls_loss")} for i, row in enumerate(rows)],
+        "loss_log": [
+            {"step": (int(row["epoch"]) + 1) * table.steps_per_epoch, "loss": row.get("loss"), "cls_loss": row.get("cls_loss")}
+            for row in rows
+        ],
     }
     result.update(_measure(table, run_dir))
     with open(os.path.join(run_dir, RESULT_FILE + ".tmp"), "w") as f:
