@@ -432,3 +432,6 @@ def test_time_table_1e_times_every_size_in_turns_and_fills_the_ms_column(tmp_pat
     assert "`--time_1e`, every size's seed-0 model in turns (2 calls each" in text
     with Image.open(doc.parent / "paper_study_1e_speed.png") as image:
         assert image.format == "PNG" and image.size[0] > 600
+    (tmp_path / "val.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(ValueError, match=r"val.json: 'images' has no entry with a 'file_name'"):
+        paper_study.time_table_1e(str(runs), seed=0)

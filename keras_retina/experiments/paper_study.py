@@ -420,18 +420,9 @@ def time_predict(model, image_size: int, repeats: int = 20, warmup: int = 3) -> 
         >>> time_predict(model, 64, repeats=2, warmup=1) > 0
         True
     """
-    import tensorflow as tf  # noqa: PLC0415
-
-    detect = model.detect_function()
-    image = tf.zeros((1, image_size, image_size, 3), tf.uint8)
-    for _ in range(warmup):
-        detect(image)["num_detections"].numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        detect(image)["num_detections"].numpy()
-        times.append(1000.0 * (time.perf_counter() - start))
-    return float(statistics.median(times))
+    image = np.zeros((1, image_size, image_size, 3), np.uint8)
+    found = time_side_by_side({image_size: model.detect_function()}, {image_size: image}, 1, repeats, warmup)
+    return found[image_size]["median_ms"]
 
 
 def time_side_by_side(functions: dict, inputs: dict, rounds: int = 5, repeats: int = 10, warmup: int = 3) -> dict:
@@ -511,7 +502,10 @@ def time_table_1e(runs_dir: str = RUNS_DIR, seed: int = 0, rounds: int = 10, rep
     with open(os.path.join(found[min(found)]["run_dir"], "config.json")) as f:
         data = json.load(f)["data"]
     with open(data["val_annotations"]) as f:
-        first = json.load(f)["images"][0]["file_name"]
+        images = json.load(f).get("images") or []
+    if not images or "file_name" not in images[0]:
+        raise ValueError(f"{data['val_annotations']}: 'images' has no entry with a 'file_name' to time 1e on")
+    first = images[0]["file_name"]
     image_path = os.path.join(data["val_images"], first)
     image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
     functions, inputs = {}, {}
