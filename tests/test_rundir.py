@@ -65,6 +65,7 @@ def test_claim_refuses_a_second_trainer_and_frees_the_directory_when_its_holder_
     """The lock of a run directory: a second holder is refused with the first's pid; a killed holder leaves none."""
     import os
     import signal
+    import socket
     import subprocess
     import sys
     import time
@@ -87,7 +88,7 @@ def test_claim_refuses_a_second_trainer_and_frees_the_directory_when_its_holder_
     while True:
         try:
             with rundir.claim(str(tmp_path)):
-                assert (tmp_path / ".lock").read_text() == f"pid {os.getpid()} on {__import__('socket').gethostname()}\n"
+                assert (tmp_path / ".lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
             break
         except rundir.RunDirInUseError:
             assert time.time() < deadline, "the killed holder's lock was not released"

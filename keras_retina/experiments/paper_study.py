@@ -1035,7 +1035,8 @@ def plot_speed_accuracy(rows: list[dict], timing: dict, path: str) -> str | None
     """
     points = []
     for row in rows:
-        size, t = int(row["setting"].x), timing["sizes"].get(str(int(row["setting"].x)))
+        size = int(row["setting"].x)
+        t = timing["sizes"].get(str(size))
         if row["results"] and t:
             aps = [100 * r["AP"] for r in row["results"]]
             points.append((size, t["median_ms"], statistics.mean(aps), statistics.stdev(aps) if len(aps) > 1 else 0.0, row["setting"].paper))
@@ -1230,10 +1231,10 @@ def write_doc(seeds: Sequence[int], runs_dir: str = RUNS_DIR, doc_path: str = DO
             png = plot_speed_accuracy(rows, timing, os.path.join(docs_dir, "paper_study_1e_speed.png")) if timing else None
             if png:
                 parts += [f"![1e: AP against ms/image]({os.path.basename(png)})", ""]
-    fig4_runs = fig4_run_dirs(runs_dir, seeds) if figures else []  # only finished runs
+    fig4_runs = fig4_run_dirs(runs_dir, seeds)  # only finished runs
     status = f"({len(fig4_runs)} of {len(seeds)} seeds)" if fig4_runs else "(not run yet: needs table 1b's gamma = 2 runs)"
     parts += [f"### Figure 4: CDF of the normalised loss {status}", ""]
-    if fig4_runs:
+    if fig4_runs and figures:
         png, line = figure4(fig4_runs, os.path.join(docs_dir, "paper_study_fig4.png"))
         parts += [line, "", f"![Figure 4]({os.path.basename(png)})", ""]
     parts.append(END_MARK)
