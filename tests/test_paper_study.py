@@ -357,8 +357,14 @@ def test_plateau_is_where_ap_stops_rising_by_more_than_a_point():
 
 def test_main_runs_seed_by_seed_and_only_the_named_rows(monkeypatch):
     calls = []
-    monkeypatch.setattr(paper_study, "run_one", lambda table, setting, seed, steps, runs_dir: calls.append((table.key, setting.name, seed, steps)))
+    records = []
+    monkeypatch.setattr(
+        paper_study,
+        "run_one",
+        lambda table, setting, seed, steps, runs_dir, records_dir: calls.append((table.key, setting.name, seed, steps)) or records.append(records_dir),
+    )
     monkeypatch.setattr(paper_study, "write_doc", lambda *args, **kwargs: "")
+    monkeypatch.setattr(paper_study, "_keep_backbone", lambda records_dir: None)
     paper_study.main(["--table=1b,prior", "--seeds=0,1", "--only=fl_g2.0_a0.25,ce_bias0"])
     assert calls == [
         ("1b", "fl_g2.0_a0.25", 0, paper_study.STEPS),
@@ -366,6 +372,7 @@ def test_main_runs_seed_by_seed_and_only_the_named_rows(monkeypatch):
         ("prior", "ce_bias0", 0, paper_study.PRIOR_STEPS),
         ("prior", "ce_bias0", 1, paper_study.PRIOR_STEPS),
     ]
+    assert set(records) == {os.path.join("docs", "paper_study_runs")}  # kept runs are skipped too
     calls.clear()
     paper_study.main(["--table=1b", "--seeds=0,1"])
     assert [(name, seed) for _, name, seed, _ in calls] == [
