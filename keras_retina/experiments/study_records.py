@@ -2,7 +2,7 @@
 
 Run directories (``runs/paper_study/...``) are ignored by git, and a machine
 is not always kept from one working session to the next: session 9's run
-directories, 60 runs of tables 1a-1e and the prior, were lost with its
+directories, every run of tables 1a-1e and the prior, were lost with its
 machine, and only the tables already written into ``docs/paper_study.md``
 survived. So each collection copies every finished run's record (metrics,
 AP curve, logged losses, measurements; no weights, a few kB each) to
