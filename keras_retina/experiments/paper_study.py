@@ -532,10 +532,9 @@ def time_table_1e(runs_dir: str = RUNS_DIR, seed: int = 0, rounds: int = 10, rep
 def read_timing(runs_dir: str = RUNS_DIR, records_dir: str | None = None) -> dict | None:
     """``<runs_dir>/1e_timing.json`` (:func:`time_table_1e`), else its kept copy in ``records_dir``,
     or ``None`` before it is measured."""
-    for folder in (runs_dir, records_dir):
-        path = os.path.join(folder, TIMING_FILE) if folder else ""
-        if path and os.path.exists(path):
-            with open(path) as f:
+    for folder in filter(None, (runs_dir, records_dir)):
+        if os.path.exists(os.path.join(folder, TIMING_FILE)):
+            with open(os.path.join(folder, TIMING_FILE)) as f:
                 return json.load(f)
     return None
 
@@ -638,10 +637,10 @@ def run_one(table: Table, setting: Setting, seed: int, steps: int, runs_dir: str
     key = run_key(table, setting, seed, steps)
     twin = find_twin(runs_dir, key)
     if twin is not None:  # the same training in another table (e.g. 1b's gamma 2 is 1c's 3x3 and 1d's FL)
-        return _reuse(table, setting, seed, twin, run_dir)
+        return _reuse(table, setting, seed, load_result(twin), run_dir, twin)
     kept_twin = find_kept_twin(records_dir, key)
     if kept_twin is not None:  # its run directory is gone, its record is kept
-        return _reuse_record(table, setting, seed, kept_twin, run_dir)
+        return _reuse(table, setting, seed, kept_twin, run_dir)
     from keras_retina.experiments import paper_dense  # noqa: PLC0415
 
     paper_dense.write_data(verbose=False, pretrained=True)
@@ -787,35 +786,28 @@ def _write_result(run_dir: str, result: dict) -> None:
     os.replace(os.path.join(run_dir, RESULT_FILE + ".tmp"), os.path.join(run_dir, RESULT_FILE))
 
 
-def _reuse_record(table: Table, setting: Setting, seed: int, twin: dict, run_dir: str) -> dict:
-    """This row's record from a kept twin record: the same metrics; the foreground ratio measured
-    for this row's config (the twin's model is gone, so no ms/image: table 1e's column comes from
-    ``--time_1e``)."""
-    from keras_retina import config as config_lib  # noqa: PLC0415
-    from keras_retina.experiments import paper_dense  # noqa: PLC0415
+def _reuse(table: Table, setting: Setting, seed: int, twin: dict, run_dir: str, twin_dir: str | None = None) -> dict:
+    """This row's record from its twin's record ``twin``: the same metrics, this table's measurements.
 
-    result = dict(twin)
-    for extra in ("ms_per_image", "initial_loss"):
-        result.pop(extra, None)
-    source = f"{twin['table']}/{twin['setting']}_seed{twin['seed']}"
-    result.update({"table": table.key, "setting": setting.name, "reused_from": f"kept record {source}", "run_dir": run_dir})
-    config = config_lib.override(paper_dense.config(), setting.overrides)
-    result["foreground"] = print_foreground_ratio(config, config.data.train_annotations)
+    With the twin's run directory ``twin_dir``, they are measured on its
+    model (:func:`_measure`); when only its record is kept, the foreground
+    ratio is measured for this row's config and there is no ms/image
+    (table 1e's column comes from ``--time_1e``).
+    """
+    result = {k: v for k, v in twin.items() if k not in ("ms_per_image", "initial_loss")}
+    if twin_dir:
+        source = twin_dir
+        result.update({"reused_from": twin_dir, "run_dir": twin_dir}, **_measure(table, twin_dir))
+    else:
+        from keras_retina import config as config_lib  # noqa: PLC0415
+        from keras_retina.experiments import paper_dense  # noqa: PLC0415
+
+        source = f"kept record {twin['table']}/{twin['setting']}_seed{twin['seed']}"
+        config = config_lib.override(paper_dense.config(), setting.overrides)
+        result.update({"reused_from": source, "run_dir": run_dir, "foreground": print_foreground_ratio(config, config.data.train_annotations)})
+    result.update({"table": table.key, "setting": setting.name})
     _write_result(run_dir, result)
-    print(f"[{table.key}] {setting.name} seed {seed}: the same training as kept {source} (AP {result['AP']:.3f}), reused", flush=True)
-    return result
-
-
-def _reuse(table: Table, setting: Setting, seed: int, twin: str, run_dir: str) -> dict:
-    """This row's record from its twin's: the same metrics, this table's measurements (on the twin's model)."""
-    with open(os.path.join(twin, RESULT_FILE)) as f:
-        result = json.load(f)
-    result.update({"table": table.key, "setting": setting.name, "reused_from": twin, "run_dir": twin})
-    for extra in ("ms_per_image", "initial_loss"):
-        result.pop(extra, None)
-    result.update(_measure(table, twin))
-    _write_result(run_dir, result)
-    print(f"[{table.key}] {setting.name} seed {seed}: the same training as {twin} (AP {result['AP']:.3f}), reused", flush=True)
+    print(f"[{table.key}] {setting.name} seed {seed}: the same training as {source} (AP {result['AP']:.3f}), reused", flush=True)
     return result
 
 
