@@ -135,6 +135,26 @@ def test_a_fresh_checkout_builds_tables_from_the_record_and_keeps_what_no_record
     assert paper_study.KEPT_NOTE not in paper_study.generated_sections(third)["### Table 1a: alpha-balanced CE (gamma = 0) (not run yet)"]
 
 
+def test_the_anchor_fit_line_is_kept_while_the_data_is_not_written(tmp_path, monkeypatch):
+    """A fresh checkout has no study data: 1c's anchor-fit line stays as the last collection wrote it."""
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    docs.mkdir()
+    doc = docs / "paper_study.md"
+    doc.write_text("# Notes\n")
+    c = paper_study.TABLES["1c"]
+    _finished_run(str(runs), "1c", c.settings[0], 0, 0.60, backbone_sha256="ab12cd34ef56", machine="2 cores, CPU A")
+    fit = "Anchor fit (each object's best IoU with any anchor; ...): 1 scale(s) x 1 ratio(s): median 0.51."
+    monkeypatch.setattr(paper_study, "coverage_line", lambda table, **kw: fit if table.key == "1c" else "")
+    paper_study.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
+    assert fit in doc.read_text()
+    monkeypatch.setattr(paper_study, "coverage_line", lambda table, **kw: "")  # the data is not there
+    paper_study.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
+    text = doc.read_text()
+    assert text.count(fit) == 1
+    section = next(v for k, v in paper_study.generated_sections(text).items() if k.startswith(f"### {c.title} ("))
+    assert fit in section  # in 1c's own section, not another table's
+
+
 def test_a_kept_record_counts_as_finished_and_a_kept_twin_is_reused(tmp_path, monkeypatch):
     runs, records = str(tmp_path / "runs"), str(tmp_path / "records")
     d, e = paper_study.TABLES["1d"], paper_study.TABLES["1e"]

@@ -1320,6 +1320,24 @@ def kept_section(sections: dict[str, str], title: str) -> str | None:
     return None
 
 
+def earlier_line(sections: dict[str, str], title: str, prefix: str) -> str:
+    r"""The line starting with ``prefix`` in the earlier section titled ``title``; ``""`` if none.
+
+    Keeps a line whose inputs are not on this machine (the anchor fit needs the
+    study's data, which a fresh checkout has not written yet) instead of dropping it.
+
+    Example:
+        >>> earlier_line({"### A (complete)": "### A (complete)\n\nAnchor fit: 54 %.\n\nrow"}, "A", "Anchor fit")
+        'Anchor fit: 54 %.'
+        >>> earlier_line({}, "A", "Anchor fit")
+        ''
+    """
+    for heading, section in sections.items():
+        if heading.startswith(f"### {title} ("):
+            return next((line for line in section.splitlines() if line.startswith(prefix)), "")
+    return ""
+
+
 def provenance_line(rows: list[dict]) -> str:
     """Where a table's records come from: each backbone and machine the runs were trained on,
     and the records transcribed from an earlier doc; ``""`` without results.
@@ -1374,7 +1392,8 @@ def write_doc(seeds: Sequence[int], runs_dir: str = RUNS_DIR, doc_path: str = DO
         parts.append(f"`python -m keras_retina.experiments.paper_study --table={table.key} --seeds={','.join(map(str, seeds))}`")
         timing = read_timing(runs_dir, records_dir) if table.key == "1e" else None
         parts += ["", format_table(table, rows, timing), ""]
-        lines = (format_comparison(compare_to_paper(rows)), _foreground_line(rows), coverage_line(table), _timing_line(timing), provenance_line(rows))
+        coverage = coverage_line(table) or earlier_line(old_sections, table.title, "Anchor fit")
+        lines = (format_comparison(compare_to_paper(rows)), _foreground_line(rows), coverage, _timing_line(timing), provenance_line(rows))
         for line in lines:
             if line:
                 parts += [line, ""]
