@@ -346,6 +346,21 @@ def test_plot_table_writes_a_png_only_when_there_are_results(tmp_path):
         assert image.format == "PNG" and image.size[0] > 300
 
 
+def test_plot_table_names_the_ticks_of_a_table_of_named_settings(tmp_path, monkeypatch):
+    """1d's settings sit at x = 0-3: the axis must still say which is which, not print 0.5 steps."""
+    import matplotlib.axes
+
+    ticks = []
+    original = matplotlib.axes.Axes.set_xticks
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xticks", lambda self, *a, **k: (ticks.append(a), original(self, *a, **k))[1])
+    for key in ("1d", "1b"):
+        table = paper_study.TABLES[key]
+        _fake_result(str(tmp_path / "runs"), table, table.settings[0], 0, 0.4)
+        paper_study.plot_table(table, paper_study.collect(table, [0], str(tmp_path / "runs")), str(tmp_path / f"{key}.png"))
+    d = paper_study.TABLES["1d"]
+    assert ticks == [([0, 1, 2, 3], [s.label for s in d.settings])]  # 1d named; 1b's gamma axis left to matplotlib
+
+
 def test_plateau_is_where_ap_stops_rising_by_more_than_a_point():
     aps = [0.1, 0.3, 0.45, 0.50, 0.505, 0.51, 0.512]
     rows = [{"epoch": 4 * i + 3, "val_AP": ap} for i, ap in enumerate(aps)]

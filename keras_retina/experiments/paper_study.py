@@ -1063,7 +1063,8 @@ def plot_table(table: Table, rows: list[dict], path: str) -> str | None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    xs = list(range(len(rows))) if table.key in ("1d", "prior", "1c") else [row["setting"].x for row in rows]
+    categorical = table.key in ("1d", "prior", "1c")  # rows are named settings, not points on an axis
+    xs = list(range(len(rows))) if categorical else [row["setting"].x for row in rows]
     means = []
     for x, row in zip(xs, rows):
         aps = [100 * r["AP"] for r in row["results"]]
@@ -1075,7 +1076,7 @@ def plot_table(table: Table, rows: list[dict], path: str) -> str | None:
         twin = axis.twinx()
         twin.plot(xs, [row["setting"].paper[0] if row["setting"].paper else float("nan") for row in rows], "s--", color="tab:orange", label="paper, COCO (right axis)")
         twin.set_ylabel("paper COCO AP (%)")
-    if xs != [row["setting"].x for row in rows]:
+    if categorical:  # was `xs != x`, which left 1d's ticks unnamed: its x values are 0-3 already
         axis.set_xticks(xs, [row["setting"].label for row in rows], rotation=20, fontsize=7, ha="right")
     axis.set_xlabel(table.x_name)
     axis.set_title(table.title, fontsize=9)
