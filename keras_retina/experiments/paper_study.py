@@ -1076,7 +1076,7 @@ def plot_table(table: Table, rows: list[dict], path: str) -> str | None:
         twin = axis.twinx()
         twin.plot(xs, [row["setting"].paper[0] if row["setting"].paper else float("nan") for row in rows], "s--", color="tab:orange", label="paper, COCO (right axis)")
         twin.set_ylabel("paper COCO AP (%)")
-    if categorical:  # was `xs != x`, which left 1d's ticks unnamed: its x values are 0-3 already
+    if categorical:  # label every tick, also where the x values happen to be 0, 1, 2, ...
         axis.set_xticks(xs, [row["setting"].label for row in rows], rotation=20, fontsize=7, ha="right")
     axis.set_xlabel(table.x_name)
     axis.set_title(table.title, fontsize=9)
