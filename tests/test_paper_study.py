@@ -408,11 +408,30 @@ def test_comparison_names_a_clear_disagreement_and_leaves_one_seed_unclear(tmp_p
     assert (found["agree"], found["disagree"], found["unclear"]) == (0, 1, 2)
     assert found["best_ours"] == "gamma = 1.0, alpha = 0.25" and found["best_paper"] == "gamma = 2.0, alpha = 0.25"
     text = paper_study.format_comparison(found)
-    assert "gamma = 2.0, alpha = 0.25 vs gamma = 5.0, alpha = 0.25 (-5.0 ± 0.8 here, +1.8 in the paper)" in text
+    # Paired by seed: the differences -6, -6 and -3 points have SE 1.0 (Welch's would be 0.8).
+    assert "gamma = 2.0, alpha = 0.25 vs gamma = 5.0, alpha = 0.25 (-5.0 ± 1.0 here, +1.8 in the paper)" in text
     assert "1 of 3 pairs of rows have the paper's sign" in text
+    assert "paired by seed in 1 of 3 pairs" in text  # gamma 1's one seed pairs with nothing
     doc = tmp_path / "doc.md"
     paper_study.write_doc([0, 1, 2], str(tmp_path), str(doc), figures=False)
     assert text in doc.read_text()
+
+
+def test_comparison_pairs_rows_by_seed_so_a_shared_seed_offset_cancels(tmp_path):
+    """The rows of a seed share its backbone: a seed that lifts every row must not hide a steady gap."""
+    table = paper_study.TABLES["1d"]
+    ohem, fl = table.settings[0], table.settings[-1]
+    for seed, offset in enumerate([0.0, 0.05, 0.10]):
+        _fake_result(str(tmp_path), table, ohem, seed, 0.60 + offset)
+        _fake_result(str(tmp_path), table, fl, seed, 0.63 + offset + 0.005 * seed)
+    found = paper_study.compare_to_paper(paper_study.collect(table, [0, 1, 2], str(tmp_path)))
+    (pair,) = found["pairs"]
+    assert pair["paired"] and pair["verdict"] == "agree"
+    assert pair["ours"] == pytest.approx(-3.5) and pair["se"] == pytest.approx(0.2887, abs=1e-3)
+    # Unpaired, the 5-point seed offsets swamp the 3.5-point gap.
+    means = paper_study._difference({0: 60.0, 1: 65.0, 2: 70.0}, {3: 63.0, 4: 68.5, 5: 74.0})
+    assert not means[2] and abs(means[0]) < 2 * means[1]
+    assert "(paired by seed)" in paper_study.format_comparison(found)
 
 
 def test_time_table_1e_times_every_size_in_turns_and_fills_the_ms_column(tmp_path, monkeypatch):

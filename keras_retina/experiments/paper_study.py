@@ -876,14 +876,15 @@ def collect(table: Table, seeds: Sequence[int], runs_dir: str = RUNS_DIR, record
     (:mod:`keras_retina.experiments.study_records`).
 
     Returns:
-        ``[{"setting": Setting, "results": [study.json records], "missing": [seeds]}]``.
+        ``[{"setting": Setting, "results": [study.json records], "missing": [seeds]}]``;
+        each record's ``"seed"`` is the seed it was found for.
     """
     rows = []
     for setting in table.settings:
         results, missing = [], []
         for seed in seeds:
             found = _finished(table, setting, seed, runs_dir, records_dir)
-            (results.append(found) if found is not None else missing.append(seed))
+            (results.append({**found, "seed": seed}) if found is not None else missing.append(seed))
         rows.append({"setting": setting, "results": results, "missing": missing})
     return rows
 
@@ -942,18 +943,22 @@ def compare_to_paper(rows: list[dict], ties: float = 0.1) -> dict:
 
     For each pair of rows with a paper AP and results, the paper's sign of
     ``AP_i - AP_j`` (pairs within ``ties`` points in the paper are skipped) is
-    compared with ours. Our difference ``d`` counts as *clear* when both rows
-    have at least 2 seeds and ``|d| > 2 * SE``, ``SE = sqrt(s_i^2/n_i +
-    s_j^2/n_j)`` (sample standard deviations, AP in points). That is a rough
-    screen, not a significance test: with 3 seeds a two-sided t-test at 5 %
-    needs about 2.8 standard errors (Welch, about 4 degrees of freedom).
+    compared with ours. The rows of one seed share its backbone and data,
+    so where two rows have at least 2 seeds in common the difference is
+    paired by seed: ``d`` is the mean of the per-seed differences over the
+    common seeds and ``SE = s_d / sqrt(n)``. Otherwise ``d`` is the
+    difference of the means and ``SE = sqrt(s_i^2/n_i + s_j^2/n_j)`` (sample
+    standard deviations, AP in points). ``d`` counts as *clear* when
+    ``|d| > 2 * SE``. That is a rough screen, not a significance test: with
+    3 seeds a two-sided t-test at 5 % needs 4.3 standard errors paired (2
+    degrees of freedom), about 2.8 unpaired (Welch, about 4).
 
     Args:
         rows: ``collect`` output (``[{"setting", "results", "missing"}]``).
         ties: paper differences (AP points) at or below this are not a claim.
 
     Returns:
-        ``{"pairs": [{"a", "b", "paper", "ours", "se", "verdict"}], "agree",
+        ``{"pairs": [{"a", "b", "paper", "ours", "se", "paired", "verdict"}], "agree",
         "disagree", "unclear", "best_ours", "best_paper"}``; verdict is one of
         ``"agree"``, ``"disagree"`` (both clear), ``"unclear"`` (within 2 SE
         or one seed). Labels name the rows; ``best_*`` is the label of the
@@ -963,30 +968,63 @@ def compare_to_paper(rows: list[dict], ties: float = 0.1) -> dict:
         >>> t = TABLES["1b"]
         >>> def row(setting, aps):
         ...     return {"setting": setting, "missing": [],
-        ...             "results": [{"AP": a, "AP50": a, "AP75": a} for a in aps]}
-        >>> found = compare_to_paper([row(t.settings[0], [0.60, 0.61, 0.62]),
-        ...                           row(t.settings[3], [0.65, 0.66, 0.64])])
+        ...             "results": [{"AP": a, "seed": k} for k, a in enumerate(aps)]}
+        >>> found = compare_to_paper([row(t.settings[0], [0.60, 0.63, 0.66]),
+        ...                           row(t.settings[3], [0.64, 0.66, 0.71])])
         >>> found["agree"], found["disagree"], found["unclear"], found["best_ours"]
         (1, 0, 0, 'gamma = 2.0, alpha = 0.25')
-        >>> round(found["pairs"][0]["ours"], 1), round(found["pairs"][0]["se"], 2)
-        (-4.0, 0.82)
+        >>> pair = found["pairs"][0]
+        >>> round(pair["ours"], 1), round(pair["se"], 2), pair["paired"]
+        (-4.0, 0.58, True)
+
+        Unpaired, the seeds' shared offsets (3 and 5 points) would hide it:
+        Welch's SE is 2.71 and the pair would be "unclear".
     """
-    usable = [(r["setting"], [100 * x["AP"] for x in r["results"]]) for r in rows if r["setting"].paper and r["results"]]
+    usable = [(r["setting"], {x["seed"]: 100 * x["AP"] for x in r["results"]}) for r in rows if r["setting"].paper and r["results"]]
     pairs = []
     for i, (a, xa) in enumerate(usable):
         for b, xb in usable[i + 1 :]:
             paper = a.paper[0] - b.paper[0]
             if abs(paper) <= ties:
                 continue
-            ours = statistics.mean(xa) - statistics.mean(xb)
-            se = math.sqrt(statistics.variance(xa) / len(xa) + statistics.variance(xb) / len(xb)) if min(len(xa), len(xb)) >= 2 else None
+            ours, se, paired = _difference(xa, xb)
             clear = se is not None and abs(ours) > 2 * se
             verdict = ("agree" if ours * paper > 0 else "disagree") if clear else "unclear"
-            pairs.append({"a": a.label, "b": b.label, "paper": paper, "ours": ours, "se": se, "verdict": verdict})
+            pairs.append({"a": a.label, "b": b.label, "paper": paper, "ours": ours, "se": se, "paired": paired, "verdict": verdict})
     found = {"pairs": pairs, **{v: sum(p["verdict"] == v for p in pairs) for v in ("agree", "disagree", "unclear")}}
-    found["best_ours"] = max(usable, key=lambda u: statistics.mean(u[1]))[0].label if usable else None
+    found["best_ours"] = max(usable, key=lambda u: statistics.mean(u[1].values()))[0].label if usable else None
     found["best_paper"] = max(usable, key=lambda u: u[0].paper[0])[0].label if usable else None
     return found
+
+
+def _difference(xa: dict, xb: dict) -> tuple[float, float | None, bool]:
+    """Row a minus row b (AP points, keyed by seed): ``(mean difference, its SE or None, paired)``.
+
+    Paired by seed where at least 2 seeds are common (a seed's rows share
+    its backbone, so its offset cancels); else the difference of the means
+    with Welch's SE (``None`` with fewer than 2 seeds in a row).
+
+    Example:
+        >>> _difference({0: 60.0, 1: 63.0, 2: 66.0}, {0: 59.0, 1: 62.5, 2: 64.5})
+        (1.0, 0.2886751345948129, True)
+        >>> _difference({0: 60.0, 1: 62.0}, {2: 59.0})
+        (2.0, None, False)
+    """
+    common = sorted(set(xa) & set(xb))
+    if len(common) >= 2:
+        d = [xa[k] - xb[k] for k in common]
+        return statistics.mean(d), statistics.stdev(d) / math.sqrt(len(d)), True
+    a, b = list(xa.values()), list(xb.values())
+    ours = statistics.mean(a) - statistics.mean(b)
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) if min(len(a), len(b)) >= 2 else None
+    return ours, se, False
+
+
+def _paired_note(pairs: list[dict]) -> str:
+    paired = sum(p["paired"] for p in pairs)
+    if paired == len(pairs):
+        return " (paired by seed)"
+    return f" (paired by seed in {paired} of {len(pairs)} pairs)" if paired else ""
 
 
 def format_comparison(found: dict) -> str:
@@ -1003,7 +1041,7 @@ def format_comparison(found: dict) -> str:
     same_sign = sum(p["ours"] * p["paper"] > 0 for p in pairs)
     text = (
         f"Against the paper's order: {same_sign} of {len(pairs)} pairs of rows have the paper's sign. "
-        f"Beyond twice their standard error: {found['agree']} agree, {found['disagree']} disagree; "
+        f"Beyond twice their standard error{_paired_note(pairs)}: {found['agree']} agree, {found['disagree']} disagree; "
         f"within it (or with one seed): {found['unclear']}. "
         f"Best row here: {found['best_ours']}; in the paper: {found['best_paper']}."
     )
