@@ -1,6 +1,8 @@
 """Tests for the synthetic shapes dataset writer (keras_retina/data/shapes.py)."""
 
+import hashlib
 import json
+import math
 import os
 
 import numpy as np
@@ -218,6 +220,9 @@ def test_progress_bar_is_shown(tmp_path, capsys):
         ({"empty_fraction": 1.5}, "`empty_fraction` must be in [0, 1], got 1.5."),
         ({"jpeg_quality": 100}, "`jpeg_quality` must be in [1, 95], got 100."),
         ({"seed": -1}, "`seed` must be a non-negative int or a sequence of them, got -1."),
+        ({"aspect_range": (2.0, 0.5)}, "`aspect_range` must be (low, high) with 0 < low <= high (width / height), got (2.0, 0.5)."),
+        ({"aspect_range": (0.0, 1.0)}, "`aspect_range` must be (low, high) with 0 < low <= high"),
+        ({"aspect_range": 3.0}, "`aspect_range` must be (low, high) with 0 < low <= high (width / height), got 3.0."),
     ],
 )
 def test_bad_arguments_are_named(tmp_path, kwargs, message):
@@ -225,3 +230,29 @@ def test_bad_arguments_are_named(tmp_path, kwargs, message):
     with pytest.raises(ValueError) as error:
         shapes.make_shapes_dataset(tmp_path, verbose=False, **arguments)
     assert message in str(error.value)
+
+
+def test_the_aspect_option_leaves_existing_settings_byte_identical(tmp_path):
+    """Digests of the annotation JSON written before ``aspect_range`` existed (session 12): its
+    default draws exactly as the fixed 0.7-1/0.7 range did, so cached data and kept runs stay valid."""
+    def digest(directory, **kwargs):
+        files = _write(directory, 6, seed=0, **kwargs)
+        with open(files.annotation_file, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+
+    assert digest(tmp_path / "default", image_size=(96, 96)) == "ad1fcb00be2334b7"
+    assert digest(tmp_path / "dense", **shapes.SMALL_OBJECTS_IN_CLUTTER) == "e57efc9ae7ec3fc5"
+
+
+def test_wide_setting_draws_elongated_and_medium_objects_and_records_its_range(tmp_path):
+    files = _write(tmp_path, 40, seed=0, **shapes.WIDE_OBJECTS_IN_CLUTTER)
+    coco = _load(files)
+    assert coco["info"]["keras_retina_shapes"]["setting"]["aspect_range"] == [1 / 3, 3.0]
+    widths, heights = np.array([a["bbox"][2:] for a in coco["annotations"]]).T
+    aspect, side = widths / heights, np.sqrt(widths * heights)
+    # The default range keeps every object within 0.7-1.43 (before occlusion trims a box); here
+    # both tails are wide, and half the objects come from the 36-92 px bucket.
+    assert aspect.min() < 0.5 and aspect.max() > 2.0
+    assert np.mean(side > 34) > 0.2 and side.max() < 0.75 * 192 * math.sqrt(3)
+    near_square = _load(_write(tmp_path / "square", 40, seed=0, **shapes.SMALL_OBJECTS_IN_CLUTTER))
+    assert "aspect_range" not in near_square["info"]["keras_retina_shapes"]["setting"]

@@ -161,6 +161,41 @@ def test_every_setting_is_a_valid_override_of_the_experiment():
     assert [len(a.scales) * len(a.aspect_ratios) for a in anchors] == [s.x for s in paper_study.TABLES["1c"].settings]
 
 
+def test_table_1c_wide_is_1c_on_the_wide_data(tmp_path, monkeypatch):
+    """Same anchors and paper rows as 1c; every row trains on the wide data, which the runner writes."""
+    narrow, wide = paper_study.TABLES["1c"], paper_study.TABLES["1c_wide"]
+    base = paper_dense.config()
+    assert [s.paper for s in wide.settings] == [s.paper for s in narrow.settings]
+    for a, b in zip(narrow.settings, wide.settings):
+        ca, cb = config_lib.override(base, a.overrides), config_lib.override(base, b.overrides)
+        assert ca.model.anchors == cb.model.anchors
+        assert cb.data.train_annotations == os.path.join("data", "paper_dense_wide", "train", "annotations.json")
+        assert cb.data.val_images == os.path.join("data", "paper_dense_wide", "val", "images")
+        assert paper_study.run_key(narrow, a, 0, 100) != paper_study.run_key(wide, b, 0, 100)  # never reused across the two
+    written = []
+
+    class Failed:
+        returncode = 1
+
+    monkeypatch.setattr(paper_dense, "write_data", lambda **kwargs: written.append(kwargs))
+    monkeypatch.setattr(paper_study.subprocess, "run", lambda command, **kwargs: Failed())
+    with pytest.raises(RuntimeError):
+        paper_study.run_one(wide, wide.settings[0], 0, 10, str(tmp_path))
+    assert written == [{"verbose": False, "pretrained": True, "data": "wide"}]
+
+
+def test_coverage_line_of_1c_wide_reads_the_wide_data(tmp_path, monkeypatch):
+    """Its anchor fit is measured on the data its rows train on, where 3 ratios fit better than 1."""
+    monkeypatch.chdir(tmp_path)
+    assert paper_study.coverage_line(paper_study.TABLES["1c_wide"]) == ""  # not written yet
+    shapes.make_shapes_dataset(os.path.join("data", "paper_dense_wide", "train"), 60, seed=0, verbose=False, **shapes.WIDE_OBJECTS_IN_CLUTTER)
+    line = paper_study.coverage_line(paper_study.TABLES["1c_wide"], max_images=60)
+    assert line.startswith("Anchor fit") and "w/h 0.40-2.74" in line  # 1c's data: w/h 0.71-1.38
+    covered = [int(part.split(", ")[-1].split(" %")[0]) for part in line.split(": ", 1)[1].split("; ")]
+    assert len(covered) == 5 and covered[2] > covered[0] + 10  # 1 x 3 against 1 x 1
+    assert paper_study.coverage_line(paper_study.TABLES["1c"]) == ""  # 1c's own data is not there
+
+
 def test_train_command_runs_the_experiment_with_the_settings_overrides():
     table = paper_study.TABLES["prior"]
     command = paper_study.train_command(table, table.settings[1], 2, 3000, "some/dir")

@@ -63,6 +63,9 @@ MIN_VISIBLE_FRACTION = 0.6
 #: Probabilities of drawing a small, medium or large object.
 SIZE_BUCKET_PROBABILITIES = (0.35, 0.4, 0.25)
 
+#: The range of an object's width / height (log-uniform): near square by default.
+ASPECT_RANGE = (0.7, 1.0 / 0.7)
+
 #: The paper study's setting (issue 15), keyword arguments of
 #: :func:`make_shapes_dataset`: 192-pixel images (6,921 anchors with the
 #: paper's 9 per location on P3-P7) holding 1 or 2 small objects (side 16-30
@@ -79,6 +82,17 @@ SMALL_OBJECTS_IN_CLUTTER = {
     "size_probabilities": (1.0, 0.0, 0.0),
     "max_clutter": 16,
     "empty_fraction": 0.0,
+}
+
+#: :data:`SMALL_OBJECTS_IN_CLUTTER` with the spread of shapes and sizes that table 1c's
+#: question needs (issue 15): half the objects small (16-30 px), half medium (36-92 px),
+#: width / height from 1/3 to 3, distractors alike. In the near-square small setting
+#: every anchor set fits the objects equally (the same 32-pixel square is best); here
+#: more scales and ratios fit them better (docs/paper_study.md, table 1c-wide).
+WIDE_OBJECTS_IN_CLUTTER = {
+    **SMALL_OBJECTS_IN_CLUTTER,
+    "size_probabilities": (0.5, 0.5, 0.0),
+    "aspect_range": (1.0 / 3.0, 3.0),
 }
 
 #: Bumped whenever the drawing changes, so that cached datasets are redrawn.
@@ -133,6 +147,7 @@ def make_shapes_dataset(
     min_objects: int = 1,
     size_probabilities: Sequence[float] = SIZE_BUCKET_PROBABILITIES,
     max_clutter: int = 0,
+    aspect_range: Sequence[float] = ASPECT_RANGE,
 ) -> ShapesFiles:
     """Writes a synthetic COCO-format detection dataset of coloured shapes.
 
@@ -164,6 +179,9 @@ def make_shapes_dataset(
             three numbers >= 0 summing to 1.
         max_clutter: most unannotated distractors per image, >= 0 (0: none,
             and no random draw for them).
+        aspect_range: ``(low, high)``, the range of an object's (and a
+            distractor's) width / height, drawn log-uniformly; ``0 < low <=
+            high``. The default, 0.7 to 1/0.7, keeps shapes near square.
 
     Returns:
         A ``ShapesFiles`` with the annotation file and image folder paths.
@@ -186,6 +204,7 @@ def make_shapes_dataset(
         num_images, image_size, max_objects, empty_fraction, jpeg_quality
     )
     size_probabilities = _check_setting(min_objects, max_objects, size_probabilities, max_clutter)
+    aspect_range = _check_aspect_range(aspect_range)
     directory = os.fspath(directory)
     annotation_file = os.path.join(directory, ANNOTATION_FILE_NAME)
     image_dir = os.path.join(directory, IMAGE_DIR_NAME)
@@ -203,6 +222,8 @@ def make_shapes_dataset(
         "size_probabilities": list(size_probabilities),
         "max_clutter": int(max_clutter),
     }
+    if aspect_range != ASPECT_RANGE:  # recorded only when set, as the setting is
+        setting["aspect_range"] = list(aspect_range)
     if setting != _DEFAULT_SETTING:  # recorded only when set: the default JSON stays byte-identical
         params["setting"] = setting
     if not overwrite:
@@ -219,7 +240,7 @@ def make_shapes_dataset(
         rng = np.random.default_rng((*seed_key, index))
         pixels, objects, _ = _draw_image(
             rng, height, width, max_objects, empty_fraction,
-            min_objects, size_probabilities, max_clutter,
+            min_objects, size_probabilities, max_clutter, aspect_range,
         )
         file_name = f"{image_id:06d}.jpg"
         Image.fromarray(pixels).save(
@@ -364,6 +385,17 @@ def _check_setting(min_objects, max_objects, size_probabilities, max_clutter) ->
     return probabilities
 
 
+def _check_aspect_range(aspect_range) -> tuple[float, float]:
+    """Validates ``aspect_range``; returns it as two floats."""
+    try:
+        low, high = (float(v) for v in aspect_range)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not 0.0 < low <= high < math.inf:
+        raise ValueError(f"`aspect_range` must be (low, high) with 0 < low <= high (width / height), got {aspect_range!r}.")
+    return low, high
+
+
 def _load_if_matching(annotation_file, image_dir, params) -> ShapesFiles | None:
     """The existing dataset if it was written with ``params`` and is complete."""
     try:
@@ -389,6 +421,7 @@ def _draw_image(
     min_objects=1,
     size_probabilities=SIZE_BUCKET_PROBABILITIES,
     max_clutter=0,
+    aspect_range=ASPECT_RANGE,
 ):
     """Draws one image (the default setting draws exactly as before the dense options).
 
@@ -406,7 +439,7 @@ def _draw_image(
     image = colour_a + texture[..., None] * (colour_b - colour_a)  # (H, W, 3) float
 
     if max_clutter:  # under the objects; no rng draw at all when off (default data unchanged)
-        _draw_clutter(rng, image, colour_a, colour_b, max_clutter)
+        _draw_clutter(rng, image, colour_a, colour_b, max_clutter, aspect_range)
 
     label_map = np.zeros((height, width), np.int32)
     full_areas, visible = [], []  # per object, in pixels
@@ -416,7 +449,7 @@ def _draw_image(
     )
     for _ in range(num_objects):
         class_index = int(rng.integers(len(SHAPE_CLASSES)))
-        box_w, box_h = _object_size(rng, height, width, size_probabilities)
+        box_w, box_h = _object_size(rng, height, width, size_probabilities, aspect_range)
         mask = _shape_mask(rng, SHAPE_CLASSES[class_index], box_w, box_h)  # (h, w) bool
         colour = _object_colour(rng, colour_a, colour_b)
         for _ in range(_PLACEMENT_TRIES):
@@ -483,7 +516,7 @@ def _background_texture(rng, height, width) -> np.ndarray:
     return (((xs // cell) + (ys // cell)) % 2).astype(np.float32)
 
 
-def _draw_clutter(rng, image, colour_a, colour_b, max_clutter) -> None:
+def _draw_clutter(rng, image, colour_a, colour_b, max_clutter, aspect_range=ASPECT_RANGE) -> None:
     """Paints ``max_clutter // 2`` to ``max_clutter`` unannotated distractors into ``image`` in place.
 
     Half are blobs (2-4 overlapping ellipses: no class's shape), half hollow
@@ -493,7 +526,7 @@ def _draw_clutter(rng, image, colour_a, colour_b, max_clutter) -> None:
     """
     height, width = image.shape[:2]
     for _ in range(int(rng.integers(max_clutter // 2, max_clutter + 1))):
-        box_w, box_h = _object_size(rng, height, width, (0.7, 0.3, 0.0))
+        box_w, box_h = _object_size(rng, height, width, (0.7, 0.3, 0.0), aspect_range)
         if rng.random() < 0.5:
             canvas = Image.new("1", (box_w, box_h), 0)
             draw = ImageDraw.Draw(canvas)
@@ -516,14 +549,14 @@ def _draw_clutter(rng, image, colour_a, colour_b, max_clutter) -> None:
         image[y0 + ys, x0 + xs] = _object_colour(rng, colour_a, colour_b)
 
 
-def _object_size(rng, height, width, probabilities=SIZE_BUCKET_PROBABILITIES) -> tuple[int, int]:
+def _object_size(rng, height, width, probabilities=SIZE_BUCKET_PROBABILITIES, aspect_range=ASPECT_RANGE) -> tuple[int, int]:
     """Box ``(width, height)`` in pixels: a size bucket, then a side and an aspect."""
     bucket = int(rng.choice(3, p=probabilities))
     largest = 0.75 * min(height, width)
     low, high = ((16.0, 30.0), (36.0, 92.0), (104.0, max(largest, 105.0)))[bucket]
     high = min(high, largest)
     side = rng.uniform(min(low, high), high)
-    aspect = math.exp(rng.uniform(math.log(0.7), math.log(1.0 / 0.7)))  # width / height
+    aspect = math.exp(rng.uniform(math.log(aspect_range[0]), math.log(aspect_range[1])))  # width / height
     box_w = int(round(side * math.sqrt(aspect)))
     box_h = int(round(side / math.sqrt(aspect)))
     return min(max(box_w, 12), width), min(max(box_h, 12), height)

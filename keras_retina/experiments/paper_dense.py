@@ -34,6 +34,37 @@ from keras_retina.experiments import paper_pretrain
 DATA_DIR = os.path.join("data", "paper_dense")
 NUM_TRAIN, NUM_VAL = 1600, 300
 DATA_SEED = 0
+#: The study's data settings: name -> (folder, ``keras_retina.data.shapes`` setting name).
+#: "wide" (table 1c-wide) draws objects of more shapes and sizes, to test anchor density.
+DATASETS = {
+    "dense": (DATA_DIR, "SMALL_OBJECTS_IN_CLUTTER"),
+    "wide": (os.path.join("data", "paper_dense_wide"), "WIDE_OBJECTS_IN_CLUTTER"),
+}
+
+
+def data_overrides(name: str) -> tuple[str, ...]:
+    """``--override`` strings that point the config at data setting ``name`` (none for "dense").
+
+    Example:
+        >>> data_overrides("dense")
+        ()
+        >>> data_overrides("wide")[0]
+        'data.train_annotations=data/paper_dense_wide/train/annotations.json'
+    """
+    directory = _data_dir(name)
+    if name == "dense":
+        return ()
+    return tuple(
+        f"data.{split}_{field}={os.path.join(directory, split, leaf)}"
+        for split in ("train", "val")
+        for field, leaf in (("annotations", "annotations.json"), ("images", "images"))
+    )
+
+
+def _data_dir(name: str) -> str:
+    if name not in DATASETS:
+        raise ValueError(f"Unknown paper_dense data setting {name!r}; known: {sorted(DATASETS)}.")
+    return DATASETS[name][0]
 
 
 def config() -> ExperimentConfig:
@@ -79,13 +110,19 @@ def config() -> ExperimentConfig:
 
 
 def write_data(
-    directory: str = DATA_DIR, num_train: int = NUM_TRAIN, num_val: int = NUM_VAL, verbose: bool = True, pretrained: bool = False
+    directory: str | None = None,
+    num_train: int = NUM_TRAIN,
+    num_val: int = NUM_VAL,
+    verbose: bool = True,
+    pretrained: bool = False,
+    data: str = "dense",
 ) -> dict:
     """Writes (or finds) the study's train and val splits; returns ``make_shapes_splits``' dict.
 
-    With ``pretrained``, also the pre-trained backbone the config names
-    (:func:`keras_retina.experiments.paper_pretrain.ensure_weights`: trained
-    once, a few minutes).
+    ``data`` names the setting (:data:`DATASETS`); ``directory`` defaults to
+    its folder. With ``pretrained``, also the pre-trained backbone the
+    config names (:func:`keras_retina.experiments.paper_pretrain.ensure_weights`:
+    trained once, a few minutes; both settings start from it).
 
     Example:
         >>> import tempfile
@@ -93,9 +130,12 @@ def write_data(
         >>> splits["train"].num_images, splits["val"].num_images
         (2, 1)
     """
-    from keras_retina.data.shapes import SMALL_OBJECTS_IN_CLUTTER, make_shapes_splits  # noqa: PLC0415
+    from keras_retina.data import shapes  # noqa: PLC0415
 
-    splits = make_shapes_splits(directory, num_train, num_val, seed=DATA_SEED, verbose=verbose, **SMALL_OBJECTS_IN_CLUTTER)
+    default_dir = _data_dir(data)  # rejects an unknown name
+    directory = directory or default_dir
+    setting = getattr(shapes, DATASETS[data][1])
+    splits = shapes.make_shapes_splits(directory, num_train, num_val, seed=DATA_SEED, verbose=verbose, **setting)
     if pretrained:
         paper_pretrain.ensure_weights()
     return splits

@@ -22,6 +22,9 @@ px except 1d, ResNet-101):
 - ``1a``: alpha of alpha-balanced CE (gamma 0);
 - ``1b``: gamma with the paper's best alpha for each;
 - ``1c``: anchor density, scales x aspect ratios per location;
+- ``1c_wide``: 1c on objects of more shapes and sizes (16-92 px, w/h 1/3
+  to 3: ``paper_dense.DATASETS["wide"]``), where more anchors can fit them
+  better; on 1c's near-square small objects every anchor set fits alike;
 - ``1d``: OHEM (no ratio, 1:3; 128 or 256 anchors per image) against FL;
 - ``1e``: input size: AP and ms per image of the predict step;
 - ``prior``: pi = 0.01 against no prior (bias 0), CE and FL: the loss of
@@ -47,7 +50,7 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_retina.experiments import study_records
+from keras_retina.experiments import paper_dense, study_records
 
 #: Training steps of every run (batch 8): twice the 2400 steps after which the budget run
 #: (pre-trained backbone, constant learning rate) stopped improving (docs/paper_study.md, "Budget").
@@ -100,6 +103,7 @@ class Table:
     steps_per_epoch: int = STEPS_PER_EPOCH
     eval_every_epochs: int | None = EVAL_EVERY_EPOCHS  # None: one evaluation, at the end
     steps: int | None = None  # None: the study's --steps
+    data: str = "dense"  # the data setting its runs train on (paper_dense.DATASETS); its settings point the config there
 
 
 def _fl(alpha, gamma) -> tuple[str, ...]:
@@ -124,6 +128,15 @@ def _anchors(num_scales: int, num_ratios: int) -> tuple[str, ...]:
 #: CE without the prior diverges is a claim about it; the study's Adam with clipping would hide it.
 _SGD = ("train.optimizer=sgd", "train.learning_rate=0.01", "train.clipnorm=null", "train.weight_decay=0.0001")
 _NO_WARMUP = ("train.warmup_steps=0",)
+
+#: Table 1c's rows: scales, ratios, the paper's (AP, AP50, AP75).
+_PAPER_1C = (
+    (1, 1, (30.3, 49.0, 31.8)),
+    (2, 1, (31.9, 50.0, 34.0)),
+    (1, 3, (32.4, 52.3, 33.9)),
+    (2, 3, (34.2, 53.1, 36.5)),
+    (3, 3, (34.0, 52.5, 36.5)),
+)
 
 # The paper's numbers (Lin et al. 2017, Table 1; AP, AP50, AP75 in percent), checked against
 # the text of arXiv:1708.02002v2. 1d: its NMS-0.5 rows (ResNet-101); 1e: its ResNet-50 rows (test-dev).
@@ -164,14 +177,18 @@ TABLES = {
         "anchors per location",
         tuple(
             Setting(f"anchors_{s}x{r}", f"{s} scale(s) x {r} ratio(s)", _anchors(s, r), paper, s * r)
-            for s, r, paper in (
-                (1, 1, (30.3, 49.0, 31.8)),
-                (2, 1, (31.9, 50.0, 34.0)),
-                (1, 3, (32.4, 52.3, 33.9)),
-                (2, 3, (34.2, 53.1, 36.5)),
-                (3, 3, (34.0, 52.5, 36.5)),
-            )
+            for s, r, paper in _PAPER_1C
         ),
+    ),
+    "1c_wide": Table(
+        "1c_wide",
+        "Table 1c on wider objects (16-92 px, w/h 1/3 to 3): anchors per location, FL gamma 2",
+        "anchors per location",
+        tuple(
+            Setting(f"anchors_{s}x{r}", f"{s} scale(s) x {r} ratio(s)", paper_dense.data_overrides("wide") + _anchors(s, r), paper, s * r)
+            for s, r, paper in _PAPER_1C
+        ),
+        data="wide",
     ),
     "1d": Table(
         "1d",
@@ -641,9 +658,7 @@ def run_one(table: Table, setting: Setting, seed: int, steps: int, runs_dir: str
     kept_twin = find_kept_twin(records_dir, key)
     if kept_twin is not None:  # its run directory is gone, its record is kept
         return _reuse(table, setting, seed, kept_twin, run_dir)
-    from keras_retina.experiments import paper_dense  # noqa: PLC0415
-
-    paper_dense.write_data(verbose=False, pretrained=True)
+    paper_dense.write_data(verbose=False, pretrained=True, data=table.data)
     os.makedirs(run_dir, exist_ok=True)
     print(f"[{table.key}] {setting.name} seed {seed}: training {steps} steps in {run_dir}", flush=True)
     start = time.time()
@@ -715,7 +730,6 @@ def run_key(table: Table, setting: Setting, seed: int, steps: int) -> str:
     import hashlib  # noqa: PLC0415
 
     from keras_retina import config as config_lib  # noqa: PLC0415
-    from keras_retina.experiments import paper_dense  # noqa: PLC0415
 
     resolved = config_lib.to_dict(config_lib.override(paper_dense.config(), setting.overrides))
     schedule = {"seed": seed, "steps": steps, "steps_per_epoch": table.steps_per_epoch, "eval_every_epochs": table.eval_every_epochs}
@@ -800,7 +814,6 @@ def _reuse(table: Table, setting: Setting, seed: int, twin: dict, run_dir: str, 
         result.update({"reused_from": twin_dir, "run_dir": twin_dir}, **_measure(table, twin_dir))
     else:
         from keras_retina import config as config_lib  # noqa: PLC0415
-        from keras_retina.experiments import paper_dense  # noqa: PLC0415
 
         source = f"kept record {twin['table']}/{twin['setting']}_seed{twin['seed']}"
         config = config_lib.override(paper_dense.config(), setting.overrides)
@@ -1063,23 +1076,21 @@ def _foreground_line(rows: list[dict]) -> str:
 
 
 def coverage_line(table: Table, max_images: int = 400, annotation_file: str | None = None) -> str:
-    """Tables 1c and 1e: each row's anchor fit (:func:`anchor_coverage` on the study's training
-    split, or ``annotation_file``, at the row's anchors and input size); ``""`` for other tables or
-    before the data is written."""
-    if table.key not in ("1c", "1e"):
+    """Tables 1c, 1c_wide and 1e: each row's anchor fit (:func:`anchor_coverage` on the training
+    split the row trains on, or ``annotation_file``, at the row's anchors and input size); ``""``
+    for other tables or before the data is written."""
+    if table.key not in ("1c", "1c_wide", "1e"):
         return ""
     from keras_retina import config as config_lib, training  # noqa: PLC0415
-    from keras_retina.experiments import paper_dense  # noqa: PLC0415
 
-    base = paper_dense.config()
-    annotation_file = annotation_file or base.data.train_annotations
-    if not os.path.exists(annotation_file):
+    configs = [config_lib.override(paper_dense.config(), setting.overrides) for setting in table.settings]
+    files = [annotation_file or config.data.train_annotations for config in configs]
+    if not all(os.path.exists(f) for f in files):
         return ""
 
     parts, found = [], None
-    for setting in table.settings:
-        config = config_lib.override(base, setting.overrides)
-        found = anchor_coverage(annotation_file, training.build_anchor_generator(config.model), config.data.image_size, max_images)
+    for setting, config, file in zip(table.settings, configs, files):
+        found = anchor_coverage(file, training.build_anchor_generator(config.model), config.data.image_size, max_images)
         side = found["side_px"]
         sides = f"objects {side[0]:.0f}-{side[2]:.0f} px, " if table.key == "1e" else ""  # 1e: they scale with the input
         parts.append(f"{setting.label}: {sides}median {found['median_best_iou']:.2f}, {100 * found['covered']:.0f} % at IoU >= 0.5")
@@ -1101,7 +1112,7 @@ def plot_table(table: Table, rows: list[dict], path: str) -> str | None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    categorical = table.key in ("1d", "prior", "1c")  # rows are named settings, not points on an axis
+    categorical = table.key in ("1d", "prior", "1c", "1c_wide")  # rows are named settings, not points on an axis
     xs = list(range(len(rows))) if categorical else [row["setting"].x for row in rows]
     means = []
     for x, row in zip(xs, rows):
