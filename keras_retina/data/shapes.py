@@ -32,9 +32,12 @@ small objects among many unannotated look-alikes (irregular blobs and hollow
 outlines of the five shapes), so that foreground anchors are about 1 in 1000
 of all anchors, as on COCO
 (``keras_retina.experiments.paper_study.foreground_anchor_ratio``
-measures it with the library's own anchors and matching). Its options (``min_objects``, ``size_probabilities``,
-``max_clutter``) draw nothing extra at their defaults: the default data stays
-byte-identical.
+measures it with the library's own anchors and matching). A third,
+:data:`WIDE_OBJECTS_IN_CLUTTER`, is the second with small and medium objects
+of width / height 1/3 to 3, for the anchor-density question (table 1c).
+Their options (``min_objects``, ``size_probabilities``, ``max_clutter``,
+``aspect_range``) draw nothing extra at their defaults: the default data
+stays byte-identical.
 """
 
 from __future__ import annotations

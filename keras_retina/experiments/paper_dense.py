@@ -21,6 +21,11 @@ trains it once, about 5 minutes), with the stem and the stride-4 stage
 frozen; ``--override=model.backbone_weights=null`` trains from scratch
 instead. The loss is the paper's focal loss (alpha 0.25, gamma 2). No scale jitter: it would change the
 object sizes, hence the measured imbalance.
+
+A second data setting, "wide" (:data:`DATASETS`, ``data/paper_dense_wide/``:
+:data:`keras_retina.data.shapes.WIDE_OBJECTS_IN_CLUTTER`), draws objects of
+more shapes and sizes for table 1c_wide; :func:`data_overrides` points the
+config at it and ``write_data(data="wide")`` writes it.
 """
 
 from __future__ import annotations
