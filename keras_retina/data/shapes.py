@@ -91,7 +91,7 @@ SMALL_OBJECTS_IN_CLUTTER = {
 #: question needs (issue 15): half the objects small (16-30 px), half medium (36-92 px),
 #: width / height from 1/3 to 3, distractors alike. In the near-square small setting
 #: every anchor set fits the objects equally (the same 32-pixel square is best); here
-#: more scales and ratios fit them better (docs/paper_study.md, table 1c-wide).
+#: more scales and ratios fit them better (docs/paper_study.md, table 1c_wide).
 WIDE_OBJECTS_IN_CLUTTER = {
     **SMALL_OBJECTS_IN_CLUTTER,
     "size_probabilities": (0.5, 0.5, 0.0),

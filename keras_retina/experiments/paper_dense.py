@@ -40,7 +40,7 @@ DATA_DIR = os.path.join("data", "paper_dense")
 NUM_TRAIN, NUM_VAL = 1600, 300
 DATA_SEED = 0
 #: The study's data settings: name -> (folder, ``keras_retina.data.shapes`` setting name).
-#: "wide" (table 1c-wide) draws objects of more shapes and sizes, to test anchor density.
+#: "wide" (table 1c_wide) draws objects of more shapes and sizes, to test anchor density.
 DATASETS = {
     "dense": (DATA_DIR, "SMALL_OBJECTS_IN_CLUTTER"),
     "wide": (os.path.join("data", "paper_dense_wide"), "WIDE_OBJECTS_IN_CLUTTER"),
