@@ -184,6 +184,24 @@ def test_table_1c_wide_is_1c_on_the_wide_data(tmp_path, monkeypatch):
     assert written == [{"verbose": False, "pretrained": True, "data": "wide"}]
 
 
+def test_budget_on_the_wide_data_is_the_budget_run_pointed_at_it(tmp_path, monkeypatch):
+    """`--budget --budget_data=wide`: the constant-LR run, on 1c_wide's data, in its own directory."""
+    base = paper_dense.config()
+    dense = config_lib.override(base, paper_study.BUDGET.settings[0].overrides)
+    wide = config_lib.override(base, paper_study.BUDGET_WIDE.settings[0].overrides)
+    assert wide.train == dense.train and wide.model == dense.model  # same loss, anchors and constant LR
+    assert dense.data.train_annotations != wide.data.train_annotations
+    assert wide.data.train_annotations == os.path.join("data", "paper_dense_wide", "train", "annotations.json")
+    assert paper_study.BUDGET_WIDE.data == "wide" and paper_study.BUDGET.data == "dense"
+    calls = []
+    monkeypatch.setattr(paper_study, "run_one", lambda table, setting, seed, steps, runs_dir: calls.append((table.key, steps)))
+    monkeypatch.setattr(paper_study, "read_train_log", lambda run_dir: calls.append(run_dir) or [])
+    paper_study.main(["--budget", "--budget_data=wide", f"--runs_dir={tmp_path}"])
+    assert calls == [("budget_wide", paper_study.BUDGET_STEPS), os.path.join(str(tmp_path), "budget_wide", "fl_constant_lr_seed0")]
+    with pytest.raises(SystemExit):
+        paper_study.main(["--budget", "--budget_data=coco"])
+
+
 def test_coverage_line_of_1c_wide_reads_the_wide_data(tmp_path, monkeypatch):
     """Its anchor fit is measured on the data its rows train on, where 3 ratios fit better than 1."""
     monkeypatch.chdir(tmp_path)

@@ -256,6 +256,16 @@ BUDGET = Table(
     (Setting("fl_constant_lr", "FL gamma 2, alpha 0.25, constant LR", ("train.decay_fractions=(0.999,)",), None, 0),),
     eval_every_epochs=2,
 )
+#: The same run on 1c_wide's data (its 3 x 3 anchors, the config's default), to check
+#: that 1c_wide's 4800 steps are twice its plateau too.
+BUDGET_WIDE = dataclasses.replace(
+    BUDGET,
+    key="budget_wide",
+    title="Budget on the wide data: FL gamma 2, constant learning rate, AP every 200 steps",
+    settings=(dataclasses.replace(BUDGET.settings[0], overrides=paper_dense.data_overrides("wide") + BUDGET.settings[0].overrides),),
+    data="wide",
+)
+BUDGETS = {"dense": BUDGET, "wide": BUDGET_WIDE}  # --budget_data picks one
 BUDGET_STEPS = 3000
 
 
@@ -1497,6 +1507,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--budget", action="store_true", help=f"run the budget run ({BUDGET_STEPS} steps, constant LR) and print where AP stops improving"
     )
+    parser.add_argument("--budget_data", default="dense", choices=sorted(BUDGETS), help="the data the --budget run trains on")
     parser.add_argument(
         "--time_1e",
         action="store_true",
@@ -1509,8 +1520,9 @@ def main(argv=None) -> None:
         print(f"Wrote {args.doc}")
         return
     if args.budget:
-        run_one(BUDGET, BUDGET.settings[0], 0, BUDGET_STEPS, args.runs_dir)
-        rows = read_train_log(run_dir_of(args.runs_dir, BUDGET.key, BUDGET.settings[0], 0))
+        budget = BUDGETS[args.budget_data]
+        run_one(budget, budget.settings[0], 0, BUDGET_STEPS, args.runs_dir)
+        rows = read_train_log(run_dir_of(args.runs_dir, budget.key, budget.settings[0], 0))
         for row in rows:
             if isinstance(row.get("val_AP"), float):
                 print(f"step {(int(row['epoch']) + 1) * STEPS_PER_EPOCH}: AP {row['val_AP']:.3f}")
