@@ -4,6 +4,7 @@ No training here: the runner is exercised on fake run directories holding
 the files a finished run leaves (``study.json``, ``train_log.csv``).
 """
 
+import dataclasses
 import json
 import os
 import statistics
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 import keras_retina as kr
-from keras_retina import config as config_lib
+from keras_retina import config as config_lib, training
 from keras_retina.data import shapes
 from keras_retina.experiments import paper_dense, paper_study
 
@@ -159,6 +160,23 @@ def test_every_setting_is_a_valid_override_of_the_experiment():
     assert sizes == sorted(sizes) and 192 in sizes
     anchors = [config_lib.override(base, s.overrides).model.anchors for s in paper_study.TABLES["1c"].settings]
     assert [len(a.scales) * len(a.aspect_ratios) for a in anchors] == [s.x for s in paper_study.TABLES["1c"].settings]
+
+
+def test_table_1c_wide_strict_is_1c_wide_without_low_quality_matches():
+    """1 x 1 and 1 x 3 of 1c_wide, the same data, anchors and paper rows, only the matching differs."""
+    wide, strict = paper_study.TABLES["1c_wide"], paper_study.TABLES["1c_wide_strict"]
+    base = paper_dense.config()
+    assert [s.name for s in strict.settings] == ["anchors_1x1", "anchors_1x3"]
+    assert strict.data == wide.data == "wide"
+    for setting in strict.settings:
+        twin = next(s for s in wide.settings if s.name == setting.name)
+        a, b = config_lib.override(base, twin.overrides), config_lib.override(base, setting.overrides)
+        assert a.model.allow_low_quality_matches and not b.model.allow_low_quality_matches
+        assert dataclasses.replace(b.model, allow_low_quality_matches=True) == a.model
+        assert a.data == b.data and setting.paper == twin.paper
+        assert paper_study.run_key(wide, twin, 0, 100) != paper_study.run_key(strict, setting, 0, 100)
+    model = training.build_model(b.model, num_classes=5)  # the flag reaches the model that assigns the targets
+    assert model.allow_low_quality_matches is False
 
 
 def test_table_1c_wide_is_1c_on_the_wide_data(tmp_path, monkeypatch):
