@@ -92,6 +92,24 @@ def test_measured_foreground_ratio_is_cocos(tmp_path):
     assert larger["anchors"] > 4 * found["anchors"] - 200 and larger["ratio"] != found["ratio"]
 
 
+def test_measured_foreground_ratio_follows_the_runs_matching(tmp_path):
+    """A 16-pixel square has IoU 0.25 with its best (32-pixel) anchor: a positive only through the
+    low-quality match. 1c_wide_strict's runs turn that off, and their measured ratio must say so."""
+    coco = {
+        "images": [{"id": 1, "width": 192, "height": 192, "file_name": "a.png"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 20, 16, 16]}],
+    }
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(coco))
+    generator = kr.AnchorGenerator(scales=(1.0,), aspect_ratios=(1.0,))
+    loose = paper_study.foreground_anchor_ratio(str(path), generator, 192)
+    strict = paper_study.foreground_anchor_ratio(str(path), generator, 192, allow_low_quality_matches=False)
+    assert loose["foreground_per_image"] >= 1 and loose["allow_low_quality_matches"] is True
+    assert strict["foreground_per_image"] == 0 and strict["allow_low_quality_matches"] is False
+    config = config_lib.override(paper_dense.config(), paper_study.TABLES["1c_wide_strict"].settings[0].overrides)
+    assert paper_study.print_foreground_ratio(config, str(path))["allow_low_quality_matches"] is False
+
+
 def test_anchor_coverage_sees_aspect_ratios_fit_elongated_objects_and_1c_names_its_data(tmp_path):
     # A 2:1 box of a P3 anchor's area, on an anchor centre: the 1:2 anchor fits it exactly,
     # the square one at IoU 724 / 1324 = 0.547 (the overlap is 32 x 22.6 px).

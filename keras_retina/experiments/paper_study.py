@@ -324,24 +324,36 @@ FIG4_RUN = ("1b", "fl_g2.0_a0.25")
 
 
 # ------------------------------------------------------------------ measuring
-def foreground_anchor_ratio(annotation_file: str, anchor_generator, image_size: int, max_images: int | None = None) -> dict:
+def foreground_anchor_ratio(
+    annotation_file: str,
+    anchor_generator,
+    image_size: int,
+    max_images: int | None = None,
+    foreground_iou: float = 0.5,
+    background_iou: float = 0.4,
+    allow_low_quality_matches: bool = True,
+) -> dict:
     """Foreground anchors per image and their share of all anchors, by the library's own matching.
 
     Boxes are read from the COCO JSON (``bbox`` in pixels), scaled to
     ``image_size`` as the pipeline resizes (longer side to ``image_size``),
-    and matched with :func:`keras_retina.matching.assign_targets` (the
+    and matched with :func:`keras_retina.matching.assign_targets` against
+    ``anchor_generator``'s anchors, with the run's matching settings (the
     model's defaults: IoU >= 0.5 foreground, < 0.4 background, low-quality
-    matches on) against ``anchor_generator``'s anchors.
+    matches on).
 
     Args:
         annotation_file: a COCO instances JSON.
         anchor_generator: a :class:`keras_retina.AnchorGenerator`.
         image_size: the square input size in pixels.
         max_images: measure only the first images (all by default).
+        foreground_iou, background_iou, allow_low_quality_matches: the
+            matching's settings, as :class:`keras_retina.config.ModelConfig`'s.
 
     Returns:
         ``{"anchors": A, "images": n, "objects_per_image", "foreground_per_image",
-        "ignored_per_image", "ratio"}`` (``ratio`` = foreground / all anchors).
+        "ignored_per_image", "ratio", "allow_low_quality_matches"}`` (``ratio`` =
+        foreground / all anchors).
 
     Example:
         >>> import tempfile
@@ -357,7 +369,14 @@ def foreground_anchor_ratio(annotation_file: str, anchor_generator, image_size: 
     anchors = anchor_generator((image_size, image_size))
     foreground, ignored = 0, 0
     for start in range(0, len(boxes), 64):  # in chunks: (64, A, N) IoU at a time
-        targets = matching.assign_targets(anchors, boxes[start : start + 64], classes[start : start + 64])
+        targets = matching.assign_targets(
+            anchors,
+            boxes[start : start + 64],
+            classes[start : start + 64],
+            foreground_iou=foreground_iou,
+            background_iou=background_iou,
+            allow_low_quality_matches=allow_low_quality_matches,
+        )
         foreground += int(np.asarray(targets["foreground"]).sum())
         ignored += int((np.asarray(targets["cls_targets"]) == matching.IGNORE).sum())
     n = len(boxes)
@@ -368,6 +387,7 @@ def foreground_anchor_ratio(annotation_file: str, anchor_generator, image_size: 
         "foreground_per_image": foreground / n,
         "ignored_per_image": ignored / n,
         "ratio": foreground / (n * len(anchors)),
+        "allow_low_quality_matches": bool(allow_low_quality_matches),
     }
 
 
@@ -449,11 +469,17 @@ def anchor_coverage(annotation_file: str, anchor_generator, image_size: int, max
 
 
 def print_foreground_ratio(config, annotation_file: str, max_images: int | None = 400) -> dict:
-    """Measures and prints :func:`foreground_anchor_ratio` for a run's config (its anchors and input size)."""
+    """Measures and prints :func:`foreground_anchor_ratio` for a run's config (its anchors, input size and matching)."""
     from keras_retina import training  # noqa: PLC0415
 
     found = foreground_anchor_ratio(
-        annotation_file, training.build_anchor_generator(config.model), config.data.image_size, max_images
+        annotation_file,
+        training.build_anchor_generator(config.model),
+        config.data.image_size,
+        max_images,
+        foreground_iou=config.model.foreground_iou,
+        background_iou=config.model.background_iou,
+        allow_low_quality_matches=config.model.allow_low_quality_matches,
     )
     print(
         f"Foreground anchors ({annotation_file}, {found['images']} images at {config.data.image_size} px): "
