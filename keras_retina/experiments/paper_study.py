@@ -107,6 +107,8 @@ class Table:
     eval_every_epochs: int | None = EVAL_EVERY_EPOCHS  # None: one evaluation, at the end
     steps: int | None = None  # None: the study's --steps
     data: str = "dense"  # the data setting its runs train on (paper_dense.DATASETS); its settings point the config there
+    anchor_fit: bool = False  # its rows change the anchors or input size: the collection adds the anchor-fit line
+    categorical: bool = False  # its rows are named settings, not points on an axis (the figure's x)
 
 
 def _fl(alpha, gamma) -> tuple[str, ...]:
@@ -182,6 +184,8 @@ TABLES = {
             Setting(f"anchors_{s}x{r}", f"{s} scale(s) x {r} ratio(s)", _anchors(s, r), paper, s * r)
             for s, r, paper in _PAPER_1C
         ),
+        anchor_fit=True,
+        categorical=True,
     ),
     "1c_wide": Table(
         "1c_wide",
@@ -192,6 +196,8 @@ TABLES = {
             for s, r, paper in _PAPER_1C
         ),
         data="wide",
+        anchor_fit=True,
+        categorical=True,
     ),
     # 1c_wide found no gain from 3 ratios. With low-quality matches (the default, as in the
     # paper's Detectron code) every object's best anchor is a positive however poorly it fits,
@@ -213,6 +219,8 @@ TABLES = {
             if (s, r) in ((1, 1), (1, 3))
         ),
         data="wide",
+        anchor_fit=True,
+        categorical=True,
     ),
     "1d": Table(
         "1d",
@@ -230,6 +238,7 @@ TABLES = {
             ),
             Setting("fl", "FL (gamma 2, alpha 0.25)", (), (36.0, 54.9, 38.7), 3),
         ),
+        categorical=True,
     ),
     "1e": Table(
         "1e",
@@ -245,6 +254,7 @@ TABLES = {
                 (256, 800, (35.7, 55.0, 38.5)),
             )
         ),
+        anchor_fit=True,
     ),
     "prior": Table(
         "prior",
@@ -269,6 +279,7 @@ TABLES = {
         steps_per_epoch=PRIOR_LOG_STEPS,
         eval_every_epochs=None,
         steps=PRIOR_STEPS,
+        categorical=True,
     ),
 }
 #: The budget run (not a table): FL gamma 2 at a constant learning rate (after the
@@ -1136,10 +1147,10 @@ def _foreground_line(rows: list[dict]) -> str:
 
 
 def coverage_line(table: Table, max_images: int = 400, annotation_file: str | None = None) -> str:
-    """Tables 1c, 1c_wide (and its strict twin) and 1e: each row's anchor fit (:func:`anchor_coverage` on the training
-    split the row trains on, or ``annotation_file``, at the row's anchors and input size); ``""``
+    """Tables with ``anchor_fit`` (1c, 1c_wide, 1c_wide_strict, 1e): each row's anchor fit (:func:`anchor_coverage`
+    on the training split the row trains on, or ``annotation_file``, at the row's anchors and input size); ``""``
     for other tables or before the data is written."""
-    if table.key not in ("1c", "1c_wide", "1c_wide_strict", "1e"):
+    if not table.anchor_fit:
         return ""
     from keras_retina import config as config_lib, training  # noqa: PLC0415
 
@@ -1172,8 +1183,7 @@ def plot_table(table: Table, rows: list[dict], path: str) -> str | None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    categorical = table.key in ("1d", "prior", "1c", "1c_wide", "1c_wide_strict")  # rows are named settings, not points on an axis
-    xs = list(range(len(rows))) if categorical else [row["setting"].x for row in rows]
+    xs = list(range(len(rows))) if table.categorical else [row["setting"].x for row in rows]
     means = []
     for x, row in zip(xs, rows):
         aps = [100 * r["AP"] for r in row["results"]]
@@ -1185,7 +1195,7 @@ def plot_table(table: Table, rows: list[dict], path: str) -> str | None:
         twin = axis.twinx()
         twin.plot(xs, [row["setting"].paper[0] if row["setting"].paper else float("nan") for row in rows], "s--", color="tab:orange", label="paper, COCO (right axis)")
         twin.set_ylabel("paper COCO AP (%)")
-    if categorical:  # label every tick, also where the x values happen to be 0, 1, 2, ...
+    if table.categorical:  # label every tick, also where the x values happen to be 0, 1, 2, ...
         axis.set_xticks(xs, [row["setting"].label for row in rows], rotation=20, fontsize=7, ha="right")
     axis.set_xlabel(table.x_name)
     axis.set_title(table.title, fontsize=9)
