@@ -22,13 +22,13 @@ run: $(STAMP)
 # much of a test's time is one-threaded Python (tracing, data set-up), so two processes keep
 # both cores busy; 11.0 min against 18.8 min in one process (Xeon with AMX, 2026-12-02).
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -ra -n 2 --dist loadscope --doctest-modules keras_retina tests
+	$(VENV)/bin/python -m pytest -q -ra -n 2 --dist loadscope --doctest-modules keras_retina experiments tests
 
 # The paper study (issue 15): Table 1a-e, the prior and Figure 4 with 3 seeds, resumable
 # (writes docs/paper_study.md and docs/paper_study_*.png); ARGS="--table=1b" for one table.
 ablation: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e ".[test,experiments]"
-	$(VENV)/bin/python -m keras_retina.experiments.paper_study --table=all --seeds=0,1,2 $(ARGS)
+	$(VENV)/bin/python -m experiments.paper_study --table=all --seeds=0,1,2 $(ARGS)
 
 # keras_retina against keras-hub, and the first run (writes docs/BENCHMARKS.md,
 # docs/benchmarks.json and docs/benchmarks_first_run.json).

@@ -32,7 +32,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_retina import datasets, experiments, runs, training  # noqa: E402
+from keras_retina import (
+    recipes,
+    training,  # noqa: E402
+)
+from keras_retina.cli import modes
+from keras_retina.data import run_data
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -45,11 +50,11 @@ class _StepTimer(keras.callbacks.Callback):
 
 def time_one(experiment: str, strategy_name: str, steps: int, rounds: int) -> list[float]:
     """ms/step of ``fit`` under one strategy, per round after the first (this process makes no other)."""
-    config = experiments.load(experiment)
+    config = recipes.load(experiment)
     device = (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))[0].name
     strategy = tf.distribute.get_strategy() if strategy_name == "default" else tf.distribute.OneDeviceStrategy(device)
     keras.utils.set_random_seed(0)
-    data = datasets.RunData(config.data, seed=0)
+    data = run_data.RunData(config.data, seed=0)
     model = training.build_compiled_model(config, len(data.class_names), steps * rounds, strategy)
     batches = data.distributed_pipeline("train", strategy)  # as training.train feeds fit
     found = []
@@ -84,7 +89,7 @@ def main(argv=None) -> dict:
             ms[name] += json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
     result = {
         "experiment": args.experiment,
-        "machine": runs.machine()["summary"],
+        "machine": modes.machine()["summary"],
         "steps_per_round": args.steps,
         "ms_per_step": {name: statistics.median(v) for name, v in ms.items()},
         "rounds": ms,

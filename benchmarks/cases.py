@@ -26,9 +26,9 @@ Cases (``--lib`` is ``keras_retina`` or ``keras_hub``):
   ``--tta_eval_every`` epochs: COCO AP against wall-clock seconds.
 * ``litert``: keras_retina's model as the ``predict`` case builds it, timed
   with TF ``model.predict`` at ``--batch_size`` (1 in ``benchmarks.run``) and
-  then exported with :func:`keras_retina.litert.export_litert` (float32,
+  then exported with :func:`keras_retina.deploy.litert.export_litert` (float32,
   float16, int8) and run one image at a time by
-  :class:`keras_retina.litert.LiteRTDetector` (XNNPACK,
+  :class:`keras_retina.deploy.litert.LiteRTDetector` (XNNPACK,
   ``--litert_threads``); network-only files (``--litert_network_only``)
   split each file's time between the network and the post-processing.
 
@@ -345,14 +345,14 @@ def case_time_to_accuracy():
 def _litert_network_only(model, path, quantization, calibration):
     """A ``.tflite`` file of the network alone (uint8 images in, ``cls_logits`` and ``box_deltas`` out).
 
-    The same graph as :func:`keras_retina.litert.export_litert` up to the
+    The same graph as :func:`keras_retina.deploy.litert.export_litert` up to the
     network's outputs, without decoding and NMS: its time against the full
     file's is the post-processing's share.
     """
     import keras
     import tensorflow as tf
 
-    from keras_retina import litert
+    from keras_retina.deploy import litert
 
     class NetworkOnly(litert._LiteRTModule):  # noqa: SLF001 (benchmark of the module's own graph)
         def serve_fn(self, images):
@@ -377,14 +377,14 @@ def _litert_network_only(model, path, quantization, calibration):
 def _litert_postprocess_only(model, path):
     """A ``.tflite`` file of the post-processing alone: the network's outputs in, detections out.
 
-    :func:`keras_retina.litert.export_litert`'s graph after the network
+    :func:`keras_retina.deploy.litert.export_litert`'s graph after the network
     (per-level top-k, decoding, class-wise NMS, category ids), fed the
     network's ``cls_logits`` and ``box_deltas`` concatenated, float32
     ``(1, A, C + 4)``: the post-processing timed directly, not as a difference.
     """
     import tensorflow as tf
 
-    from keras_retina import litert
+    from keras_retina.deploy import litert
 
     num_classes = model.num_classes
 
@@ -426,7 +426,7 @@ def _time_litert(path, image):
     """images/s and median ms of ``LiteRTDetector`` on one image, ``--warmup_steps`` + ``--steps`` calls."""
     import numpy as np
 
-    from keras_retina.litert import LiteRTDetector
+    from keras_retina.deploy.litert import LiteRTDetector
 
     detector = LiteRTDetector(path, num_threads=FLAGS.litert_threads)
     times, outputs = _time_calls(lambda: detector(image), FLAGS.steps)
@@ -443,7 +443,7 @@ def case_litert():
     import numpy as np
     import tensorflow as tf
 
-    from keras_retina.litert import export_litert
+    from keras_retina.deploy.litert import export_litert
 
     lib, size = "keras_retina", FLAGS.image_size
     model = _build(lib)

@@ -101,21 +101,22 @@ def default_config(overrides=(), **replace):
     import dataclasses
 
     from keras_retina import config as config_lib
-    from keras_retina import experiments
+    from keras_retina import recipes
 
-    config = config_lib.override(experiments.load("shapes"), list(overrides))
+    config = config_lib.override(recipes.load("shapes"), list(overrides))
     return config_lib.validate(dataclasses.replace(config, **replace))
 
 
 def default_model_and_data(config, directory):
     """The default experiment's compiled model and a small shapes dataset at its sizes, under ``directory``.
 
-    Returns ``(model, data)``: ``data`` is a :class:`keras_retina.datasets.RunData`
+    Returns ``(model, data)``: ``data`` is a :class:`keras_retina.data.run_data.RunData`
     whose training pipeline is the run's own (augmentation, batch size, image size).
     """
     import dataclasses
 
-    from keras_retina import datasets, training
+    from keras_retina import training
+    from keras_retina.data import run_data
 
     num_train, num_val = STEP_DATA_IMAGES
     data_config = dataclasses.replace(
@@ -124,7 +125,7 @@ def default_model_and_data(config, directory):
     import keras
 
     keras.utils.set_random_seed(config.train.seed)
-    data = datasets.RunData(data_config, seed=config.train.seed)
+    data = run_data.RunData(data_config, seed=config.train.seed)
     steps = training.steps_per_epoch(config, data.num_train_images) * config.train.epochs
     model = training.build_compiled_model(config, len(data.class_names), steps)
     return model, data

@@ -579,7 +579,7 @@ def _fmt_load(load) -> str:
 
 def _cpu_model() -> str:
     """``lscpu``'s model name, family and the widest vector extension, for the record."""
-    from keras_retina.runs import machine  # noqa: PLC0415  (what python main.py's timing.json records)
+    from keras_retina.cli.modes import machine  # noqa: PLC0415  (what python main.py's timing.json records)
 
     found = machine()
     return f"{found['cpu']}, family {found['family']}, {found['vector_isa']}"

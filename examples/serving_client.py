@@ -1,6 +1,6 @@
 """Sends images to a RetinaNet served by TF Serving (REST or gRPC) and prints the detections.
 
-The model is a SavedModel written by ``keras_retina.export.export_saved_model``
+The model is a SavedModel written by ``keras_retina.deploy.saved_model.export_saved_model``
 (or ``python main.py --mode=export``); its ``serving_default`` signature takes
 ``images``, a ``tf.string`` tensor of shape ``[None]`` holding encoded
 JPEG/PNG/BMP/GIF files, and returns ``detection_boxes`` (xyxy, original

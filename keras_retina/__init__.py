@@ -1,5 +1,22 @@
 """keras_retina: RetinaNet and Focal Loss (Lin et al. 2017) for TensorFlow / Keras 3.
 
+The public API is this module's names and those of its subpackages, one per
+layer (each imports only the layers listed before it):
+
+* ``kr.model``: anchors, boxes, matching, backbones, FPN and heads, losses, post-processing, ``RetinaNet``;
+* ``kr.data``: sources (COCO JSON, TFDS, synthetic shapes), image orientation, the ``tf.data`` pipeline;
+* ``kr.evaluation``: the COCO metric, TIDE error analysis, the report, anchor fit;
+* ``kr.pretrained``: published checkpoints (torchvision's RetinaNets) without torch;
+* ``kr.training``: strategy, optimizer and schedule, callbacks, the run directory, :func:`~keras_retina.training.train`;
+* ``kr.deploy``: SavedModel, LiteRT, prediction on files (imported on first use);
+* ``kr.recipes``: the configs ``main.py --experiment=`` picks; ``kr.cli``: the ``main.py`` flags and modes.
+
+``kr.config`` (the dataclass configs), ``kr.visualize`` (drawing boxes) and
+``kr.compat`` (private Keras attributes) sit beside them. Importing this
+module registers every serializable class, the training schedule included,
+so ``keras.saving.load_model`` reads any keras_retina ``.keras`` file, a run's
+checkpoint too.
+
 Example:
     >>> import keras_retina as kr
     >>> model = kr.RetinaNet(num_classes=80, backbone="resnet50", backbone_weights=None)
@@ -8,18 +25,46 @@ Example:
 
 __version__ = "0.1.0"
 
-from keras_retina import data, visualize
-from keras_retina.anchors import AnchorGenerator
-from keras_retina.boxes import BoxCoder
-from keras_retina.backbones import BACKBONES, build_backbone
-from keras_retina.export import export_saved_model
-from keras_retina.litert import export_litert
-from keras_retina.layers import BoxHead, ClassificationHead, FeaturePyramid
-from keras_retina.losses import FocalLoss, HuberLoss, SmoothL1Loss, focal_loss, get_box_loss
-from keras_retina.matching import BACKGROUND, IGNORE, assign_targets
-from keras_retina.model import RetinaNet
-from keras_retina.postprocess import InferenceSettings, decode_detections
-from keras_retina import evaluation, pretrained  # after model: they use RetinaNets
+import importlib
+
+from keras_retina import config, data, evaluation, pretrained, training, visualize
+from keras_retina.model import (
+    BACKBONES,
+    BACKGROUND,
+    IGNORE,
+    AnchorGenerator,
+    BoxCoder,
+    BoxHead,
+    ClassificationHead,
+    FeaturePyramid,
+    FocalLoss,
+    HuberLoss,
+    InferenceSettings,
+    RetinaNet,
+    SmoothL1Loss,
+    assign_targets,
+    build_backbone,
+    decode_detections,
+    focal_loss,
+    get_box_loss,
+)
+
+# Loaded on first use (PEP 562): deployment needs none of its modules until a model is exported.
+_LAZY_MODULES = ("cli", "deploy", "recipes")
+_LAZY_NAMES = {"export_saved_model": "keras_retina.deploy.saved_model", "export_litert": "keras_retina.deploy.litert"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_MODULES) | set(_LAZY_NAMES))
+
 
 __all__ = [
     "AnchorGenerator",
@@ -36,14 +81,16 @@ __all__ = [
     "RetinaNet",
     "SmoothL1Loss",
     "assign_targets",
-    "data",
-    "evaluation",
-    "pretrained",
-    "visualize",
     "build_backbone",
+    "config",
+    "data",
     "decode_detections",
+    "evaluation",
     "export_litert",
     "export_saved_model",
     "focal_loss",
     "get_box_loss",
+    "pretrained",
+    "training",
+    "visualize",
 ]

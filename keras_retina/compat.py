@@ -41,7 +41,7 @@ def inbound_nodes(layer: keras.layers.Layer) -> list:
     """The nodes where ``layer`` is called in a functional graph (Keras 3.15 ``_inbound_nodes``).
 
     No public API lists a layer's call sites; BatchNorm folding
-    (:func:`keras_retina.backbones.fold_batchnorm`) needs them to find
+    (:func:`keras_retina.model.backbones.fold_batchnorm`) needs them to find
     Conv2D → BatchNorm pairs.
     """
     return layer._inbound_nodes

@@ -1,6 +1,6 @@
 """Experiment configuration: frozen dataclasses, validation and ``field=value`` overrides.
 
-One config system: an experiment is a Python function in ``keras_retina/experiments/``
+One config system: an experiment is a Python function in ``keras_retina/recipes/``
 returning an :class:`ExperimentConfig`; ``main.py`` flags only pick the
 experiment and override fields. The resolved config is written as JSON next
 to the checkpoints.
@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from keras_retina.anchors import DEFAULT_ASPECT_RATIOS, DEFAULT_SCALES
+from keras_retina.model.anchors import DEFAULT_ASPECT_RATIOS, DEFAULT_SCALES
 
 
 @dataclass(frozen=True)

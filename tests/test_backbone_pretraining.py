@@ -1,4 +1,4 @@
-"""Tests for keras_retina.backbone_pretraining: the crops, their labels, bad input, and the saved weights."""
+"""Tests for keras_retina.training.backbone_pretraining: the crops, their labels, bad input, and the saved weights."""
 
 import json
 import os
@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 import keras_retina as kr
-from keras_retina import backbone_pretraining
 from keras_retina.data import shapes as shapes_data
-from keras_retina.experiments import shapes, shapes_pretrain
+from keras_retina.recipes import shapes, shapes_pretrain
+from keras_retina.training import backbone_pretraining
 
 
 def _write(tmp_path, size, boxes):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_retina as kr
-from keras_retina.backbones import preprocessor
+from keras_retina.model.backbones import preprocessor
 
 
 @pytest.mark.parametrize(

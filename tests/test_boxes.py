@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_retina import boxes as box_ops
+from keras_retina.model import boxes as box_ops
 
 
 def test_pairwise_iou_hand_values():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_retina import callbacks
+from keras_retina.training import callbacks
 
 
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
@@ -76,7 +76,8 @@ def test_backup_interrupted_while_saving_leaves_the_previous_backup_loadable(tmp
 def test_coco_evaluation_schedule_logs_and_best_checkpoint(tmp_path, monkeypatch):
     from helpers import small_model
 
-    from keras_retina import evaluation, rundir
+    from keras_retina import evaluation
+    from keras_retina.training import rundir
 
     aps = iter([0.1, 0.3, 0.25])
     evaluated = []

@@ -25,10 +25,10 @@ def test_unknown_experiment_lists_the_known_ones(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode != 0
-    from keras_retina import experiments
+    from keras_retina import recipes
 
-    assert {"coco_r50_1x", "shapes", "voc_r50"} <= set(experiments.names())
-    assert f"no file keras_retina/experiments/nope.py (known: {', '.join(experiments.names())})" in result.stderr
+    assert {"coco_r50_1x", "shapes", "voc_r50"} <= set(recipes.names())
+    assert f"no file keras_retina/recipes/nope.py (known: {', '.join(recipes.names())})" in result.stderr
 
 
 @pytest.mark.slow
@@ -46,7 +46,7 @@ def test_installed_package_runs_an_experiment_from_another_directory(tmp_path):
     # The installed copy comes first on the path, before the checkout's editable install.
     env = dict(os.environ, PYTHONPATH=str(site), TF_CPP_MIN_LOG_LEVEL="2")
     where = subprocess.run(
-        [sys.executable, "-c", "import keras_retina.experiments as e; print(e.__file__)"],
+        [sys.executable, "-c", "import keras_retina.recipes as e; print(e.__file__)"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
     )
     assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr

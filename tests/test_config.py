@@ -6,8 +6,8 @@ import json
 import pytest
 
 import keras_retina as kr
-from keras_retina import experiments
 from keras_retina import config as config_lib
+from keras_retina import recipes
 from keras_retina.config import AnchorConfig, ExperimentConfig, ModelConfig
 
 
@@ -60,7 +60,7 @@ def test_validate_rejects_bad_values():
 
 
 def test_json_round_trip(tmp_path):
-    config = config_lib.override(experiments.load("shapes"), ["scale_jitter=[0.7, 1.3]"])
+    config = config_lib.override(recipes.load("shapes"), ["scale_jitter=[0.7, 1.3]"])
     path = tmp_path / "config.json"
     config_lib.write_json(config, str(path))
     import json
@@ -70,13 +70,13 @@ def test_json_round_trip(tmp_path):
 
 @pytest.mark.parametrize("name", ["shapes", "coco_r50_1x", "voc_r50"])
 def test_experiment_files_are_valid(name):
-    config = config_lib.validate(experiments.load(name))
+    config = config_lib.validate(recipes.load(name))
     assert config.name == name
     assert dataclasses.is_dataclass(config)
 
 
 def test_coco_recipe_is_the_papers():
-    config = experiments.load("coco_r50_1x")
+    config = recipes.load("coco_r50_1x")
     assert config.data.batch_size == 16
     assert config.train.epochs * config.train.steps_per_epoch == 90000
     milestones = [round(f * 90000) for f in config.train.decay_fractions]
@@ -86,8 +86,8 @@ def test_coco_recipe_is_the_papers():
 
 
 def test_unknown_experiment():
-    with pytest.raises(ValueError, match="no file keras_retina/experiments/nope.py"):
-        experiments.load("nope")
+    with pytest.raises(ValueError, match="no file keras_retina/recipes/nope.py"):
+        recipes.load("nope")
 
 
 def test_every_retinanet_argument_is_reachable_from_the_model_config():

@@ -20,9 +20,9 @@ from helpers import small_model
 from PIL import Image, ImageOps
 
 import keras_retina as kr
-from keras_retina import export
 from keras_retina.data.orientation import decode_upright, exif_orientation, upright
-from keras_retina.predict import predict_files
+from keras_retina.deploy import saved_model
+from keras_retina.deploy.predict import predict_files
 
 HEIGHT, WIDTH = 64, 96  # displayed
 #: The rectangle in the displayed picture: xyxy pixels, and its colour. Off
@@ -278,22 +278,22 @@ def test_served_decode_image_turns_upright_in_a_saved_model(tmp_path):
     class Decoder(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
         def decode(self, contents):
-            return export.decode_image(contents, tf.constant(0))
+            return saved_model.decode_image(contents, tf.constant(0))
 
     tf.saved_model.save(Decoder(), str(tmp_path / "decoder"))
     loaded = tf.saved_model.load(str(tmp_path / "decoder"))
     for orientation in ORIENTATIONS:
         contents = _phone_jpeg(orientation)
-        _assert_on_the_object(export.decode_image(contents).numpy(), f"eager, orientation {orientation}")
+        _assert_on_the_object(saved_model.decode_image(contents).numpy(), f"eager, orientation {orientation}")
         _assert_on_the_object(loaded.decode(tf.constant(contents)).numpy(), f"SavedModel, orientation {orientation}")
 
 
 def test_bomb_check_reads_the_stored_size_which_turning_keeps_in_pixels():
     contents = _phone_jpeg(6)
-    encoded = export.check_encoded_images(tf.constant([contents]), max_pixels=HEIGHT * WIDTH)
+    encoded = saved_model.check_encoded_images(tf.constant([contents]), max_pixels=HEIGHT * WIDTH)
     assert encoded.shape == (1,)
     with pytest.raises(tf.errors.InvalidArgumentError):
-        export.check_encoded_images(tf.constant([contents]), max_pixels=HEIGHT * WIDTH - 1)
+        saved_model.check_encoded_images(tf.constant([contents]), max_pixels=HEIGHT * WIDTH - 1)
 
 
 # ------------------------------------------------------------------- predict

@@ -1,11 +1,11 @@
 """Scale-out on two logical CPUs (conftest.py): synchronised BatchNorm, evaluation on every replica, tf.data service."""
 
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
 import keras_retina as kr
 from keras_retina import evaluation
 from keras_retina.data import make_pipeline
@@ -118,7 +118,7 @@ def test_frozen_batchnorm_is_never_synchronised_and_round_trips(tmp_path):
 def test_evaluation_on_two_replicas_gives_one_devices_detections_and_ap(tmp_path):
     from keras_retina.config import DataConfig
     from keras_retina.data import make_shapes_splits
-    from keras_retina.datasets import RunData
+    from keras_retina.data.run_data import RunData
 
     mirrored, single = _two_replicas()
     # 5 validation images at a global batch of 2: the last step leaves one replica without an image.

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_retina as kr
-from keras_retina.backbones import build_backbone, fold_batchnorm
+from keras_retina.model.backbones import build_backbone, fold_batchnorm
 
 
 def _randomise_batchnorm(model, seed=0):
@@ -120,7 +120,7 @@ def test_folded_under_mixed_precision_matches_float32(restore_dtype_policy, poli
 
 def test_folded_model_round_trips_and_exports(tmp_path):
     """`.keras` and SavedModel copies of a folded ResNet-50 model compute what the model computes."""
-    from keras_retina.export import export_saved_model
+    from keras_retina.deploy.saved_model import export_saved_model
 
     keras.utils.set_random_seed(0)
     model = _model(freeze_at=2, freeze_batchnorm=True, score_threshold=0.0)

@@ -1,4 +1,4 @@
-"""LiteRT export (keras_retina/litert.py): parity with model.predict, int8 AP, built-in ops only, no TensorFlow needed.
+"""LiteRT export (keras_retina/deploy/litert.py): parity with model.predict, int8 AP, built-in ops only, no TensorFlow needed.
 
 One small model is trained once per module on the shapes data at 128 px
 (350 steps, anchors halved for the small images: confident detections and a
@@ -19,8 +19,14 @@ import pytest
 
 pytest.importorskip("ai_edge_litert")
 
-from keras_retina import experiments, litert, rundir, runs, training  # noqa: E402
+from keras_retina import (
+    recipes,
+    training,  # noqa: E402
+)
+from keras_retina.cli import modes
 from keras_retina.config import override  # noqa: E402
+from keras_retina.deploy import litert
+from keras_retina.training import rundir
 
 IMAGE_SIZE = 128
 TRAIN_STEPS = 350
@@ -31,7 +37,7 @@ def trained(tmp_path_factory):
     """(model, data, float AP) of a tiny RetinaNet trained on 128-px shapes."""
     root = tmp_path_factory.mktemp("litert")
     config = override(
-        experiments.load("shapes"),
+        recipes.load("shapes"),
         [
             f"data.shapes_dir={root / 'shapes'}", "shapes_num_train=400", "shapes_num_val=40",
             f"shapes_image_size={IMAGE_SIZE}", f"image_size={IMAGE_SIZE}", "batch_size=8",
@@ -207,17 +213,17 @@ def test_export_and_predict_modes_with_litert(trained, tmp_path):
     from PIL import Image
 
     flags = {"format": "litert", "export_dir": str(tmp_path / "export")}  # int8 calibration: the `files` fixture
-    path = runs.export(config, flags)
+    path = modes.export(config, flags)
     assert path == str(tmp_path / "export" / "model.tflite")
     image_dir = tmp_path / "photos"
     os.makedirs(image_dir)
     Image.fromarray(_val_images(data, 1)[0]).save(image_dir / "shapes.png")
-    detections = runs.predict(config, {"model": path, "image": [str(image_dir)], "output_dir": str(tmp_path / "out")})
+    detections = modes.predict(config, {"model": path, "image": [str(image_dir)], "output_dir": str(tmp_path / "out")})
     results = json.load(open(detections))
     assert results and {r["category_id"] for r in results} <= set(data.category_ids)
     assert (tmp_path / "out" / "shapes.png").exists()
     with pytest.raises(ValueError, match="must be a .tflite file"):
-        runs.predict(config, {"model": os.path.join(config.resolved_model_dir(), rundir.LATEST_CHECKPOINT)})
+        modes.predict(config, {"model": os.path.join(config.resolved_model_dir(), rundir.LATEST_CHECKPOINT)})
 
 
 def test_bad_arguments(trained, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for keras_retina.losses: focal loss (Lin et al. 2017) and box losses.
+"""Tests for keras_retina.model.losses: focal loss (Lin et al. 2017) and box losses.
 
 References, not magic numbers: a float64 NumPy transcription of the paper's
 formula, tf.nn.sigmoid_cross_entropy_with_logits (values and gradients),
@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import keras_retina as kr
-from keras_retina.losses import (
+from keras_retina.model.losses import (
     FocalLoss,
     HuberLoss,
     SmoothL1Loss,
@@ -714,7 +714,7 @@ def np_ohem_reference(loss, weights, foreground, batch, fraction):
 
 def _ohem(loss, weights, foreground, batch, fraction=None):
     return np.asarray(
-        kr.losses.hard_example_weights(
+        kr.model.losses.hard_example_weights(
             np.asarray(loss, np.float32), np.asarray(weights, np.float32), np.asarray(foreground), batch, fraction
         )
     )
@@ -762,7 +762,7 @@ def test_ohem_selection_passes_no_gradient_and_masks_the_rest():
         tape.watch(logits)
         targets = tf.cast(foreground, "float32")[..., None]  # (1, 4, 1): one class
         per_anchor = focal_loss(targets, logits[..., None], alpha=None, gamma=0.0)  # plain CE
-        weights = kr.losses.hard_example_weights(per_anchor, tf.ones((1, 4)), foreground, 2)
+        weights = kr.model.losses.hard_example_weights(per_anchor, tf.ones((1, 4)), foreground, 2)
         total = tf.reduce_sum(per_anchor * weights)
     gradient = tape.gradient(total, logits).numpy()
     chosen = weights.numpy() > 0
@@ -781,7 +781,7 @@ def test_ohem_selection_passes_no_gradient_and_masks_the_rest():
 )
 def test_ohem_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        kr.losses.hard_example_weights(np.ones((1, 3)), np.ones((1, 3)), np.zeros((1, 3), bool), **kwargs)
+        kr.model.losses.hard_example_weights(np.ones((1, 3)), np.ones((1, 3)), np.zeros((1, 3), bool), **kwargs)
 
 
 def test_retinanet_with_ohem_counts_only_the_chosen_anchors_and_round_trips(tmp_path):

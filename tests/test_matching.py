@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras_retina as kr
-from keras_retina.matching import BACKGROUND, IGNORE, assign_targets
+from keras_retina.model.matching import BACKGROUND, IGNORE, assign_targets
 
 
 def _np_iou(a, b):
@@ -125,7 +125,7 @@ def test_crowd_boxes_are_ignored_regions_never_positive():
     assert not t["foreground"][0, exact].any()
     # ...while the normal box still gets positives.
     assert t["foreground"][0].sum() > 0
-    matched = np.asarray(kr.boxes.decode_deltas(ANCHORS, t["box_targets"][0]))[t["foreground"][0]]
+    matched = np.asarray(kr.model.boxes.decode_deltas(ANCHORS, t["box_targets"][0]))[t["foreground"][0]]
     np.testing.assert_allclose(matched, np.repeat(person[None], len(matched), 0), atol=1e-3)
 
 
@@ -137,7 +137,7 @@ def test_thresholds_validated():
 def test_box_targets_come_from_the_box_coder():
     boxes = np.array([[[10, 20, 60, 50], [70, 64, 120, 128]]], "float32")
     classes = np.array([[1, 0]], "int32")
-    coder = kr.boxes.BoxCoder((10.0, 10.0, 5.0, 5.0))
+    coder = kr.model.boxes.BoxCoder((10.0, 10.0, 5.0, 5.0))
     with_coder = _as_np(assign_targets(ANCHORS, boxes, classes, box_coder=coder))
     with_weights = _as_np(assign_targets(ANCHORS, boxes, classes, box_weights=(10, 10, 5, 5)))
     plain = _as_np(assign_targets(ANCHORS, boxes, classes))
@@ -148,7 +148,7 @@ def test_box_targets_come_from_the_box_coder():
         with_coder["box_targets"][0, foreground], plain["box_targets"][0, foreground] * [10, 10, 5, 5], rtol=1e-5, atol=1e-5
     )
     decoded = np.asarray(coder.decode(ANCHORS, with_coder["box_targets"][0]))[foreground]
-    expected = boxes[0][np.asarray(kr.boxes.pairwise_iou(ANCHORS[foreground], boxes[0])).argmax(1)]
+    expected = boxes[0][np.asarray(kr.model.boxes.pairwise_iou(ANCHORS[foreground], boxes[0])).argmax(1)]
     np.testing.assert_allclose(decoded, expected, atol=1e-3)
     with pytest.raises(ValueError, match="`box_weights` must be None when `box_coder` is given"):
         assign_targets(ANCHORS, boxes, classes, box_coder=coder, box_weights=(1, 1, 1, 1))

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-
 from helpers import small_model, toy_batch
 
 

@@ -136,13 +136,15 @@ def test_main_py_multi_worker_chief_writes_the_run_directory(tmp_path):
 
     from pycocotools.coco import COCO
 
-    from keras_retina import datasets, evaluation, rundir
+    from keras_retina import evaluation
+    from keras_retina.data import run_data
+    from keras_retina.training import rundir
 
     config = rundir.read_config(str(run))
     data_config = dataclasses.replace(
         config.data, val_annotations=splits["val"].annotation_file, val_images=splits["val"].image_dir, batch_size=2
     )
-    data = datasets.RunData(data_config)
+    data = run_data.RunData(data_config)
     model = rundir.load_trained_model(str(run))
     results, image_ids = evaluation.predict_to_coco(model, data.pipeline("val"), data.category_ids, verbose=False)
     gathered, gathered_ids = rundir.read_detections(str(run))

@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 import keras_retina as kr
-from keras_retina import config as config_lib, training
+from keras_retina import config as config_lib
+from keras_retina import training
 from keras_retina.data import shapes
-from keras_retina.experiments import paper_dense, paper_study
+from experiments import paper_dense, paper_study
 
 
 def _files(directory):
@@ -348,9 +349,9 @@ def test_a_row_that_trains_the_same_model_as_another_tables_row_is_reused(tmp_pa
 
 
 def test_pretraining_crops_hold_their_object_or_none_and_the_weights_load(tmp_path):
-    from keras_retina import backbone_pretraining
-    from keras_retina.backbones import build_backbone
-    from keras_retina.experiments import paper_pretrain
+    from keras_retina.model.backbones import build_backbone
+    from experiments import paper_pretrain
+    from keras_retina.training import backbone_pretraining
 
     split = paper_pretrain.write_data(str(tmp_path / "data"), num_train=6, num_val=1, verbose=False)["train"]
     found = backbone_pretraining.crops(split.annotation_file, split.image_dir, seed=3)
@@ -586,7 +587,7 @@ def test_figure4_draws_every_seeds_model_and_reads_the_share_of_hardest_anchors(
         run_dir = paper_study.run_dir_of(str(runs), "1b", setting, seed)
         os.makedirs(os.path.join(run_dir, "checkpoints"))
         model.save(os.path.join(run_dir, "checkpoints", "latest.keras"))
-        from keras_retina import rundir
+        from keras_retina.training import rundir
 
         rundir.write_config(run_dir, config)
         _fake_result(str(runs), table, setting, seed, 0.5)

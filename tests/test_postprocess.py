@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 import keras_retina as kr
-from keras_retina import boxes as box_ops
-from keras_retina.postprocess import InferenceSettings, class_wise_nms, decode_detections, decode_level
+from keras_retina.model import boxes as box_ops
+from keras_retina.model.postprocess import InferenceSettings, class_wise_nms, decode_detections, decode_level
 
 
 def _np(tree):

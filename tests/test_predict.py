@@ -1,4 +1,4 @@
-"""Prediction on image files (keras_retina/predict.py): detections.json and drawn PNGs."""
+"""Prediction on image files (keras_retina/deploy/predict.py): detections.json and drawn PNGs."""
 
 import io
 import json
@@ -11,7 +11,7 @@ import tensorflow as tf
 from helpers import small_model
 from PIL import Image
 
-from keras_retina.predict import list_images, predict_files
+from keras_retina.deploy.predict import list_images, predict_files
 
 IMAGE_SIZE = 128
 CLASS_NAMES = ("circle", "square", "triangle")

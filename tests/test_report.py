@@ -1,4 +1,4 @@
-"""keras_retina.report: the confusion matrix by hand, numbers equal to COCOeval's and TIDE's, files, runs.evaluate."""
+"""keras_retina.evaluation.report: the confusion matrix by hand, numbers equal to COCOeval's and TIDE's, files, modes.evaluate."""
 
 import contextlib
 import dataclasses
@@ -11,14 +11,16 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import small_model
 from PIL import Image
 from pycocotools.coco import COCO
 
-from keras_retina import evaluation, experiments, report, rundir, runs
+from keras_retina import evaluation, recipes
+from keras_retina.cli import modes
 from keras_retina.config import override
 from keras_retina.data import CocoJsonSource, make_pipeline, make_shapes_splits
-
-from helpers import small_model
+from keras_retina.evaluation import report
+from keras_retina.training import rundir
 
 
 def _coco(annotations, images=({"id": 1, "width": 200, "height": 100},), categories=("cat", "dog", "emu")):
@@ -199,7 +201,7 @@ def test_a_report_without_errors_has_no_gallery(tmp_path):
 
 def test_runs_evaluate_writes_the_report(tmp_path):
     config = override(
-        experiments.load("shapes"),
+        recipes.load("shapes"),
         [f"data.shapes_dir={tmp_path / 'shapes'}", "shapes_num_train=1", "shapes_num_val=4", "shapes_image_size=64",
          "image_size=64", "batch_size=2"],
     )
@@ -209,7 +211,7 @@ def test_runs_evaluate_writes_the_report(tmp_path):
     model.build((None, 64, 64, 3))
     model.save(str(tmp_path / "run" / rundir.LATEST_CHECKPOINT))
     rundir.write_config(str(tmp_path / "run"), config)
-    metrics = runs.evaluate(config)
+    metrics = modes.evaluate(config)
     report_dir = tmp_path / "run" / report.REPORT_DIR
     markdown = (report_dir / report.REPORT_FILE).read_text()
     _assert_valid_pngs(str(report_dir), _linked_pngs(markdown))

@@ -5,8 +5,8 @@ import json
 import pytest
 import tensorflow as tf
 
-from keras_retina import rundir
 from keras_retina.config import ExperimentConfig, override
+from keras_retina.training import rundir
 
 
 def test_trim_log_drops_epochs_that_run_again(tmp_path):
@@ -98,9 +98,9 @@ def test_claim_refuses_a_second_trainer_and_frees_the_directory_when_its_holder_
 def test_train_refuses_a_directory_another_process_is_training_into(tmp_path):
     import dataclasses
 
-    from keras_retina import experiments, training
+    from keras_retina import recipes, training
 
-    config = dataclasses.replace(experiments.load("shapes"), model_dir=str(tmp_path / "run"))
+    config = dataclasses.replace(recipes.load("shapes"), model_dir=str(tmp_path / "run"))
     (tmp_path / "run").mkdir()
     with rundir.claim(str(tmp_path / "run")):
         with pytest.raises(rundir.RunDirInUseError, match="is being trained by another process"):

@@ -49,7 +49,7 @@ MODELS_LAYERS_LOSSES = {
 #: Registered objects that are neither Layer, Model nor Loss: their config round-trips.
 OTHERS = {
     "AnchorGenerator": lambda: kr.AnchorGenerator(size_multiplier=2.0, aspect_ratios=(0.25, 1.0, 4.0)),
-    "BoxCoder": lambda: kr.boxes.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)),
+    "BoxCoder": lambda: kr.model.boxes.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)),
     "WarmupStepDecay": lambda: training.WarmupStepDecay(0.02, milestones=(10, 20), warmup_steps=5),
 }
 

@@ -1,4 +1,4 @@
-"""Tests for the paper study's durable record (``keras_retina.experiments.study_records``).
+"""Tests for the paper study's durable record (``experiments.study_records``).
 
 A fresh checkout has no run directories; the tables, the skipping of
 finished runs and the backbone must come back from what git keeps.
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from keras_retina.experiments import paper_dense, paper_pretrain, paper_study, study_records
+from experiments import paper_dense, paper_pretrain, paper_study, study_records
 
 
 def _finished_run(runs_dir, table_key, setting, seed, ap, **extra):

@@ -91,7 +91,8 @@ def test_main_default_flow_writes_everything(tmp_path):
     # The final evaluation's detections are kept, and they are what metrics.json scored.
     from pycocotools.coco import COCO
 
-    from keras_retina import evaluation, rundir
+    from keras_retina import evaluation
+    from keras_retina.training import rundir
 
     results, image_ids = rundir.read_detections(str(run))
     assert len(image_ids) == 8 and results
@@ -195,11 +196,11 @@ def test_killed_run_resumes_and_completes(tmp_path):
 
 @pytest.mark.slow
 def test_train_runs_user_callbacks_after_the_evaluation(tmp_path):
-    from keras_retina import experiments
+    from keras_retina import recipes
     from keras_retina.config import override
 
     config = override(
-        experiments.load("shapes"),
+        recipes.load("shapes"),
         [f"data.shapes_dir={tmp_path / 'shapes'}", "shapes_num_train=8", "shapes_num_val=4", "shapes_image_size=64",
          "image_size=64", "batch_size=4", "epochs=2", "steps_per_epoch=2", "tensorboard=false"],
     )

@@ -1,9 +1,16 @@
-"""Datasets: sources (COCO JSON, TFDS, synthetic shapes) and the tf.data pipeline.
+"""Data: sources (COCO JSON, TFDS, synthetic shapes), image orientation, the tf.data pipeline, a run's data.
 
 Every source yields raw examples ``{"image": uint8 (H, W, 3), "boxes":
 float32 (N, 4) xyxy pixels, "classes": int32 (N,), "is_crowd": bool (N,),
 "image_id": int64}``; :func:`make_pipeline` turns them into batches for
 ``RetinaNet.fit`` / ``predict``.
+
+* :mod:`~keras_retina.data.coco_json`, :mod:`~keras_retina.data.tfds_source`,
+  :mod:`~keras_retina.data.shapes`: the sources (**a new data source** is a module beside them);
+* :mod:`~keras_retina.data.orientation`: EXIF orientation, images decoded upright;
+* :mod:`~keras_retina.data.pipeline`: decode → augment → resize/pad → batch;
+* :mod:`~keras_retina.data.run_data`: :class:`RunData`, a config's dataset chosen once for every mode
+  (**a new kind of dataset** for ``--dataset``).
 """
 
 from keras_retina.data.coco_json import CocoFormatError, CocoJsonSource, coco_json_dataset
@@ -15,5 +22,27 @@ from keras_retina.data.pipeline import (
     to_original_pixels,
     transform_example,
 )
+from keras_retina.data.run_data import RunData
 from keras_retina.data.shapes import SHAPE_CLASSES, make_shapes_dataset, make_shapes_splits
-from keras_retina.data.tfds_source import tfds_class_names, tfds_dataset
+from keras_retina.data.tfds_source import coco_from_raw_dataset, tfds_class_names, tfds_dataset
+
+__all__ = [
+    "SHAPE_CLASSES",
+    "CocoFormatError",
+    "CocoJsonSource",
+    "RunData",
+    "coco_from_raw_dataset",
+    "coco_json_dataset",
+    "decode_upright",
+    "exif_orientation",
+    "make_pipeline",
+    "make_shapes_dataset",
+    "make_shapes_splits",
+    "output_image_size",
+    "summarize_box_counts",
+    "tfds_class_names",
+    "tfds_dataset",
+    "to_original_pixels",
+    "transform_example",
+    "upright",
+]

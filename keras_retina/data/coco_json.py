@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from keras_retina.data.image_headers import IMAGE_FORMAT_NAMES, IMAGE_MAGIC_BYTES
 from keras_retina.data.orientation import ORIENTATION_UPRIGHT, exif_orientation, upright
 from keras_retina.data.pipeline import input_share
 
@@ -52,30 +53,6 @@ _REQUIRED_IMAGE_FIELDS = ("id", "file_name", "height", "width")
 _REQUIRED_CATEGORY_FIELDS = ("id", "name")
 _REQUIRED_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox")
 _NUMBER_TYPES = (int, float)  # as json.loads makes them; bool excluded on purpose
-
-#: Leading bytes of the image formats ``tf.io.decode_image`` reads, with their
-#: names (WebP is checked by its ``RIFF`` container only). TensorFlow has no op
-#: that names a file's format without decoding it (``tf.io.is_jpeg`` covers
-#: JPEG only), hence this table. It has two readers:
-#:
-#: * here, after a decode failed, to word the error: "corrupt or truncated
-#:   PNG data" for known leading bytes, "not an image" otherwise;
-#: * :func:`keras_retina.export.decode_image`, before decoding a served
-#:   request, to reject bytes that start with none of these with a clear
-#:   ``InvalidArgumentError``.
-IMAGE_MAGIC_BYTES = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG", "PNG"),
-    (b"GIF8", "GIF"),
-    (b"BM", "BMP"),
-    (b"RIFF", "WebP"),
-)
-
-#: The names of :data:`IMAGE_MAGIC_BYTES`, for messages: "JPEG, PNG, GIF, BMP or WebP".
-IMAGE_FORMAT_NAMES = (
-    ", ".join(name for _, name in IMAGE_MAGIC_BYTES[:-1]) + " or " + IMAGE_MAGIC_BYTES[-1][1]
-)
-
 
 class CocoFormatError(ValueError):
     """An annotation file or an annotation that breaks the COCO instances format."""

@@ -34,12 +34,15 @@ files than pipelines, e.g. a small validation split.)
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import io
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from pycocotools.coco import COCO
 
 from keras_retina.data.pipeline import input_share
 
@@ -281,3 +284,52 @@ def tfds_dataset(
     if with_info:
         return dataset, info
     return dataset
+
+
+def coco_from_raw_dataset(
+    raw: "tf.data.Dataset", class_names: Sequence[str], category_ids: Sequence[int] | None = None
+) -> COCO:
+    """Builds in-memory COCO ground truth from raw examples (used for TFDS splits).
+
+    Category ids are ``category_ids[class]`` (default: the class ids); each annotation's ``area``
+    is its box area (TFDS carries no mask areas), which can move a few
+    objects between the small / medium / large buckets compared with the
+    official annotation file.
+
+    Args:
+        raw: dataset of raw examples with ``image``, ``boxes`` (xyxy pixels),
+            ``classes``, ``image_id`` and optionally ``is_crowd``.
+        class_names: name of each contiguous class.
+        category_ids: the id to record for each contiguous class.
+
+    Returns:
+        ``pycocotools.coco.COCO`` with ``images``, ``annotations`` and ``categories``.
+    """
+    category_ids = list(range(len(class_names))) if category_ids is None else [int(c) for c in category_ids]
+    images, annotations = [], []
+    for example in raw.as_numpy_iterator():
+        image_id = int(example["image_id"])
+        height, width = example["image"].shape[:2]
+        images.append({"id": image_id, "height": int(height), "width": int(width)})
+        crowd = example.get("is_crowd", np.zeros(len(example["classes"]), bool))
+        for box, cls, is_crowd in zip(example["boxes"], example["classes"], crowd):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_ids[int(cls)],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": int(bool(is_crowd)),
+                }
+            )
+    coco = COCO()
+    coco.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": cid, "name": name} for cid, name in zip(category_ids, class_names)],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco

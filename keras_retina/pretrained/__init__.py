@@ -6,7 +6,7 @@
   only when called, hash-checked, converted once and cached.
 * :func:`read_pth`: reads a ``.pth`` file without torch and without running
   any code from it.
-* :mod:`keras_retina.pretrained.transfer`: what ``main.py --init_weights``
+* :mod:`keras_retina.training.transfer`: what ``main.py --init_weights``
   does (the source's architecture, its weights, class rows by name).
 
 Example:

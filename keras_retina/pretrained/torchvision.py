@@ -16,8 +16,8 @@ from typing import Mapping
 import keras
 import numpy as np
 
-from keras_retina.anchors import DEFAULT_ASPECT_RATIOS, DEFAULT_SCALES, AnchorGenerator
 from keras_retina.model import RetinaNet
+from keras_retina.model.anchors import DEFAULT_ASPECT_RATIOS, DEFAULT_SCALES, AnchorGenerator
 
 #: The versions :func:`from_torchvision` converts.
 VERSIONS = ("v1", "v2")

@@ -1,0 +1,120 @@
+"""The ``main.py`` flags, and the experiment config they make (:func:`config_from_flags`).
+
+A new flag is defined here; one that sets a config field also goes in
+``_FLAG_FIELDS``. ``--override section.field=value`` reaches every other field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from keras_retina import config as config_lib
+from keras_retina import recipes
+from keras_retina.training import rundir
+
+MODES = ("train_and_evaluate", "train", "evaluate", "export", "predict", "analyze", "convert")
+
+flags.DEFINE_enum("mode", "train_and_evaluate", MODES, "What to run.")
+flags.DEFINE_string("experiment", "shapes", "A file in keras_retina/recipes/ (without .py).")
+flags.DEFINE_string("model_dir", None, "Run directory (default runs/<experiment>).")
+flags.DEFINE_string("dataset", None, "shapes | coco_json | tfds:<name>.")
+flags.DEFINE_string("train_annotations", None, "COCO instances JSON of the training split.")
+flags.DEFINE_string("train_images", None, "Image directory of the training split.")
+flags.DEFINE_string("val_annotations", None, "COCO instances JSON of the validation split.")
+flags.DEFINE_string("val_images", None, "Image directory of the validation split.")
+flags.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir.")
+flags.DEFINE_string("backbone", None, "resnet50 | resnet101 | mobilenet_v2 | tiny | torchvision_resnet50.")
+flags.DEFINE_string("backbone_weights", None, "imagenet | none | path to a weights file.")
+flags.DEFINE_string(
+    "init_weights",
+    None,
+    "Fine-tune from a trained detector: torchvision_v1_coco | torchvision_v2_coco (downloaded once) | a "
+    "torchvision .pth | a keras_retina .keras. Its architecture replaces the experiment's.",
+)
+flags.DEFINE_bool(
+    "sync_batchnorm",
+    None,
+    "BatchNorm that trains on several replicas normalises with the global batch's statistics (default: on "
+    "exactly then); --nosync_batchnorm keeps per-replica statistics.",
+)
+flags.DEFINE_string(
+    "data_service",
+    None,
+    "grpc://HOST:PORT of a tf.data service dispatcher: training images are decoded and augmented on its "
+    "workers, each once per epoch (docs/SCALING.md).",
+)
+flags.DEFINE_integer("image_size", None, "Square input size in pixels.")
+flags.DEFINE_integer("batch_size", None, "Global batch size (split over replicas).")
+flags.DEFINE_integer("epochs", None, "Training epochs.")
+flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass over the data).")
+flags.DEFINE_float("learning_rate", None, "Peak learning rate.")
+flags.DEFINE_enum("strategy", None, ["auto", "one_device", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
+flags.DEFINE_enum("mixed_precision", None, ["none", "float16", "bfloat16"], "Mixed-precision policy.")
+flags.DEFINE_bool("jit_compile", None, "Compile the train step with XLA.")
+flags.DEFINE_integer("seed", None, "Random seed.")
+flags.DEFINE_multi_string("override", [], "section.field=value for any config field (repeatable).")
+flags.DEFINE_bool("skip_invalid", None, "Skip and count bad images/annotations instead of failing.")
+flags.DEFINE_string("export_dir", None, "SavedModel export directory (default <model_dir>/export).")
+flags.DEFINE_enum("format", "saved_model", ["saved_model", "litert"], "--mode=export: TF Serving SavedModel or LiteRT .tflite.")
+flags.DEFINE_enum(
+    "quantization", None, ["float16", "int8"], "--mode=export --format=litert: float16 weights or int8 (default float32)."
+)
+flags.DEFINE_string("model", None, "--mode=predict: a .tflite file to run with LiteRT (default: the run's checkpoint).")
+flags.DEFINE_multi_string("image", [], "--mode=predict: an image file or a directory of images (repeatable).")
+flags.DEFINE_string("output_dir", None, "--mode=predict: where detections.json and PNGs go.")
+flags.DEFINE_string("split", "val", "--mode=analyze: train or val.")
+
+FLAGS = flags.FLAGS
+
+# Flags that map one-to-one onto config fields.
+_FLAG_FIELDS = {
+    "dataset": "data.dataset",
+    "train_annotations": "data.train_annotations",
+    "train_images": "data.train_images",
+    "val_annotations": "data.val_annotations",
+    "val_images": "data.val_images",
+    "tfds_data_dir": "data.tfds_data_dir",
+    "image_size": "data.image_size",
+    "batch_size": "data.batch_size",
+    "skip_invalid": "data.skip_invalid",
+    "backbone": "model.backbone",
+    "backbone_weights": "model.backbone_weights",
+    "sync_batchnorm": "model.sync_batchnorm",
+    "data_service": "data.data_service",
+    "epochs": "train.epochs",
+    "steps_per_epoch": "train.steps_per_epoch",
+    "learning_rate": "train.learning_rate",
+    "strategy": "train.strategy",
+    "mixed_precision": "train.mixed_precision",
+    "jit_compile": "train.jit_compile",
+    "seed": "train.seed",
+    "init_weights": "train.init_weights",
+}
+
+
+def config_from_flags(flags: dict) -> config_lib.ExperimentConfig:
+    """Experiment named by ``flags["experiment"]`` with the flag values and ``--override`` applied.
+
+    In a mode other than training, an existing ``<model_dir>/config.json``
+    is the starting point, so evaluation and export see the trained config.
+    """
+    config = recipes.load(flags.get("experiment") or "shapes")
+    if flags.get("model_dir"):
+        config = dataclasses.replace(config, model_dir=flags["model_dir"])
+    if flags.get("mode") not in (None, "train", "train_and_evaluate"):
+        written = rundir.read_config(config.resolved_model_dir())
+        if written is not None:
+            config = dataclasses.replace(written, model_dir=config.resolved_model_dir())
+    for flag, field in _FLAG_FIELDS.items():
+        value = flags.get(flag)
+        if value is None:
+            continue
+        section, name = field.split(".")
+        if flag == "backbone_weights" and str(value).lower() == "none":
+            value = None  # an explicit --backbone_weights=none: train from scratch
+        current = getattr(config, section)
+        config = dataclasses.replace(config, **{section: dataclasses.replace(current, **{name: value})})
+    config = config_lib.override(config, flags.get("override") or [])
+    return config_lib.validate(config)

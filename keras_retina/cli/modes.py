@@ -1,0 +1,303 @@
+"""What each ``main.py --mode`` does, from a resolved config (:mod:`keras_retina.cli` only parses flags).
+
+One function per mode; a new mode is a function here, a name in
+``cli.flags.MODES`` and a line in :func:`run`. Data comes from one
+:class:`keras_retina.data.run_data.RunData` per mode, the trained model and its
+classes from the run directory (:mod:`keras_retina.training.rundir`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import re
+import time
+
+import keras
+
+from keras_retina import config as config_lib
+from keras_retina import evaluation, training
+from keras_retina.data import run_data
+from keras_retina.training import rundir
+
+
+def run(mode: str, config: config_lib.ExperimentConfig, flags: dict, strategy=None) -> None:
+    """Dispatches one ``main.py`` mode (``strategy``: one made at program start, for multi_worker)."""
+    if mode == "train_and_evaluate":
+        train_and_evaluate(config, flags, strategy)
+    elif mode == "train":
+        training.train(config, strategy)
+    elif mode == "evaluate":
+        evaluate(config)
+    elif mode == "export":
+        export(config, flags)
+    elif mode == "predict":
+        predict(config, flags)
+    elif mode == "analyze":
+        analyze(config, flags)
+    elif mode == "convert":
+        convert(config)
+    else:
+        raise ValueError(f"Unknown mode {mode!r}.")
+
+
+def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict, strategy=None) -> dict:
+    """Trains, evaluates the final model (metrics.json, ``report/``), exports it and draws validation predictions.
+
+    Prints, and writes to ``<model_dir>/timing.json``, the seconds each stage
+    took and the machine they were measured on (:func:`machine`).
+    """
+    start = time.time()
+    epochs = _EpochTimer()
+    model, _, data, metrics = training.train(config, strategy, callbacks=[epochs])  # writes metrics.json
+    stages = {"data, build and training (evaluation included)": time.time() - start}
+    model_dir = config.resolved_model_dir()
+    print(evaluation.format_metrics(metrics))
+    if config.train.strategy == "multi_worker":
+        # Drawing and export would run collectively on every worker: do them
+        # afterwards in one process (--mode=export, --mode=predict).
+        print(f"\nDone: COCO AP {metrics['AP']:.3f}. Export with --mode=export --model_dir={model_dir}.")
+        return metrics
+    from keras_retina.evaluation import report  # noqa: PLC0415  (matplotlib: only for the modes that write a report)
+
+    report_dir = os.path.join(model_dir, report.REPORT_DIR)
+    detections = None
+    if os.path.exists(os.path.join(model_dir, rundir.DETECTIONS_FILE)):
+        detections = rundir.read_detections(model_dir)  # the final evaluation's: not detected again
+    stage_start = time.time()
+    report.write_report(
+        model, data.pipeline("val"), data.coco_gt, data.class_names, data.category_ids, report_dir,
+        tensorboard_dir=os.path.join(model_dir, "logs", "report") if config.train.tensorboard else None,
+        detections=detections,
+    )
+    stages["report"] = time.time() - stage_start
+    stage_start = time.time()
+    drawing = draw_validation_predictions(model, data, os.path.join(model_dir, "val_predictions.png"))
+    stages["drawing"] = time.time() - stage_start
+    stage_start = time.time()
+    export_path = _export(model, flags, model_dir, config, data.class_names, data.category_ids)
+    stages["export"] = time.time() - stage_start
+    total = time.time() - start
+    timing = {
+        "total_s": round(total, 1),
+        "stages_s": {name: round(seconds, 1) for name, seconds in stages.items()},
+        "epoch_s": [round(seconds, 1) for seconds in epochs.seconds],
+        "machine": machine(),
+    }
+    with open(os.path.join(model_dir, "timing.json"), "w") as f:
+        json.dump(timing, f, indent=1)
+    print(f"\nDone in {total / 60:.1f} min. COCO AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}).")
+    print("  " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages.items()))
+    if epochs.seconds:
+        print(f"  {len(epochs.seconds)} epochs, {sum(epochs.seconds) / len(epochs.seconds):.1f} s each on average;"
+              f" {timing['machine']['summary']}")
+    print(f"  run directory:     {model_dir}")
+    print(f"  checkpoints:       {os.path.join(model_dir, 'checkpoints')}")
+    print(f"  metrics:           {os.path.join(model_dir, 'metrics.json')}")
+    print(f"  report:            {os.path.join(report_dir, report.REPORT_FILE)}")
+    print(f"  predictions drawn: {drawing}")
+    print(f"  SavedModel:        {export_path}")
+    print(f"  timing:            {os.path.join(model_dir, 'timing.json')}")
+    return metrics
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of each epoch of a fit, its evaluation and checkpoints included."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.time() - self._start)
+
+
+def machine() -> dict:
+    """What a time was measured on: CPU model, family, vector extensions, cores, whether oneDNN is on.
+
+    Example:
+        >>> sorted(machine())
+        ['cores', 'cpu', 'family', 'onednn', 'onednn_max_cpu_isa', 'summary', 'vector_isa']
+    """
+    info = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    field = lambda name: (re.search(rf"^{name}\s*:\s*(.*)$", info, re.M) or [None, platform.processor()])[1]  # noqa: E731
+    flag_words = set(field("flags").split())
+    isa = "AVX-512" if "avx512f" in flag_words else ("AVX2" if "avx2" in flag_words else "no AVX2")
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # noqa: PLC0415  (TF's own query; no public API)
+
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except ImportError:
+        onednn = None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu, family = field("model name"), field("cpu family")
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # oneDNN limited to older kernels (the AVX2 stand-in)
+    summary = f"{cores} cores, {cpu}, family {family}, {isa}, oneDNN {'on' if onednn else 'off'}"
+    summary += f" (ONEDNN_MAX_CPU_ISA={cap})" if cap else ""
+    return {
+        "cpu": cpu, "family": family, "vector_isa": isa, "cores": cores, "onednn": onednn,
+        "onednn_max_cpu_isa": cap, "summary": summary,
+    }
+
+
+def evaluate(config: config_lib.ExperimentConfig) -> dict:
+    """Evaluates ``<model_dir>/checkpoints/latest.keras`` on the validation split: metrics.json and ``report/``.
+
+    The report (:mod:`keras_retina.evaluation.report`) goes to ``<model_dir>/report/report.md`` and its PNGs, and to
+    TensorBoard under ``<model_dir>/logs/report`` when the run has TensorBoard on.
+    """
+    from keras_retina.evaluation import report  # noqa: PLC0415  (matplotlib: only for the modes that write a report)
+
+    model_dir = config.resolved_model_dir()
+    model = rundir.load_trained_model(model_dir)
+    data = run_data.RunData(config.data)
+    report_dir = os.path.join(model_dir, report.REPORT_DIR)
+    metrics = report.write_report(
+        model, data.pipeline("val"), data.coco_gt, data.class_names, data.category_ids, report_dir,
+        tensorboard_dir=os.path.join(model_dir, "logs", "report") if config.train.tensorboard else None,
+    ).metrics  # evaluation.evaluate_model's
+    evaluation.write_metrics(metrics, os.path.join(model_dir, rundir.METRICS_FILE))
+    print(evaluation.format_metrics(metrics))
+    print(f"\nReport: {os.path.join(report_dir, report.REPORT_FILE)}")
+    return metrics
+
+
+def draw_validation_predictions(model, data: run_data.RunData, path: str) -> str:
+    """Draws the first validation batch's detections (score >= 0.3) to a PNG at ``path``."""
+    from PIL import Image  # noqa: PLC0415
+
+    Image.fromarray(evaluation.detection_grid(model, data.pipeline("val"), data.class_names)).save(path)
+    return path
+
+
+def _export(model, flags, model_dir, config, class_names, category_ids) -> str:
+    from keras_retina.deploy import saved_model as export_lib  # noqa: PLC0415
+
+    export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
+    return export_lib.export_saved_model(
+        model, export_dir, class_names=class_names, category_ids=category_ids, image_size=config.data.image_size
+    )
+
+
+def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
+    """Exports ``<model_dir>/checkpoints/latest.keras`` as a SavedModel or, ``--format=litert``, a ``.tflite`` file.
+
+    LiteRT files go to ``--export_dir`` (default ``<model_dir>/export``) as
+    ``model.tflite``, ``model_float16.tflite`` or ``model_int8.tflite``; int8
+    calibrates on 100 images of the run's training pipeline.
+    """
+    model_dir = config.resolved_model_dir()
+    model = rundir.load_trained_model(model_dir)
+    class_names, category_ids = rundir.read_classes(model_dir)
+    if flags.get("format", "saved_model") == "saved_model":
+        path = _export(model, flags, model_dir, config, class_names, category_ids)
+        print(f"SavedModel written to {path}")
+        return path
+    from keras_retina.deploy import litert  # noqa: PLC0415
+
+    quantization = flags.get("quantization")
+    export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
+    path = os.path.join(export_dir, f"model{'_' + quantization if quantization else ''}.tflite")
+    representative = None
+    if quantization == "int8":
+        batches = run_data.RunData(config.data, seed=config.train.seed).pipeline("train")
+        representative = (images.numpy() for images, _ in batches)
+    litert.export_litert(
+        model,
+        path,
+        quantization=quantization,
+        representative_data=representative,
+        class_names=class_names,
+        category_ids=category_ids,
+        image_size=config.data.image_size,
+    )
+    print(f"LiteRT model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+    return path
+
+
+def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
+    """Detections on ``--image`` files with ``<model_dir>``'s model: detections.json and drawn PNGs."""
+    from keras_retina.deploy import predict as predict_lib  # noqa: PLC0415
+
+    model_dir = config.resolved_model_dir()
+    output_dir = flags.get("output_dir") or os.path.join(model_dir, "predictions")
+    if flags.get("model"):  # a .tflite file, with its own classes and input size
+        from keras_retina.deploy import litert  # noqa: PLC0415
+
+        if not flags["model"].endswith(".tflite"):
+            raise ValueError(f"--model must be a .tflite file (from --mode=export --format=litert), got {flags['model']!r}.")
+
+        model = litert.LiteRTDetector(flags["model"])
+        image_size, class_names, category_ids = model.image_size, model.class_names, model.category_ids
+    else:
+        model = rundir.load_trained_model(model_dir)
+        image_size = config.data.image_size
+        class_names, category_ids = rundir.read_classes(model_dir)
+    return predict_lib.predict_files(
+        model,
+        flags.get("image") or [],
+        output_dir,
+        image_size=image_size,
+        class_names=class_names,
+        category_ids=category_ids,
+    )
+
+
+def convert(config: config_lib.ExperimentConfig) -> str:
+    """A run directory holding ``--init_weights``' model as it is, untrained: export and predict work on it.
+
+    Writes ``<model_dir>/checkpoints/latest.keras``, ``classes.json`` (for
+    torchvision's COCO models: the 91 labels, class ``i`` = COCO category id
+    ``i``) and ``config.json`` (the experiment's, with the source's
+    architecture and inference settings). Returns the model directory.
+    """
+    from keras_retina.training import transfer  # noqa: PLC0415
+
+    if not config.train.init_weights:
+        raise ValueError("--mode=convert needs --init_weights (a published name, a .pth or a .keras file).")
+    source = transfer.open_source(config.train.init_weights)
+    model = source.model
+    model_config = dataclasses.replace(
+        transfer.finetune_model_config(config.model, model), **model.inference_settings.as_dict()
+    )
+    config = dataclasses.replace(config, model=model_config)
+    model_dir = config.resolved_model_dir()
+    os.makedirs(os.path.join(model_dir, "checkpoints"), exist_ok=True)
+    class_names = source.class_names or tuple(f"class_{i}" for i in range(model.num_classes))
+    rundir.write_classes(model_dir, class_names, source.category_ids or tuple(range(model.num_classes)))
+    rundir.write_config(model_dir, config)
+    model.save(os.path.join(model_dir, rundir.LATEST_CHECKPOINT))
+    print(f"{source.description} written to {model_dir} ({model.num_classes} classes). Next:")
+    print(f"  --mode=export  --model_dir={model_dir}   (SavedModel for TF Serving)")
+    print(f"  --mode=predict --model_dir={model_dir} --image=photo.jpg")
+    return model_dir
+
+
+def analyze(config: config_lib.ExperimentConfig, flags: dict) -> dict:
+    """Anchor coverage of a split's boxes (``--split``) and a search for anchors that cover the training boxes better.
+
+    Printed (with the ``--override`` flags of the anchors found) and written
+    to ``anchor_coverage.json``; recall is counted at the run's matching
+    threshold (``model.foreground_iou``), see :func:`keras_retina.evaluation.anchor_fit.search_anchors`.
+    """
+    from keras_retina.evaluation import anchor_fit  # noqa: PLC0415
+
+    data = run_data.RunData(config.data)
+    anchors = training.build_anchor_generator(config.model)  # the run's anchors, --override included
+    return anchor_fit.analyze_split(
+        data,
+        flags.get("split") or "val",
+        config.resolved_model_dir(),
+        anchors,
+        foreground_iou=config.model.foreground_iou,
+        allow_low_quality_matches=config.model.allow_low_quality_matches,
+    )

@@ -1,0 +1,178 @@
+"""Prediction on image files: COCO-format detections.json and one drawn PNG per image."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_retina import visualize
+from keras_retina.data import to_original_pixels
+from keras_retina.data.orientation import decode_upright
+from keras_retina.deploy.saved_model import (
+    CLASS_NAMES_ASSET,
+    InferenceModule,
+    check_encoded_images,
+    decode_image,
+    prepare_image,
+    write_class_names,
+)
+
+#: File extensions read from a directory given as ``--image``.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+def list_images(paths: Sequence[str]) -> list[str]:
+    """Expands files and directories (their images, sorted) into a list of image paths.
+
+    Raises:
+        FileNotFoundError: naming a path that does not exist.
+        ValueError: when no image is found.
+    """
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            found += sorted(
+                os.path.join(path, name)
+                for name in os.listdir(path)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"--image: no such file or directory: {path}")
+    if not found:
+        raise ValueError(f"--image: no images ({', '.join(IMAGE_EXTENSIONS)}) found in {list(paths)}.")
+    stems = {}
+    for path in found:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            raise ValueError(
+                f"--image: {stems[stem]} and {path} share the name {stem!r}, which is the image_id "
+                "in detections.json and the PNG's name; rename one."
+            )
+        stems[stem] = path
+    return found
+
+
+def predict_files(
+    model,
+    paths: Sequence[str],
+    output_dir: str,
+    *,
+    image_size: int,
+    class_names: Sequence[str],
+    category_ids: Sequence[int],
+    draw_score_threshold: float = 0.3,
+) -> str:
+    """Detects objects in image files and writes the results.
+
+    Runs the same graph as the exported SavedModel's ``serving_default``
+    (:class:`keras_retina.deploy.saved_model.InferenceModule`), one image at a time.
+
+    Writes ``output_dir/detections.json`` (COCO results: ``image_id`` = file
+    name without extension, ``category_id`` = the dataset's id, ``bbox`` =
+    ``[x, y, w, h]`` original pixels, ``score``) and ``output_dir/<name>.png``
+    per image with detections scoring at least ``draw_score_threshold``.
+
+    Args:
+        model: a :class:`keras_retina.RetinaNet`, or a
+            :class:`keras_retina.deploy.litert.LiteRTDetector` (a ``.tflite`` file:
+            the same decoding and resizing, then LiteRT).
+        paths: image files and/or directories of images.
+        output_dir: created if missing.
+        image_size: the model's square input size.
+        class_names, category_ids: per contiguous class.
+        draw_score_threshold: lowest score drawn (all go to the JSON).
+
+    Returns:
+        the path of ``detections.json``.
+
+    Example:
+        >>> import json, tempfile
+        >>> photos, out = tempfile.mkdtemp(), tempfile.mkdtemp()
+        >>> keras.utils.save_img(os.path.join(photos, "street.jpg"), np.zeros((60, 80, 3)), scale=False)
+        >>> model = kr.RetinaNet(num_classes=2, backbone="tiny", fpn_channels=16,
+        ...                      head_channels=16, num_head_convs=1)
+        >>> keras.config.disable_interactive_logging()   # no progress bar in this example
+        >>> path = predict_files(model, [photos], out, image_size=128,
+        ...                      class_names=["cat", "dog"], category_ids=[17, 18])
+        >>> keras.config.enable_interactive_logging()
+        >>> os.path.relpath(path, out), sorted(os.listdir(out))
+        ('detections.json', ['detections.json', 'street.png'])
+        >>> with open(path) as f:   # an untrained model: no detection above its score threshold
+        ...     json.load(f)
+        []
+    """
+    files = list_images(paths)
+    os.makedirs(output_dir, exist_ok=True)
+    names_by_id = dict(zip((int(c) for c in category_ids), class_names))
+    with tempfile.TemporaryDirectory() as scratch:
+        if hasattr(model, "runner"):  # a keras_retina.deploy.litert.LiteRTDetector
+            serve = _litert_serve(model)
+        else:
+            asset = write_class_names(os.path.join(scratch, CLASS_NAMES_ASSET), class_names, category_ids)
+            module = InferenceModule(model, image_size, class_names, category_ids, asset)
+            serve = tf.function(module.serve_encoded, input_signature=[tf.TensorSpec([None], tf.string)])
+        results = []
+        progress = keras.utils.Progbar(len(files), unit_name="image")
+        for path in files:
+            with open(path, "rb") as f:
+                contents = f.read()
+            try:
+                out = {k: v.numpy()[0] for k, v in serve(tf.constant([contents])).items()}
+            except tf.errors.InvalidArgumentError as error:
+                raise ValueError(f"{path}: cannot decode the image ({_reason(error.message)}).") from None
+            stem = os.path.splitext(os.path.basename(path))[0]
+            n = int(out["num_detections"])
+            boxes, scores, classes = out["detection_boxes"][:n], out["detection_scores"][:n], out["detection_classes"][:n]
+            for box, score, category in zip(boxes, scores, classes):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                results.append(
+                    {
+                        "image_id": stem,
+                        "category_id": int(category),
+                        # 4 decimals: the file matches the served model's boxes within 1e-3.
+                        "bbox": [round(x1, 4), round(y1, 4), round(x2 - x1, 4), round(y2 - y1, 4)],
+                        "score": round(float(score), 5),
+                    }
+                )
+            shown = scores >= draw_score_threshold
+            image = decode_upright(contents).numpy()  # as displayed: the boxes are in its pixels
+            drawn = visualize.draw_boxes(image, boxes[shown], classes[shown], names_by_id, scores[shown])
+            # scale=False: save_img would otherwise stretch the pixel range to 0-255.
+            keras.utils.save_img(os.path.join(output_dir, f"{stem}.png"), drawn, scale=False)
+            progress.add(1)
+    json_path = os.path.join(output_dir, "detections.json")
+    with open(json_path, "w") as f:
+        json.dump(results, f, indent=1)
+    return json_path
+
+
+def _litert_serve(detector):
+    """``serve_encoded``'s contract for a ``.tflite`` file: the SavedModel's decoding and resizing, then LiteRT."""
+
+    def serve(encoded):  # (1,) tf.string
+        encoded = check_encoded_images(encoded)  # decompression bombs refused before decoding, as served
+        image, scale, image_shape = prepare_image(decode_image(encoded[0], tf.constant(0)), detector.image_size)
+        out = detector(np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8))
+        boxes = to_original_pixels(out["detection_boxes"], scale[None], image_shape[None])
+        return {**{key: tf.constant(value) for key, value in out.items()}, "detection_boxes": boxes}
+
+    return serve
+
+
+def _reason(message: str) -> str:
+    """The informative line of a graph-execution error (its first line is only "Graph execution error:")."""
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith("assertion failed: [") and line.endswith("]"):
+            return line[len("assertion failed: [") : -1]
+        if line and not line.startswith(("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")):
+            return line
+    return message.strip()
