@@ -32,7 +32,7 @@ def test_unknown_experiment_lists_the_known_ones(tmp_path):
 
 
 @pytest.mark.slow
-def test_installed_package_runs_an_experiment_from_another_directory(tmp_path):
+def test_installed_package_runs_its_recipes_from_another_directory(tmp_path):
     """pip install (not editable) into a folder, then keras-retina --mode=analyze from elsewhere."""
     site = tmp_path / "site"
     install = subprocess.run(
@@ -40,7 +40,9 @@ def test_installed_package_runs_an_experiment_from_another_directory(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert install.returncode == 0, install.stderr[-3000:]
-    assert (site / "keras_retina" / "experiments" / "shapes.py").exists()
+    assert (site / "keras_retina" / "recipes" / "shapes.py").exists()
+    assert (site / "keras_retina" / "recipes" / "weights" / "tiny_shapes.weights.h5").exists()
+    assert not (site / "experiments").exists()  # the paper study stays in the checkout
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     # The installed copy comes first on the path, before the checkout's editable install.
@@ -50,6 +52,17 @@ def test_installed_package_runs_an_experiment_from_another_directory(tmp_path):
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
     )
     assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr
+    # Every recipe's config loads from the installed copy, its files (the shapes backbone) included.
+    configs = subprocess.run(
+        [sys.executable, "-c", "import os; from keras_retina import recipes\n"
+         "for name in recipes.names():\n"
+         "    weights = recipes.load(name).model.backbone_weights\n"
+         "    print(name, weights if weights in (None, 'imagenet') else os.path.isfile(weights))"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert configs.returncode == 0, configs.stderr[-3000:]
+    loaded = dict(line.split(" ", 1) for line in configs.stdout.strip().splitlines())
+    assert {"coco_r50_1x", "shapes", "voc_r50"} <= set(loaded) and "False" not in loaded.values(), loaded
     result = subprocess.run(
         [
             str(site / "bin" / "keras-retina"),

@@ -90,6 +90,24 @@ def test_unknown_experiment():
         recipes.load("nope")
 
 
+def test_a_dotted_experiment_is_a_module_outside_the_package(tmp_path, monkeypatch):
+    """``--experiment=pkg.module`` loads that module's ``config()`` (the paper study's ``experiments.paper_dense``)."""
+    (tmp_path / "my_research").mkdir()
+    (tmp_path / "my_research" / "__init__.py").write_text("")
+    (tmp_path / "my_research" / "wide.py").write_text(
+        "from keras_retina import recipes, config\n"
+        "def config():\n"
+        "    return __import__('dataclasses').replace(recipes.load('shapes'), name='wide')\n"
+    )
+    (tmp_path / "my_research" / "empty.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert recipes.load("my_research.wide").name == "wide"
+    with pytest.raises(ValueError, match="no module my_research.nope"):
+        recipes.load("my_research.nope")
+    with pytest.raises(ValueError, match="has no config"):
+        recipes.load("my_research.empty")
+
+
 def test_every_retinanet_argument_is_reachable_from_the_model_config():
     import inspect
 

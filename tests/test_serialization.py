@@ -1,4 +1,12 @@
-"""Every registered keras_retina object survives a round trip: Layers, Models and Losses through a .keras file."""
+"""Every registered keras_retina object survives a round trip: Layers, Models and Losses through a .keras file.
+
+Files written by earlier versions load too: ``tests/data/saved_by_0_1_0.keras``
+was saved by keras_retina 0.1.0, whose modules had other paths.
+"""
+
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -6,7 +14,9 @@ import pytest
 from helpers import assert_keras_round_trip, small_model, toy_batch
 
 import keras_retina as kr
-from keras_retina import training  # noqa: F401 (registers WarmupStepDecay)
+from keras_retina import training
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def _pyramid(size=128, channels=16, batch=1):
@@ -77,3 +87,34 @@ def test_config_round_trip(name):
     obj = OTHERS[name]()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
     assert type(restored) is type(obj) and restored.get_config() == obj.get_config()
+
+
+def test_a_file_saved_by_0_1_0_loads_with_the_same_outputs():
+    expected = np.load(os.path.join(DATA, "saved_by_0_1_0.npz"))
+    model = keras.saving.load_model(os.path.join(DATA, "saved_by_0_1_0.keras"))
+    assert isinstance(model, kr.RetinaNet)
+    assert model.anchor_generator.scales == (1.0, 1.5) and model.max_detections == 20
+    assert isinstance(model.classification_loss, kr.FocalLoss) and model.classification_loss.alpha == 0.3
+    assert isinstance(model.optimizer._learning_rate, training.WarmupStepDecay)  # the schedule object
+    assert model.optimizer._learning_rate.milestones == (5, 8) and int(model.optimizer.iterations) == 1
+    raw = model(expected["images"])
+    np.testing.assert_allclose(np.asarray(raw["cls_logits"]), expected["cls_logits"], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(raw["box_deltas"]), expected["box_deltas"], atol=1e-5)
+    detections = model.predict(expected["images"], verbose=0)
+    for key, value in detections.items():
+        np.testing.assert_allclose(np.asarray(value), expected[f"detections_{key}"], atol=1e-4, err_msg=key)
+
+
+def test_import_keras_retina_alone_lets_keras_load_a_file_with_the_schedule():
+    """A fresh process: ``import keras_retina``, then ``keras.saving.load_model``, nothing else imported."""
+    code = (
+        "import sys, keras, keras_retina\n"
+        "model = keras.saving.load_model(sys.argv[1])\n"
+        "print(type(model.optimizer._learning_rate).__name__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, os.path.join(DATA, "saved_by_0_1_0.keras")],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == "WarmupStepDecay"

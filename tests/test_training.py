@@ -107,6 +107,17 @@ def test_main_default_flow_writes_everything(tmp_path):
     assert not (run / "backup").exists()  # a finished run leaves no backup to resume from
     assert "COCO AP" in result.stdout
     assert (run / "export" / "1" / "saved_model.pb").exists()
+    # A user loads the run's checkpoint with Keras after importing keras_retina, nothing else: the
+    # optimizer's schedule is registered by the import.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, keras, keras_retina\n"
+         "model = keras.saving.load_model(sys.argv[1])\n"
+         "print(type(model).__name__, type(model.optimizer._learning_rate).__name__, int(model.optimizer.iterations))",
+         str(run / "checkpoints" / "latest.keras")],
+        cwd=tmp_path, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.split() == ["RetinaNet", "WarmupStepDecay", "6"]
     # evaluate and analyze modes work on the finished run.
     evaluated = _main(tmp_path / "run", tmp_path / "shapes", "--mode=evaluate", timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

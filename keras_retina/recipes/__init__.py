@@ -28,7 +28,7 @@ def load(name: str) -> ExperimentConfig:
         if not module_name.startswith(error.name or "\0"):
             raise  # the module exists but something it imports does not
         where = f"module {name}" if "." in name else f"file keras_retina/recipes/{name}.py"
-        raise ValueError(f"--experiment={name!r}: no {where} (recipes: {', '.join(names())}).") from None
+        raise ValueError(f"--experiment={name!r}: no {where} (known: {', '.join(names())}).") from None
     if not callable(getattr(module, "config", None)):
         raise ValueError(f"--experiment={name!r}: {module.__file__} has no config() function.")
     return module.config()
