@@ -95,7 +95,7 @@ def test_a_dotted_experiment_is_a_module_outside_the_package(tmp_path, monkeypat
     (tmp_path / "my_research").mkdir()
     (tmp_path / "my_research" / "__init__.py").write_text("")
     (tmp_path / "my_research" / "wide.py").write_text(
-        "from keras_retina import recipes, config\n"
+        "from keras_retina import recipes\n"
         "def config():\n"
         "    return __import__('dataclasses').replace(recipes.load('shapes'), name='wide')\n"
     )
