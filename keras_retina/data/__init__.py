@@ -7,6 +7,8 @@ float32 (N, 4) xyxy pixels, "classes": int32 (N,), "is_crowd": bool (N,),
 
 * :mod:`~keras_retina.data.coco_json`, :mod:`~keras_retina.data.tfds_source`,
   :mod:`~keras_retina.data.shapes`: the sources (**a new data source** is a module beside them);
+* :mod:`~keras_retina.data.coco_annotations`: a COCO instances JSON read and validated (classes,
+  image records, skip counts), for everything that reads one;
 * :mod:`~keras_retina.data.orientation`: EXIF orientation, images decoded upright;
 * :mod:`~keras_retina.data.pipeline`: decode → augment → resize/pad → batch;
 * :mod:`~keras_retina.data.run_data`: :class:`RunData`, a config's dataset chosen once for every mode
