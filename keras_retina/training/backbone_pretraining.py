@@ -41,6 +41,11 @@ def crops(
     ``num_classes``). A background window that finds no free place in 50
     tries is skipped and counted.
 
+    The file is read and validated by
+    :class:`~keras_retina.data.coco_json.CocoJsonSource`, and its images are
+    decoded by its dataset (upright by their EXIF orientation, as the boxes
+    are given), in the JSON's order. Crowd boxes are cropped like the others.
+
     Args:
         annotation_file: COCO instances JSON; boxes ``[x, y, w, h]`` in pixels.
         image_dir: folder of the images named in it.
@@ -56,7 +61,14 @@ def crops(
 
     Raises:
         ValueError: naming the file and the image when an image is smaller
-            than ``crop``.
+            than ``crop`` (checked before any image is decoded).
+        CocoFormatError: ``annotation_file`` is not COCO instances JSON, or
+            an annotation is invalid (the message names the file, the image
+            id and the field).
+        FileNotFoundError: the annotation file, ``image_dir`` or an image
+            file does not exist.
+        tf.errors.InvalidArgumentError: an image file is not a readable
+            image, or not of the JSON's size (named, with its image id).
 
     Example:
         >>> import tempfile
@@ -67,26 +79,25 @@ def crops(
     """
     import tensorflow as tf  # noqa: PLC0415
 
-    with open(annotation_file) as f:
-        coco = json.load(f)
-    categories = sorted(coco["categories"], key=lambda c: c["id"])
-    class_names = tuple(c["name"] for c in categories) + ("background",)
-    label_of = {c["id"]: i for i, c in enumerate(categories)}
-    boxes_of: dict = {image["id"]: [] for image in coco["images"]}
-    for annotation in coco["annotations"]:
-        boxes_of[annotation["image_id"]].append(annotation)
+    from keras_retina.data.coco_json import CocoJsonSource  # noqa: PLC0415
+
+    source = CocoJsonSource(annotation_file, image_dir)
+    class_names = source.class_names + ("background",)
+    for image_id in source.image_ids:  # every size checked before any image is decoded
+        record = source.image_record(image_id)
+        if record.height < crop or record.width < crop:
+            raise ValueError(
+                f"{annotation_file}: image {record.file_name!r} is {record.width}x{record.height}, "
+                f"smaller than the {crop}-px crop."
+            )
     rng = np.random.default_rng(seed)
     images, labels, skipped = [], [], 0
-    for image in coco["images"]:
-        pixels = tf.io.decode_image(tf.io.read_file(os.path.join(image_dir, image["file_name"])), channels=3).numpy()
+    for example in source.dataset():  # upright, RGB, and of the JSON's size (else a named error)
+        pixels = example["image"].numpy()
         height, width = pixels.shape[:2]
-        if height < crop or width < crop:
-            raise ValueError(
-                f"{annotation_file}: image {image['file_name']!r} is {width}x{height}, smaller than the {crop}-px crop."
-            )
-        boxes = [a["bbox"] for a in boxes_of[image["id"]]]
-        for annotation in boxes_of[image["id"]]:
-            x, y, w, h = annotation["bbox"]
+        record = source.image_record(int(example["image_id"]))
+        boxes = [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in record.boxes.tolist()]  # [x, y, w, h] pixels
+        for (x, y, w, h), label in zip(boxes, record.classes.tolist()):
             side = int(min(max(crop, np.ceil(context * max(w, h))), height, width))
             # Origins that keep the box inside the window (where it fits) and the window inside the image.
             x_low, x_high = max(0, int(np.ceil(x + w)) - side), min(int(x), width - side)
@@ -97,13 +108,13 @@ def crops(
             if side != crop:
                 window = tf.cast(tf.image.resize(window, (crop, crop), antialias=True) + 0.5, tf.uint8).numpy()
             images.append(window)
-            labels.append(label_of[annotation["category_id"]])
+            labels.append(label)
         for _ in range(background_per_image):
             for _try in range(50):
                 x0, y0 = rng.integers(0, width - crop + 1), rng.integers(0, height - crop + 1)
                 if all(x0 >= x + w or x0 + crop <= x or y0 >= y + h or y0 + crop <= y for x, y, w, h in boxes):
                     images.append(pixels[y0 : y0 + crop, x0 : x0 + crop])
-                    labels.append(len(categories))
+                    labels.append(source.num_classes)
                     break
             else:
                 skipped += 1
