@@ -193,6 +193,44 @@ def test_existing_dataset_is_reused_unless_arguments_change(tmp_path):
     assert os.path.isfile(os.path.join(files.image_dir, "000003.jpg"))
 
 
+def _corrupt(coco_text):
+    coco = json.loads(coco_text)
+    return {
+        "not_json": "{not json",
+        "results_list": json.dumps(coco["annotations"]),
+        "info_not_an_object": json.dumps({**coco, "info": "shapes"}),
+        "no_categories": json.dumps({k: v for k, v in coco.items() if k != "categories"}),
+        "image_without_file_name": json.dumps({**coco, "images": [{"id": 1}] + coco["images"][1:]}),
+        "not_utf8": b"\xff\xfe".decode("latin-1"),
+    }
+
+
+@pytest.mark.parametrize(
+    "corruption",
+    ["not_json", "results_list", "info_not_an_object", "no_categories", "image_without_file_name", "not_utf8"],
+)
+def test_an_annotation_file_that_is_not_a_written_dataset_is_redrawn(tmp_path, corruption):
+    files = _write(tmp_path, 3, seed=0)
+    with open(files.annotation_file, encoding="ascii") as f:
+        written = f.read()
+    with open(files.annotation_file, "w", encoding="latin-1") as f:
+        f.write(_corrupt(written)[corruption])
+    assert shapes._load_if_matching(files.annotation_file, files.image_dir, json.loads(written)["info"]["keras_retina_shapes"]) is None
+
+    again = _write(tmp_path, 3, seed=0)
+    assert again == files
+    with open(files.annotation_file, encoding="ascii") as f:
+        assert f.read() == written
+
+
+def test_the_cache_check_reads_the_file_with_the_coco_reader(tmp_path, monkeypatch):
+    files = _write(tmp_path, 2, seed=0)
+    read = []
+    monkeypatch.setattr(shapes, "load_coco_json", lambda path: read.append(path) or {"images": [], "annotations": []})
+    assert shapes._load_if_matching(files.annotation_file, files.image_dir, {"seed": [0]}) is None
+    assert read == [files.annotation_file]
+
+
 def test_splits_have_independent_images(tmp_path):
     splits = shapes.make_shapes_splits(tmp_path, num_train=6, num_val=4, seed=0, verbose=False)
 
@@ -233,7 +271,7 @@ def test_bad_arguments_are_named(tmp_path, kwargs, message):
 
 
 def test_the_aspect_option_leaves_existing_settings_byte_identical(tmp_path):
-    """Digests of the annotation JSON written before ``aspect_range`` existed (session 12): its
+    """Digests of the annotation JSON written before ``aspect_range`` existed: its
     default draws exactly as the fixed 0.7-1/0.7 range did, so cached data and kept runs stay valid."""
     def digest(directory, **kwargs):
         files = _write(directory, 6, seed=0, **kwargs)

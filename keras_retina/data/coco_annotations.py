@@ -536,7 +536,9 @@ def load_coco_json(annotation_file: str | os.PathLike) -> dict:
         >>> load_coco_json(path)
         Traceback (most recent call last):
         ...
-        keras_retina.data.coco_annotations.CocoFormatError: annotation_file='.../results.json' holds a JSON list (a list looks like a detection results file); expected a COCO instances JSON object with 'images', 'annotations' and 'categories'.
+        keras_retina.data.coco_annotations.CocoFormatError: annotation_file='.../results.json' holds
+        a JSON list (a list looks like a detection results file); expected a COCO instances JSON
+        object with 'images', 'annotations' and 'categories'.
     """
     annotation_file = os.fspath(annotation_file)
     if not tf.io.gfile.exists(annotation_file):

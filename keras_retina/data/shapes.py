@@ -27,7 +27,7 @@ Properties the tests rely on:
 - About ``empty_fraction`` of the images contain no object at all.
 
 A second setting, :data:`SMALL_OBJECTS_IN_CLUTTER` (``make_shapes_dataset(...,
-**SMALL_OBJECTS_IN_CLUTTER)``), is made for the paper's question (issue 15):
+**SMALL_OBJECTS_IN_CLUTTER)``), is made for the paper's question:
 small objects among many unannotated look-alikes (irregular blobs and hollow
 outlines of the five shapes), so that foreground anchors are about 1 in 1000
 of all anchors, as on COCO
@@ -50,8 +50,11 @@ from typing import Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 from PIL import Image, ImageDraw
+
+from keras_retina.data.coco_annotations import load_coco_json
 
 #: Class names, in category-id order (category ids are 1, 2, ... in this order).
 SHAPE_CLASSES = ("circle", "square", "triangle", "diamond", "cross")
@@ -69,7 +72,7 @@ SIZE_BUCKET_PROBABILITIES = (0.35, 0.4, 0.25)
 #: The range of an object's width / height (log-uniform): near square by default.
 ASPECT_RANGE = (0.7, 1.0 / 0.7)
 
-#: The paper study's setting (issue 15), keyword arguments of
+#: The paper study's setting, keyword arguments of
 #: :func:`make_shapes_dataset`: 192-pixel images (6,921 anchors with the
 #: paper's 9 per location on P3-P7) holding 1 or 2 small objects (side 16-30
 #: px, COCO's "small") among 8 to 16 unannotated look-alikes (blobs, hollow
@@ -88,7 +91,7 @@ SMALL_OBJECTS_IN_CLUTTER = {
 }
 
 #: :data:`SMALL_OBJECTS_IN_CLUTTER` with the spread of shapes and sizes that table 1c's
-#: question needs (issue 15): half the objects small (16-30 px), half medium (36-92 px),
+#: question needs: half the objects small (16-30 px), half medium (36-92 px),
 #: width / height from 1/3 to 3, distractors alike. In the near-square small setting
 #: every anchor set fits the objects equally (the same 32-pixel square is best); here
 #: more scales and ratios fit them better (docs/paper_study.md, table 1c_wide).
@@ -400,15 +403,24 @@ def _check_aspect_range(aspect_range) -> tuple[float, float]:
 
 
 def _load_if_matching(annotation_file, image_dir, params) -> ShapesFiles | None:
-    """The existing dataset if it was written with ``params`` and is complete."""
+    """The existing dataset if it was written with ``params`` and is complete; None otherwise.
+
+    None too when the file is missing, unreadable or not COCO instances JSON
+    (``CocoFormatError`` is a ``ValueError``): the dataset is then redrawn.
+    """
     try:
-        with open(annotation_file, encoding="ascii") as f:
-            coco = json.load(f)
-    except (OSError, ValueError):
+        coco = load_coco_json(annotation_file)
+    except (OSError, ValueError, tf.errors.OpError):
         return None
-    if coco.get("info", {}).get("keras_retina_shapes") != params:
+    info = coco.get("info")
+    if not isinstance(info, dict) or info.get("keras_retina_shapes") != params:
         return None
-    if not all(os.path.isfile(os.path.join(image_dir, im["file_name"])) for im in coco["images"]):
+    if not all(
+        isinstance(im, dict)
+        and isinstance(im.get("file_name"), str)
+        and os.path.isfile(os.path.join(image_dir, im["file_name"]))
+        for im in coco["images"]
+    ):
         return None
     return ShapesFiles(
         annotation_file, image_dir, len(coco["images"]), len(coco["annotations"]), SHAPE_CLASSES
@@ -426,7 +438,7 @@ def _draw_image(
     max_clutter=0,
     aspect_range=ASPECT_RANGE,
 ):
-    """Draws one image (the default setting draws exactly as before the dense options).
+    """Draws one image (the dense options at their defaults draw no random numbers).
 
     Returns:
         ``(pixels, objects, label_map)``: uint8 ``(height, width, 3)``; a list
