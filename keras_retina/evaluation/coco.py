@@ -1,4 +1,9 @@
-"""COCO's bbox metric with pycocotools: results in COCO's format, scored; the metrics printed and written."""
+"""COCO's bbox metric with pycocotools: results in COCO's format, scored; the metrics printed and written.
+
+:func:`run_cocoeval` is the one place pycocotools' COCOeval runs: the metric
+(:func:`coco_evaluate`), the evaluation report and the TIDE breakdown all
+score detections through it.
+"""
 
 from __future__ import annotations
 
@@ -65,6 +70,132 @@ def detections_to_coco(
     return results
 
 
+def load_ground_truth(coco_gt: COCO | str | os.PathLike) -> COCO:
+    """``coco_gt`` itself, or the instances JSON at that path loaded (quietly)."""
+    if isinstance(coco_gt, (str, os.PathLike)):
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO(str(coco_gt))
+    return coco_gt
+
+
+def run_cocoeval(
+    coco_gt: COCO,
+    results: list[dict],
+    image_ids: Iterable[int] | None = None,
+    *,
+    iou_thresholds: Sequence[float] | None = None,
+    area_ranges: Sequence[str] | None = None,
+    max_detections: Sequence[int] | None = None,
+    accumulate: bool = True,
+) -> COCOeval:
+    """pycocotools' bbox COCOeval of ``results``, evaluated, without printing.
+
+    Every COCO evaluation of the package goes through here, so that the
+    metric, the report and the TIDE breakdown score detections alike.
+
+    Args:
+        coco_gt: the ground truth.
+        results: COCO results entries ``{"image_id", "category_id", "bbox":
+            [x, y, w, h] pixels, "score"}`` (see :func:`detections_to_coco`);
+            pycocotools' ``loadRes`` adds ``"area"``, ``"id"`` (1, 2, ... in
+            order), ``"iscrowd"`` and ``"segmentation"`` to them. An empty list
+            is evaluated as no detections.
+        image_ids: evaluate only these images (default: all in ``coco_gt``).
+        iou_thresholds: ``params.iouThrs``; None: COCO's 0.50:0.05:0.95.
+        area_ranges: names of the area ranges to keep, of ``"all"``,
+            ``"small"``, ``"medium"``, ``"large"``; None: all four.
+        max_detections: ``params.maxDets``; None: COCO's ``(1, 10, 100)``.
+        accumulate: also accumulate (``eval["precision"]``, ``eval["recall"]``)
+            and, with COCO's default parameters, summarize (``stats``, the 12
+            metrics of :data:`METRIC_NAMES`). False: ``evaluate`` only
+            (``evalImgs``, the per-image matching).
+
+    Returns:
+        the ``pycocotools.cocoeval.COCOeval``.
+
+    Raises:
+        ValueError: an area range name pycocotools does not know.
+
+    Example:
+        >>> gt = COCO()
+        >>> gt.dataset = {"images": [{"id": 1, "width": 100, "height": 100}],
+        ...               "categories": [{"id": 7, "name": "circle"}],
+        ...               "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 40, 40],
+        ...                                "area": 1600, "iscrowd": 0}]}
+        >>> with contextlib.redirect_stdout(io.StringIO()): gt.createIndex()
+        >>> half = {"image_id": 1, "category_id": 7, "bbox": [10, 10, 40, 20], "score": 0.9}   # IoU 0.5
+        >>> evaluator = run_cocoeval(gt, [half])
+        >>> round(float(evaluator.stats[1]), 3), round(float(evaluator.stats[0]), 3)   # AP50; AP: 1 of 10 IoUs
+        (1.0, 0.1)
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results) if results else _no_detections(coco_gt)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        params = evaluator.params
+        params.imgIds = sorted(coco_gt.getImgIds() if image_ids is None else set(int(i) for i in image_ids))
+        if iou_thresholds is not None:
+            params.iouThrs = np.asarray(iou_thresholds, np.float64)
+        if area_ranges is not None:
+            unknown = [name for name in area_ranges if name not in params.areaRngLbl]
+            if unknown:
+                raise ValueError(f"area_ranges {unknown} are not COCO's; expected names of {params.areaRngLbl}.")
+            params.areaRng = [params.areaRng[params.areaRngLbl.index(name)] for name in area_ranges]
+            params.areaRngLbl = list(area_ranges)
+        if max_detections is not None:
+            params.maxDets = [int(m) for m in max_detections]
+        evaluator.evaluate()
+        if accumulate:
+            evaluator.accumulate()
+            if iou_thresholds is None and area_ranges is None and max_detections is None:
+                evaluator.summarize()  # fills stats; it supports only the default parameters
+    return evaluator
+
+
+def _no_detections(coco_gt: COCO) -> COCO:
+    """Empty detections on ``coco_gt``'s images: pycocotools' ``loadRes`` cannot load an empty list."""
+    coco_dt = COCO()
+    coco_dt.dataset = {
+        "images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []
+    }
+    coco_dt.createIndex()
+    return coco_dt
+
+
+def average_precision(precision: np.ndarray) -> float:
+    """COCO's AP of a slice of ``COCOeval.eval["precision"]``: the mean of its entries other than -1.
+
+    -1 marks a class without ground truth in the area range; an AP over
+    none is -1 too, as in pycocotools' summary.
+
+    Example:
+        >>> average_precision(np.array([[1.0, 0.5], [-1.0, -1.0]])), average_precision(np.full(3, -1.0))
+        (0.75, -1.0)
+    """
+    values = precision[precision > -1]
+    return float(values.mean()) if values.size else -1.0
+
+
+def summary_metrics(evaluator: COCOeval) -> dict:
+    """:func:`coco_evaluate`'s dict from an accumulated, summarized :func:`run_cocoeval`.
+
+    An evaluation of no detections gives 0 for every metric and class (not
+    pycocotools' -1 for an empty size bucket or a class without ground truth).
+    """
+    coco_gt = evaluator.cocoGt
+    if not evaluator.cocoDt.anns:
+        metrics = {name: 0.0 for name in METRIC_NAMES}
+        metrics["per_class_AP"] = {cat["name"]: 0.0 for cat in coco_gt.loadCats(coco_gt.getCatIds())}
+        return metrics
+    metrics = {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats)}
+    # precision: (iou thresholds, recall points, classes, area ranges, max dets); area "all", 100 detections.
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    metrics["per_class_AP"] = {
+        coco_gt.cats[int(category_id)]["name"]: average_precision(precision[:, :, k])
+        for k, category_id in enumerate(evaluator.params.catIds)
+    }
+    return metrics
+
+
 def coco_evaluate(
     coco_gt: COCO | str,
     results: list[dict],
@@ -82,7 +213,8 @@ def coco_evaluate(
     Returns:
         dict with the 12 summary metrics (:data:`METRIC_NAMES`, in [0, 1];
         -1 where a size bucket is empty) and ``"per_class_AP"``: category name
-        → AP at IoU 0.50:0.95 (-1 where the class has no ground truth).
+        → AP at IoU 0.50:0.95 (-1 where the class has no ground truth). No
+        detections: every value 0.
 
     Example:
         >>> import json, tempfile
@@ -96,36 +228,10 @@ def coco_evaluate(
         >>> round(metrics["AP"], 3), round(metrics["per_class_AP"]["circle"], 3)
         (1.0, 1.0)
     """
-    if isinstance(coco_gt, (str, os.PathLike)):
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_gt = COCO(str(coco_gt))
-    image_ids = sorted(coco_gt.getImgIds() if image_ids is None else set(int(i) for i in image_ids))
-    if not results:
-        # pycocotools cannot load an empty result list; no detections = zero AP.
-        metrics = {name: 0.0 for name in METRIC_NAMES}
-        metrics["per_class_AP"] = {cat["name"]: 0.0 for cat in coco_gt.loadCats(coco_gt.getCatIds())}
-        return metrics
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
-    evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-    evaluator.params.imgIds = image_ids
-    summary = io.StringIO()
-    with contextlib.redirect_stdout(summary):
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    if verbose:
-        print(summary.getvalue(), end="")
-    metrics = {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats)}
-    # precision: (iou thresholds, recall points, classes, area ranges, max dets).
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]
-    per_class = {}
-    for k, cat_id in enumerate(evaluator.params.catIds):
-        values = precision[:, :, k]
-        values = values[values > -1]
-        per_class[coco_gt.cats[int(cat_id)]["name"]] = float(values.mean()) if values.size else -1.0
-    metrics["per_class_AP"] = per_class
-    return metrics
+    evaluator = run_cocoeval(load_ground_truth(coco_gt), results, image_ids)
+    if verbose and results:
+        evaluator.summarize()  # prints the table; run_cocoeval ran it quietly
+    return summary_metrics(evaluator)
 
 
 def format_metrics(metrics: dict) -> str:

@@ -28,14 +28,14 @@ true positive and the others are dropped (section 2.3: "suppress the lower
 scoring detection"). Detections COCO ignores (on crowd regions) are no false
 positives and get no type.
 
-tidecv 1.0.1 (August 2020, its last release) installs and runs with NumPy 2.4
-(checked in a scratch venv), but it is not used here: it pulls in OpenCV,
-pandas, matplotlib and seaborn, its COCO loader needs a ``segmentation`` in
-every annotation, and its AP is not COCO's (100 detections per image across
-classes, classes without ground truth averaged in as 0, crowd IoU ``>``
-rather than ``>=``, recall points ``k / 100`` rather than ``np.linspace``). So
-the definition is written here on top of pycocotools: COCOeval does the
-matching, and the AP of the fixed detections is computed as
+tidecv 1.0.1 (August 2020, its last release) installs and runs with NumPy 2.4,
+but it is not used here: it pulls in OpenCV, pandas, matplotlib and seaborn,
+its COCO loader needs a ``segmentation`` in every annotation, and its AP is
+not COCO's (100 detections per image across classes, classes without ground
+truth averaged in as 0, crowd IoU ``>`` rather than ``>=``, recall points
+``k / 100`` rather than ``np.linspace``). So the definition is written here on
+top of pycocotools: COCOeval (:func:`keras_retina.evaluation.coco.run_cocoeval`)
+does the matching, and the AP of the fixed detections is computed as
 ``COCOeval.accumulate`` computes it. On random detections the counts of every
 type equal tidecv's; the dAPs of both, duplicate, background and missed agree
 to 0.1 AP points (the recall-point difference). Classification and
@@ -46,15 +46,13 @@ two types compete for one GT although only one type is being fixed.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 from typing import Iterable
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+
+from keras_retina.evaluation.coco import load_ground_truth, run_cocoeval
 
 #: TIDE's foreground IoU ``t_f``: a detection matches a GT at IoU >= this.
 FOREGROUND_IOU = 0.5
@@ -136,9 +134,7 @@ def analyze_errors(
             f"Expected 0 <= background_iou <= foreground_iou <= 1, got background_iou={background_iou}, "
             f"foreground_iou={foreground_iou}."
         )
-    if isinstance(coco_gt, (str, os.PathLike)):
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_gt = COCO(str(coco_gt))
+    coco_gt = load_ground_truth(coco_gt)
     _check_results(coco_gt, results)
     image_ids = sorted(coco_gt.getImgIds() if image_ids is None else set(int(i) for i in image_ids))
 
@@ -206,20 +202,12 @@ def _match(coco_gt: COCO, results: list[dict], image_ids: list[int], foreground_
         ``categories`` (every category id) and ``num_per_class`` (category id
         → number of its GTs).
     """
-    with contextlib.redirect_stdout(io.StringIO()):
-        if results:
-            coco_dt = coco_gt.loadRes(results)
-        else:  # loadRes cannot load an empty list
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []}
-            coco_dt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        evaluator.params.imgIds = image_ids
-        evaluator.params.iouThrs = np.array([foreground_iou])
-        evaluator.params.areaRngLbl = ["all"]
-        evaluator.params.areaRng = [evaluator.params.areaRng[0]]
-        evaluator.params.maxDets = [max_detections]
-        evaluator.evaluate()
+    # One IoU, one area range ("all"): one evalImgs entry per image and class. The AP is computed
+    # later from these matches (see _mean_average_precision), so nothing is accumulated.
+    evaluator = run_cocoeval(
+        coco_gt, results, image_ids, iou_thresholds=(foreground_iou,), area_ranges=("all",),
+        max_detections=(max_detections,), accumulate=False,
+    )
     image_position = {image_id: i for i, image_id in enumerate(image_ids)}
     # loadRes numbers results 1, 2, ... in order.
     det_rows = {"result": [], "category": [], "score": [], "image": [], "gt_annotation": []}
