@@ -19,7 +19,7 @@ from keras_retina import evaluation, recipes
 from keras_retina.cli import modes
 from keras_retina.config import override
 from keras_retina.data import CocoJsonSource, make_pipeline, make_shapes_splits
-from keras_retina.evaluation import report
+from keras_retina.evaluation import report, report_metrics
 from keras_retina.training import rundir
 
 
@@ -107,8 +107,8 @@ def test_numbers_are_cocoevals_and_analyze_errors():
     assert collected.errors == evaluation.analyze_errors(gt, [dict(r) for r in results])
     assert collected.precision.shape == (10, 101, 3, 4)
     # The overall curves average to the summary APs.
-    assert report._overall_curve(collected.precision[0, :, :, 0]).mean() == pytest.approx(reference["AP50"])
-    per_class = {row["class"]: row["AP"] for row in report._class_table(collected)}
+    assert report_metrics.overall_curve(collected.precision[0, :, :, 0]).mean() == pytest.approx(reference["AP50"])
+    per_class = {row["class"]: row["AP"] for row in report_metrics.class_table(collected)}
     assert per_class == pytest.approx(reference["per_class_AP"])
     np.testing.assert_array_equal(collected.num_gt[:, 0], [1, 2, 1])
 
@@ -231,8 +231,9 @@ def test_write_report_uses_detections_it_is_given_and_detects_otherwise(tmp_path
     # The ground truth as detections: AP 1, which the untrained model cannot reach.
     results = [_det(a["category_id"], a["bbox"], 0.9, image_id=a["image_id"]) for a in gt.loadAnns(gt.getAnnIds())]
     calls = []
-    original = evaluation.predict_to_coco
-    monkeypatch.setattr(evaluation, "predict_to_coco", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = report.predict_to_coco  # the function the report detects with
+    assert original is evaluation.predict_to_coco
+    monkeypatch.setattr(report, "predict_to_coco", lambda *a, **k: calls.append(1) or original(*a, **k))
     given = report.write_report(model, dataset, files.annotation_file, source.class_names, source.category_ids,
                                 str(tmp_path / "given"), detections=(results, gt.getImgIds()))
     assert calls == [] and given.metrics["AP"] == pytest.approx(1.0)

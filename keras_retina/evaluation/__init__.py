@@ -3,7 +3,9 @@
 * :mod:`~keras_retina.evaluation.coco`: pycocotools' bbox COCOeval, the one place it runs; metrics printed and written;
 * :mod:`~keras_retina.evaluation.detections`: a model's detections over a pipeline as COCO results (one device or every replica);
 * :mod:`~keras_retina.evaluation.tide`: :func:`analyze_errors`, the AP each error type costs;
-* :mod:`~keras_retina.evaluation.report`: ``report/`` of a run (curves, confusion, gallery, Markdown);
+* :mod:`~keras_retina.evaluation.report`: ``report/`` of a run (curves, confusion, gallery, Markdown), made from
+  :mod:`~keras_retina.evaluation.report_metrics`, :mod:`~keras_retina.evaluation.report_plots` and
+  :mod:`~keras_retina.evaluation.report_markdown`; imported only where a report is written (matplotlib);
 * :mod:`~keras_retina.evaluation.anchor_fit`: how well anchors cover a dataset's boxes, and a search for better ones.
 
 Example:
