@@ -92,13 +92,13 @@ def predict_distributed(model, dataset: "tf.distribute.DistributedDataset", cate
     """:func:`predict_to_coco` on every replica of ``model``'s strategy, the detections all-gathered.
 
     Each step runs ``model.detect`` under ``strategy.run`` on each replica's
-    batch and gathers the fixed-size detection tensors of all replicas: of
-    all workers under MultiWorkerMirroredStrategy with ``strategy.gather``,
-    a collective all-gather (no files), of this worker's replicas otherwise. A replica left without images at the end (the
-    distributed iterator hands it an empty batch, and all workers step
-    until every one has run out) detects on one padding image of id -1,
-    which is dropped. The detections of each image equal those of one
-    device.
+    batch and gathers the fixed-size detection tensors of all replicas: of all
+    workers under MultiWorkerMirroredStrategy with ``strategy.gather``, a
+    collective all-gather (no files), of this worker's replicas otherwise. A
+    replica left without images at the end (the distributed iterator hands it
+    an empty batch, and all workers step until every one has run out) detects
+    on one padding image of id -1, which is dropped. The detections of each
+    image equal those of one device.
 
     Args:
         model: a :class:`keras_retina.RetinaNet` built in the strategy's scope.
