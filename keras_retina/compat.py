@@ -65,6 +65,26 @@ def built_input_shape(model: keras.Model) -> tuple | None:
     return tuple(shape) if shape is not None else None
 
 
+def built_image_size(model: keras.Model) -> int | None:
+    """The square image size ``S`` a model was built at (inputs ``(B, S, S, C)``), or ``None``.
+
+    ``None`` when the model is unbuilt, or was built at an unknown or
+    non-square size (from :func:`built_input_shape`). The exports use it as
+    their default input size.
+
+    Example:
+        >>> model = keras.Sequential([keras.layers.Conv2D(2, 1)])
+        >>> built_image_size(model) is None
+        True
+        >>> model.build((None, 64, 64, 3)); built_image_size(model)
+        64
+    """
+    input_shape = built_input_shape(model)
+    if input_shape and input_shape[1] and input_shape[1] == input_shape[2]:
+        return int(input_shape[1])
+    return None
+
+
 # ------------------------------------------------------------------- model.fit
 def model_strategy(model: keras.Model):
     """The ``tf.distribute`` strategy ``model`` was created under (Keras 3.15 ``_distribute_strategy``)."""
