@@ -6,7 +6,13 @@ import tensorflow as tf
 
 import keras_retina as kr
 from keras_retina.model import boxes as box_ops
-from keras_retina.model.postprocess import InferenceSettings, class_wise_nms, decode_detections, decode_level
+from keras_retina.model.postprocess import (
+    InferenceSettings,
+    class_wise_nms,
+    decode_detections,
+    decode_level,
+    decode_levels,
+)
 
 
 def _np(tree):
@@ -164,6 +170,23 @@ def test_decode_detections_is_decode_level_then_class_wise_nms():
     )
     for key in expected:
         np.testing.assert_array_equal(with_weights[key], expected[key], err_msg=key)
+
+
+def test_decode_levels_is_decode_level_on_each_level_concatenated():
+    logits, deltas, anchors, per_level = _outputs(seed=3)
+    coder = box_ops.BoxCoder((10.0, 10.0, 5.0, 5.0))
+    got = decode_levels(logits, deltas, anchors, per_level, (96, 128), pre_nms_topk=40, box_coder=coder)
+    starts = np.cumsum([0, *per_level])
+    expected = [
+        decode_level(logits[:, a:b], deltas[:, a:b], anchors[a:b], (96, 128), pre_nms_topk=40, box_coder=coder)
+        for a, b in zip(starts[:-1], starts[1:])
+    ]
+    assert tuple(got[0].shape) == (2, sum(min(40, count * 3) for count in per_level), 4)
+    for i, name in enumerate(("boxes", "scores", "classes")):
+        np.testing.assert_array_equal(np.asarray(got[i]), np.concatenate([np.asarray(e[i]) for e in expected], 1), name)
+    # float16 head outputs are decoded in float32, as decode_detections does.
+    half = decode_levels(logits.astype("float16"), deltas.astype("float16"), anchors, per_level, (96, 128), pre_nms_topk=40)
+    assert half[0].dtype == tf.float32 and half[1].dtype == tf.float32 and half[2].dtype == tf.int32
 
 
 def test_decode_detections_accepts_float16_outputs():

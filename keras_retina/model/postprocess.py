@@ -1,10 +1,12 @@
 """Inference post-processing: top-k per level, box decoding, class-wise NMS.
 
 :func:`decode_detections` is the paper's inference (Sec. 4) in two stages:
-:func:`decode_level` picks each pyramid level's best (anchor, class) pairs
-and decodes their boxes, :func:`class_wise_nms` keeps the best
-non-overlapping candidates of each class. The four settings live together in
-one :class:`InferenceSettings`.
+:func:`decode_levels` picks each pyramid level's best (anchor, class) pairs
+and decodes their boxes (:func:`decode_level`, one level),
+:func:`class_wise_nms` keeps the best non-overlapping candidates of each
+class. The four settings live together in one :class:`InferenceSettings`.
+An export whose runtime lacks ``combined_non_max_suppression`` runs
+:func:`decode_levels` and its own NMS (:mod:`keras_retina.deploy.litert`).
 """
 
 from __future__ import annotations
@@ -144,6 +146,75 @@ def decode_level(
     return boxes, scores, classes
 
 
+def decode_levels(
+    cls_logits,
+    box_deltas,
+    anchors_xyxy,
+    anchors_per_level: Sequence[int],
+    image_shape: Sequence[int],
+    *,
+    pre_nms_topk: int = 1000,
+    box_coder: box_ops.BoxCoder | None = None,
+) -> tuple:
+    """Every pyramid level's candidates (:func:`decode_level`), concatenated over the levels.
+
+    The candidates :func:`decode_detections` hands to NMS: per level the
+    ``pre_nms_topk`` highest-scoring (anchor, class) pairs, their boxes
+    decoded and clipped to the image. ``K = sum_l min(pre_nms_topk, A_l * C)``.
+
+    Args:
+        cls_logits: ``(B, A, C)`` logits, any float dtype (computed in float32).
+        box_deltas: ``(B, A, 4)`` deltas.
+        anchors_xyxy: ``(A, 4)`` float32 pixels from :class:`AnchorGenerator`.
+        anchors_per_level: number of anchors on each level, summing to ``A``.
+        image_shape: ``(H, W)`` of the model's input, pixels.
+        pre_nms_topk: most pairs kept per level.
+        box_coder: the :class:`keras_retina.model.boxes.BoxCoder` used in
+            training (default: weights all 1).
+
+    Returns:
+        ``(boxes, scores, classes)``: float32 ``(B, K, 4)`` xyxy pixels,
+        float32 ``(B, K)`` sigmoid scores (descending within each level),
+        int32 ``(B, K)`` class ids; the levels in order, finest first.
+
+    Example:
+        Two levels of two anchors each, one class: with ``pre_nms_topk=1``
+        each level gives its best anchor.
+
+        >>> logits = np.array([[[0.], [2.], [-1.], [1.]]], "float32")   # (B=1, A=4, C=1)
+        >>> anchors = np.array([[0, 0, 8, 8], [8, 0, 16, 8], [0, 0, 16, 16], [16, 0, 32, 16]], "float32")
+        >>> boxes, scores, classes = decode_levels(logits, np.zeros((1, 4, 4), "float32"), anchors, (2, 2),
+        ...                                        (32, 32), pre_nms_topk=1)
+        >>> ops.convert_to_numpy(boxes)
+        array([[[ 8.,  0., 16.,  8.],
+                [16.,  0., 32., 16.]]], dtype=float32)
+        >>> ops.convert_to_numpy(scores)
+        array([[0.8808, 0.7311]], dtype=float32)
+    """
+    cls_logits = ops.cast(cls_logits, "float32")  # (B, A, C)
+    box_deltas = ops.cast(box_deltas, "float32")  # (B, A, 4)
+    candidate_boxes, candidate_scores, candidate_classes = [], [], []
+    start = 0
+    for count in anchors_per_level:
+        boxes, scores, classes = decode_level(
+            cls_logits[:, start : start + count, :],  # (B, A_l, C)
+            box_deltas[:, start : start + count, :],  # (B, A_l, 4)
+            anchors_xyxy[start : start + count],  # (A_l, 4)
+            image_shape,
+            pre_nms_topk=pre_nms_topk,
+            box_coder=box_coder,
+        )
+        start += count
+        candidate_boxes.append(boxes)
+        candidate_scores.append(scores)
+        candidate_classes.append(classes)
+    return (
+        ops.concatenate(candidate_boxes, axis=1),  # (B, K, 4), K summed over levels
+        ops.concatenate(candidate_scores, axis=1),  # (B, K)
+        ops.concatenate(candidate_classes, axis=1),  # (B, K)
+    )
+
+
 def class_wise_nms(
     boxes_xyxy,
     scores,
@@ -228,7 +299,7 @@ def decode_detections(
 
     Per pyramid level, the ``pre_nms_topk`` highest (anchor, class) scores
     are kept; only those anchors' boxes are decoded and clipped to the image
-    (:func:`decode_level`). Candidates scoring at or below ``score_threshold``
+    (:func:`decode_levels`). Candidates scoring at or below ``score_threshold``
     are dropped, the rest go through per-class NMS at ``nms_iou_threshold``
     and the best ``max_detections`` remain (:func:`class_wise_nms`).
 
@@ -275,28 +346,19 @@ def decode_detections(
         nms_iou_threshold=nms_iou_threshold,
         max_detections=max_detections,
     )
-    box_coder = box_ops.BoxCoder.resolve(box_coder, box_weights)
-    cls_logits = ops.cast(cls_logits, "float32")  # (B, A, C)
-    box_deltas = ops.cast(box_deltas, "float32")  # (B, A, 4)
-    candidate_boxes, candidate_scores, candidate_classes = [], [], []
-    start = 0
-    for count in anchors_per_level:
-        boxes, scores, classes = decode_level(
-            cls_logits[:, start : start + count, :],  # (B, A_l, C)
-            box_deltas[:, start : start + count, :],  # (B, A_l, 4)
-            anchors_xyxy[start : start + count],  # (A_l, 4)
-            image_shape,
-            pre_nms_topk=settings.pre_nms_topk,
-            box_coder=box_coder,
-        )
-        start += count
-        candidate_boxes.append(boxes)
-        candidate_scores.append(scores)
-        candidate_classes.append(classes)
+    boxes, scores, classes = decode_levels(
+        cls_logits,
+        box_deltas,
+        anchors_xyxy,
+        anchors_per_level,
+        image_shape,
+        pre_nms_topk=settings.pre_nms_topk,
+        box_coder=box_ops.BoxCoder.resolve(box_coder, box_weights),
+    )  # (B, K, 4), (B, K), (B, K)
     return class_wise_nms(
-        ops.concatenate(candidate_boxes, axis=1),  # (B, K, 4), K summed over levels
-        ops.concatenate(candidate_scores, axis=1),  # (B, K)
-        ops.concatenate(candidate_classes, axis=1),  # (B, K)
+        boxes,
+        scores,
+        classes,
         cls_logits.shape[-1],
         score_threshold=settings.score_threshold,
         nms_iou_threshold=settings.nms_iou_threshold,
