@@ -1,4 +1,4 @@
-"""Decompression bombs and oversized headers for the serving-limit tests (tests/test_export.py).
+"""Decompression bombs and oversized headers for the header-parser and serving-limit tests.
 
 Each builder writes the bytes a file of that format starts with, as the
 format's specification lays them out, small on disk however large the image
