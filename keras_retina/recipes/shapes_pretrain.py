@@ -1,4 +1,4 @@
-"""How the default experiment's pre-trained backbone was made (issue 16): ``python -m keras_retina.recipes.shapes_pretrain``.
+"""How the default recipe's pre-trained backbone was made: ``python -m keras_retina.recipes.shapes_pretrain``.
 
 The default ``shapes`` experiment starts its ``tiny`` backbone from
 :data:`WEIGHTS_PATH`, a file in the package, as the paper's RetinaNet
