@@ -353,6 +353,7 @@ def _litert_network_only(model, path, quantization, calibration):
     import tensorflow as tf
 
     from keras_retina.deploy import litert
+    from keras_retina.deploy.class_names import class_names_zip
 
     class NetworkOnly(litert._LiteRTModule):  # noqa: SLF001 (benchmark of the module's own graph)
         def serve_fn(self, images):
@@ -370,7 +371,7 @@ def _litert_network_only(model, path, quantization, calibration):
         )
     with open(path, "wb") as f:
         f.write(flatbuffer)
-        f.write(litert._class_names_zip([f"class_{i}" for i in range(model.num_classes)], range(model.num_classes)))  # noqa: SLF001
+        f.write(class_names_zip([f"class_{i}" for i in range(model.num_classes)], range(model.num_classes)))
     return path
 
 

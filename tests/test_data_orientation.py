@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 import keras_retina as kr
 from keras_retina.data.orientation import decode_upright, exif_orientation, upright
-from keras_retina.deploy import saved_model
+from keras_retina.deploy import requests
 from keras_retina.deploy.predict import predict_files
 
 HEIGHT, WIDTH = 64, 96  # displayed
@@ -278,22 +278,22 @@ def test_served_decode_image_turns_upright_in_a_saved_model(tmp_path):
     class Decoder(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
         def decode(self, contents):
-            return saved_model.decode_image(contents, tf.constant(0))
+            return requests.decode_image(contents, tf.constant(0))
 
     tf.saved_model.save(Decoder(), str(tmp_path / "decoder"))
     loaded = tf.saved_model.load(str(tmp_path / "decoder"))
     for orientation in ORIENTATIONS:
         contents = _phone_jpeg(orientation)
-        _assert_on_the_object(saved_model.decode_image(contents).numpy(), f"eager, orientation {orientation}")
+        _assert_on_the_object(requests.decode_image(contents).numpy(), f"eager, orientation {orientation}")
         _assert_on_the_object(loaded.decode(tf.constant(contents)).numpy(), f"SavedModel, orientation {orientation}")
 
 
 def test_bomb_check_reads_the_stored_size_which_turning_keeps_in_pixels():
     contents = _phone_jpeg(6)
-    encoded = saved_model.check_encoded_images(tf.constant([contents]), max_pixels=HEIGHT * WIDTH)
+    encoded = requests.check_encoded_images(tf.constant([contents]), max_pixels=HEIGHT * WIDTH)
     assert encoded.shape == (1,)
     with pytest.raises(tf.errors.InvalidArgumentError):
-        saved_model.check_encoded_images(tf.constant([contents]), max_pixels=HEIGHT * WIDTH - 1)
+        requests.check_encoded_images(tf.constant([contents]), max_pixels=HEIGHT * WIDTH - 1)
 
 
 # ------------------------------------------------------------------- predict

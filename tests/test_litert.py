@@ -26,6 +26,7 @@ from keras_retina import (
 from keras_retina.cli import modes
 from keras_retina.config import override  # noqa: E402
 from keras_retina.deploy import litert
+from keras_retina.deploy.class_names import read_class_names
 from keras_retina.training import rundir
 
 IMAGE_SIZE = 128
@@ -233,4 +234,4 @@ def test_bad_arguments(trained, tmp_path):
     with pytest.raises(ValueError, match="representative_data"):
         litert.export_litert(model, str(tmp_path / "m.tflite"), quantization="int8")
     with pytest.raises(ValueError, match="no class_names.tsv"):
-        litert.read_class_names(__file__)
+        read_class_names(__file__)

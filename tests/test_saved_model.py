@@ -1,4 +1,5 @@
-"""SavedModel export for TF Serving (keras_retina/deploy/saved_model.py).
+"""SavedModel export for TF Serving (keras_retina/deploy/saved_model.py), and the request limits it serves
+with (keras_retina/deploy/requests.py).
 
 One small model, trained for a few steps on the toy batch so that its scores
 differ from image to image, is exported once per module with
@@ -26,18 +27,11 @@ from helpers import small_model, toy_batch
 from PIL import Image
 
 import keras_retina as kr
+from keras_retina.data.image_headers import GIF_MAX_BLOCKS
 from keras_retina.deploy import predict as predict_lib
-from keras_retina.deploy.saved_model import (
-    CLASS_NAMES_ASSET,
-    GIF_MAX_BLOCKS,
-    HEADER_FORMATS,
-    decode_image,
-    export_saved_model,
-    next_version,
-    read_class_names,
-    read_image_size,
-    write_warmup_requests,
-)
+from keras_retina.deploy.class_names import CLASS_NAMES_FILE, read_class_names
+from keras_retina.deploy.requests import decode_image
+from keras_retina.deploy.saved_model import export_saved_model, next_version, write_warmup_requests
 
 IMAGE_SIZE = 128
 CLASS_NAMES = ("red box", "green", "blue")  # a space in a name survives the TSV asset
@@ -261,7 +255,7 @@ def test_metadata_signature_and_class_names_asset(loaded, exported):
     assert [name.decode() for name in metadata["class_names"]] == list(CLASS_NAMES)
     np.testing.assert_array_equal(metadata["category_ids"], CATEGORY_IDS)
     asset = metadata["class_names_file"].decode()
-    assert asset == os.path.join(exported[1], "assets", CLASS_NAMES_ASSET)
+    assert asset == os.path.join(exported[1], "assets", CLASS_NAMES_FILE)
     with open(asset) as f:
         assert f.read() == "1\tred box\n5\tgreen\n9\tblue\n"
     assert read_class_names(exported[1]) == (list(CLASS_NAMES), list(CATEGORY_IDS))
@@ -511,58 +505,11 @@ def _over_max_pixels(index, name, width, height, max_pixels=40_000_000):
     )
 
 
-def _top_down_bmp(image):
-    """A 24-bit BMP with a negative height (rows stored top-down), as TensorFlow's decoder reads it."""
-    height, width, _ = image.shape
-    row = (3 * width + 3) // 4 * 4
-    rows = np.zeros((height, row), np.uint8)
-    rows[:, : 3 * width] = image[..., ::-1].reshape(height, 3 * width)  # BGR
-    return bomb_files.bmp(width, -height) + rows.tobytes()
-
-
 def _animated_gif(frames, **options):
     buffer = io.BytesIO()
     first, *rest = [Image.fromarray(frame) for frame in frames]
     first.save(buffer, format="GIF", save_all=True, append_images=rest, duration=40, loop=0, **options)
     return buffer.getvalue()
-
-
-def test_read_image_size_matches_what_the_decoders_allocate():
-    """Header sizes equal the shapes tf.io.decode_image returns, format by format, without decoding."""
-    rng = np.random.RandomState(0)
-    picture = rng.randint(0, 256, (37, 53, 3)).astype(np.uint8)
-    frames = [rng.randint(0, 256, (37, 53, 3)).astype(np.uint8) for _ in range(3)]
-    # A GIF's logical screen is not what the decoder allocates: its frames are.
-    tiny_screen = bytearray(_pil_bytes(picture, "GIF"))
-    tiny_screen[6:10] = struct.pack("<HH", 1, 1)
-    huge_screen = bytearray(_pil_bytes(picture, "GIF"))
-    huge_screen[6:10] = struct.pack("<HH", 18000, 18000)
-    cases = {
-        "JPEG": [_jpeg(picture), _pil_bytes(picture, "JPEG", progressive=True), _jpeg(picture[..., :1])],
-        "PNG": [_png(picture), _png(picture[..., :1]), _pil_bytes(picture[..., 0] > 128, "PNG")],
-        "GIF": [_pil_bytes(picture, "GIF"), _animated_gif(frames), bytes(tiny_screen), bytes(huge_screen)],
-        "BMP": [_pil_bytes(picture, "BMP"), _pil_bytes(picture[..., 0], "BMP"), _top_down_bmp(picture)],
-        "WebP": [
-            _pil_bytes(picture, "WEBP", quality=80),  # 'VP8 '
-            _pil_bytes(picture, "WEBP", lossless=True),  # 'VP8L'
-            _pil_bytes(picture, "WEBP", exif=b"Exif\0\0MM\0*\0\0\0\x08\0\0"),  # 'VP8X'
-        ],
-    }
-    webp_chunks = [contents[12:16] for contents in cases["WebP"]]
-    assert webp_chunks == [b"VP8 ", b"VP8L", b"VP8X"]
-    for name, files in cases.items():
-        for i, contents in enumerate(files):
-            size = read_image_size(tf.constant(contents))
-            decoded = tf.io.decode_image(contents, channels=3, expand_animations=False).numpy()
-            assert HEADER_FORMATS[int(size["format"])] == name, (name, i)
-            assert (int(size["height"]), int(size["width"])) == decoded.shape[:2] == (37, 53), (name, i)
-            assert size["problem"].numpy() == b"", (name, i)
-            frame_count = 3 if contents == cases["GIF"][1] else 1
-            assert int(size["frame_pixels"]) == frame_count * 37 * 53, (name, i)
-        if name == "BMP":  # the top-down one decodes to the same picture
-            np.testing.assert_array_equal(tf.io.decode_image(files[2], channels=3).numpy(), picture)
-    unknown = read_image_size(tf.constant(b"these bytes are no image"))
-    assert (int(unknown["format"]), int(unknown["width"]), unknown["problem"].numpy()) == (0, 0, b"")
 
 
 BOMBS = {

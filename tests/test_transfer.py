@@ -190,7 +190,8 @@ def test_convert_mode_then_export_serves_coco_category_ids(tmp_path):
 
     from keras_retina.cli import modes
     from keras_retina.cli.flags import config_from_flags
-    from keras_retina.deploy.saved_model import _sample_jpeg, read_class_names
+    from keras_retina.deploy.class_names import read_class_names
+    from keras_retina.deploy.saved_model import _sample_jpeg
 
     state = tv.random_state_dict("v2", num_classes=91, seed=5)
     state["head.classification_head.cls_logits.bias"] += 4.0  # scores near 0.4 rather than the prior's 0.01

@@ -3,7 +3,11 @@
 * :mod:`~keras_retina.deploy.saved_model`: the SavedModel for TF Serving (:func:`export_saved_model`);
 * :mod:`~keras_retina.deploy.litert`: LiteRT ``.tflite`` with NMS on the device (:func:`export_litert`,
   :class:`LiteRTDetector`);
-* :mod:`~keras_retina.deploy.predict`: detections on image files, drawn (:func:`predict_files`).
+* :mod:`~keras_retina.deploy.predict`: detections on image files, drawn (:func:`predict_files`);
+* :mod:`~keras_retina.deploy.requests`: what every runtime does to a request's images before the
+  model: the limits (decompression bombs refused before decoding), decoding, resize and pad;
+* :mod:`~keras_retina.deploy.class_names`: the class-name table every export carries
+  (:func:`read_class_names` reads a SavedModel's or a ``.tflite`` file's).
 
 A new export format is a module here beside them. ``import keras_retina``
 does not load this package: ``kr.export_saved_model`` and
@@ -15,9 +19,21 @@ Example:
     (None, 'float16', 'int8')
 """
 
-from keras_retina.deploy import litert, predict, saved_model
+from keras_retina.deploy import class_names, litert, predict, requests, saved_model
+from keras_retina.deploy.class_names import read_class_names
 from keras_retina.deploy.litert import LiteRTDetector, export_litert
 from keras_retina.deploy.predict import predict_files
 from keras_retina.deploy.saved_model import export_saved_model
 
-__all__ = ["LiteRTDetector", "export_litert", "export_saved_model", "litert", "predict", "predict_files", "saved_model"]
+__all__ = [
+    "LiteRTDetector",
+    "class_names",
+    "export_litert",
+    "export_saved_model",
+    "litert",
+    "predict",
+    "predict_files",
+    "read_class_names",
+    "requests",
+    "saved_model",
+]

@@ -8,17 +8,14 @@ in, and the SavedModel's outputs out (``detection_boxes`` float32 ``(1, D,
 detections, ``num_detections`` int32 ``(1,)``). It uses only built-in ops of
 LiteRT: no Flex (Select TF) ops, which the LiteRT runtime on the package
 registry cannot run, and no custom op. The class names travel inside the
-file (:func:`read_class_names`); :class:`LiteRTDetector` runs it and
-:func:`evaluate_litert` scores it.
+file (:func:`keras_retina.deploy.class_names.read_class_names` reads them);
+:class:`LiteRTDetector` runs it and :func:`evaluate_litert` scores it.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
-import warnings
-import zipfile
 from typing import Iterable, Sequence
 
 import keras
@@ -26,15 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_retina import compat
-from keras_retina.deploy.saved_model import _built_image_size, resolve_classes  # the SavedModel export's rules
+from keras_retina.deploy.class_names import class_names_zip, read_class_names, resolve_classes
 from keras_retina.model import postprocess
 
 #: Quantization modes of :func:`export_litert`.
 QUANTIZATIONS = (None, "float16", "int8")
 #: Name scope of the post-processing ops (decoding, NMS): int8 quantization leaves them in float32.
 POSTPROCESS_SCOPE = "keras_retina_postprocess"
-#: Name of the class-name table inside the ``.tflite`` file's appended zip.
-CLASS_NAMES_FILE = "class_names.tsv"
 
 
 def export_litert(
@@ -51,15 +46,15 @@ def export_litert(
 
     The graph: uint8 images → the model (its normalisation inside) → per
     pyramid level the ``pre_nms_topk`` best (anchor, class) pairs, decoded
-    and clipped (:func:`keras_retina.model.postprocess.decode_level`, the function
-    :meth:`keras_retina.RetinaNet.predict` runs) → class-wise NMS → category
-    ids. The detections equal ``predict``'s (float32 within rounding).
+    and clipped (:func:`keras_retina.model.postprocess.decode_levels`, the
+    function :meth:`keras_retina.RetinaNet.predict` runs) → class-wise NMS →
+    category ids. The detections equal ``predict``'s (float32 within rounding).
 
     NMS is LiteRT's built-in ``NON_MAX_SUPPRESSION_V5``, made class-wise by
     moving each class's boxes to a region of their own (torchvision's
     ``batched_nms`` trick). Two alternatives were measured and rejected:
     ``combined_non_max_suppression`` needs the Flex delegate, absent from the
-    LiteRT runtime on the package registry (LiteRT issue #6458), and the
+    LiteRT runtime on the package registry, and the
     ``TFLite_Detection_PostProcess`` custom op (TF Model Garden's route) drops
     whole classes from its class-wise ("regular") NMS when the interpreter
     runs with more than one thread (ai-edge-litert 2.3.0; on the shapes data,
@@ -110,7 +105,7 @@ def export_litert(
             "export_litert: int8 quantization needs `representative_data` (images the model will see) "
             "to calibrate its ranges."
         )
-    image_size = image_size or _built_image_size(model)
+    image_size = image_size or compat.built_image_size(model)
     if not image_size:
         raise ValueError(
             "export_litert: `image_size` is needed (the model was not built at a square size), got None."
@@ -130,7 +125,7 @@ def export_litert(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         f.write(flatbuffer)
-        f.write(_class_names_zip(class_names, category_ids))
+        f.write(class_names_zip(class_names, category_ids))
     return path
 
 
@@ -159,16 +154,6 @@ def _convert(saved_model_dir: str, quantization, representative_data, image_size
     return compat.quantize_except(calibrated, POSTPROCESS_SCOPE)
 
 
-def _tensor_details(flatbuffer: bytes) -> list[dict]:
-    try:
-        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-    except ImportError:  # TensorFlow's own copy (deprecated, same runtime)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return tf.lite.Interpreter(model_content=flatbuffer).get_tensor_details()
-    return Interpreter(model_content=flatbuffer).get_tensor_details()
-
-
 class _LiteRTModule:
     """The converted function: uint8 ``(1, S, S, 3)`` → detections, post-processing included."""
 
@@ -188,22 +173,16 @@ class _LiteRTModule:
         with tf.name_scope(POSTPROCESS_SCOPE):  # kept in float32 by int8 quantization
             # Per level: the top pre_nms_topk (anchor, class) pairs, decoded and
             # clipped, as RetinaNet.predict does (the same function).
-            candidates, start = [], 0
-            for count in self.anchors_per_level:
-                candidates.append(
-                    postprocess.decode_level(
-                        cls_logits[:, start : start + count],
-                        box_deltas[:, start : start + count],
-                        self.anchors[start : start + count],
-                        (size, size),
-                        pre_nms_topk=model.pre_nms_topk,
-                        box_coder=model.box_coder,
-                    )
-                )
-                start += count
-            boxes = tf.concat([c[0] for c in candidates], axis=1)[0]  # (K, 4) xyxy pixels
-            scores = tf.concat([c[1] for c in candidates], axis=1)[0]  # (K,)
-            classes = tf.concat([c[2] for c in candidates], axis=1)[0]  # (K,) contiguous
+            boxes, scores, classes = postprocess.decode_levels(
+                cls_logits,
+                box_deltas,
+                self.anchors,
+                self.anchors_per_level,
+                (size, size),
+                pre_nms_topk=model.pre_nms_topk,
+                box_coder=model.box_coder,
+            )
+            boxes, scores, classes = boxes[0], scores[0], classes[0]  # (K, 4) xyxy pixels, (K,), (K,) contiguous
             # Class-wise NMS as one NMS (torchvision's batched_nms trick): each
             # class's boxes are moved to their own region, so boxes of different
             # classes never overlap and never suppress each other.
@@ -247,26 +226,6 @@ def _calibration_images(representative_data, image_size: int, count: int) -> lis
     return images
 
 
-def _class_names_zip(class_names: Sequence[str], category_ids: Sequence[int]) -> bytes:
-    # A zip appended to the flatbuffer, as TFLite Support packs associated
-    # files: interpreters ignore it, zipfile reads it from the file's end.
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(CLASS_NAMES_FILE, "".join(f"{cid}\t{name}\n" for cid, name in zip(category_ids, class_names)))
-    return buffer.getvalue()
-
-
-def read_class_names(path: str) -> tuple[list[str], list[int]]:
-    """``(class_names, category_ids)`` stored in a ``.tflite`` file written by :func:`export_litert`."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            text = archive.read(CLASS_NAMES_FILE).decode("utf-8")
-    except (zipfile.BadZipFile, KeyError) as error:
-        raise ValueError(f"{path}: no {CLASS_NAMES_FILE} inside; was it written by export_litert?") from error
-    rows = [line.split("\t", 1) for line in text.splitlines() if line.strip()]
-    return [name for _, name in rows], [int(cid) for cid, _ in rows]
-
-
 class LiteRTDetector:
     """Runs a ``.tflite`` file from :func:`export_litert` with LiteRT's interpreter (``ai_edge_litert``).
 
@@ -306,9 +265,6 @@ class LiteRTDetector:
     def op_names(self) -> list[str]:
         """The names of the file's ops (``CONV_2D``, ..., ``NON_MAX_SUPPRESSION_V5``)."""
         return [op["op_name"] for op in self.interpreter._get_ops_details()]  # noqa: SLF001 (no public listing)
-
-
-
 
 
 def evaluate_litert(detector: "LiteRTDetector", dataset, coco_gt, verbose: bool = False) -> dict:

@@ -14,14 +14,9 @@ import tensorflow as tf
 from keras_retina import visualize
 from keras_retina.data import to_original_pixels
 from keras_retina.data.orientation import decode_upright
-from keras_retina.deploy.saved_model import (
-    CLASS_NAMES_ASSET,
-    InferenceModule,
-    check_encoded_images,
-    decode_image,
-    prepare_image,
-    write_class_names,
-)
+from keras_retina.deploy.class_names import CLASS_NAMES_FILE, write_class_names
+from keras_retina.deploy.requests import check_encoded_images, decode_image, prepare_image
+from keras_retina.deploy.saved_model import InferenceModule
 
 #: File extensions read from a directory given as ``--image``.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -116,7 +111,7 @@ def predict_files(
         if hasattr(model, "runner"):  # a keras_retina.deploy.litert.LiteRTDetector
             serve = _litert_serve(model)
         else:
-            asset = write_class_names(os.path.join(scratch, CLASS_NAMES_ASSET), class_names, category_ids)
+            asset = write_class_names(os.path.join(scratch, CLASS_NAMES_FILE), class_names, category_ids)
             module = InferenceModule(model, image_size, class_names, category_ids, asset)
             serve = tf.function(module.serve_encoded, input_signature=[tf.TensorSpec([None], tf.string)])
         results = []
