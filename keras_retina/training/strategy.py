@@ -12,7 +12,7 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     ``auto``: MirroredStrategy over all visible GPUs when there are several,
     OneDeviceStrategy on the one GPU, and with no GPU TensorFlow's default
     strategy (no wrapping at all): on the CPU, ``fit`` under
-    ``OneDeviceStrategy("/cpu:0")`` took 2.3 times as long a step
+    ``OneDeviceStrategy("/cpu:0")`` took 1.84 times as long a step
     (``benchmarks/bench_strategy.py``, ``docs/BENCHMARKS.md``). ``one_device``
     asks for OneDeviceStrategy anyway. ``multi_worker`` reads the cluster
     from ``TF_CONFIG`` and must be created before any other TensorFlow op
