@@ -26,10 +26,13 @@ from keras_retina.data.pipeline import (
 )
 from keras_retina.data.run_data import RunData
 from keras_retina.data.shapes import SHAPE_CLASSES, make_shapes_dataset, make_shapes_splits
+from keras_retina.data.shapes import SMALL_OBJECTS_IN_CLUTTER, WIDE_OBJECTS_IN_CLUTTER
 from keras_retina.data.tfds_source import coco_from_raw_dataset, tfds_class_names, tfds_dataset
 
 __all__ = [
     "SHAPE_CLASSES",
+    "SMALL_OBJECTS_IN_CLUTTER",
+    "WIDE_OBJECTS_IN_CLUTTER",
     "CocoFormatError",
     "CocoJsonSource",
     "RunData",

@@ -29,12 +29,14 @@ from keras_retina.evaluation.detections import (
     predict_to_coco,
 )
 from keras_retina.evaluation.tide import ERROR_TYPES, analyze_errors
+from keras_retina.evaluation.anchor_fit import best_anchor_iou
 
 __all__ = [
     "DRAW_SCORE_THRESHOLD",
     "ERROR_TYPES",
     "METRIC_NAMES",
     "analyze_errors",
+    "best_anchor_iou",
     "coco_evaluate",
     "detection_grid",
     "detections_to_coco",

@@ -15,6 +15,7 @@ Example:
 """
 
 from keras_retina.training import callbacks, rundir, transfer
+from keras_retina.training import backbone_pretraining
 from keras_retina.training.optimizer import WarmupStepDecay, build_optimizer, scaled_for_batch
 from keras_retina.training.strategy import make_strategy, set_mixed_precision
 from keras_retina.training.train import (
@@ -30,6 +31,7 @@ from keras_retina.training.train import (
 __all__ = [
     "TrainingDivergedError",
     "WarmupStepDecay",
+    "backbone_pretraining",
     "build_anchor_generator",
     "build_compiled_model",
     "build_model",
