@@ -2,7 +2,7 @@
 
 One function per mode; a new mode is a function here, a name in
 ``cli.flags.MODES`` and a line in :func:`run`. Data comes from one
-:class:`keras_retina.data.run_data.RunData` per mode, the trained model and its
+:class:`keras_retina.data.RunData` per mode, the trained model and its
 classes from the run directory (:mod:`keras_retina.training.rundir`).
 """
 
@@ -16,11 +16,15 @@ import re
 import time
 
 import keras
+from PIL import Image
 
 from keras_retina import config as config_lib
 from keras_retina import evaluation, training
-from keras_retina.data import run_data
-from keras_retina.training import rundir
+from keras_retina.data import RunData
+from keras_retina.deploy import litert, saved_model
+from keras_retina.deploy import predict as predict_lib
+from keras_retina.evaluation import anchor_fit, report
+from keras_retina.training import rundir, transfer
 
 
 def run(mode: str, config: config_lib.ExperimentConfig, flags: dict, strategy=None) -> None:
@@ -60,8 +64,6 @@ def train_and_evaluate(config: config_lib.ExperimentConfig, flags: dict, strateg
         # afterwards in one process (--mode=export, --mode=predict).
         print(f"\nDone: COCO AP {metrics['AP']:.3f}. Export with --mode=export --model_dir={model_dir}.")
         return metrics
-    from keras_retina.evaluation import report  # noqa: PLC0415  (matplotlib: only for the modes that write a report)
-
     report_dir = os.path.join(model_dir, report.REPORT_DIR)
     detections = None
     if os.path.exists(os.path.join(model_dir, rundir.DETECTIONS_FILE)):
@@ -155,11 +157,9 @@ def evaluate(config: config_lib.ExperimentConfig) -> dict:
     The report (:mod:`keras_retina.evaluation.report`) goes to ``<model_dir>/report/report.md`` and its PNGs, and to
     TensorBoard under ``<model_dir>/logs/report`` when the run has TensorBoard on.
     """
-    from keras_retina.evaluation import report  # noqa: PLC0415  (matplotlib: only for the modes that write a report)
-
     model_dir = config.resolved_model_dir()
     model = rundir.load_trained_model(model_dir)
-    data = run_data.RunData(config.data)
+    data = RunData(config.data)
     report_dir = os.path.join(model_dir, report.REPORT_DIR)
     metrics = report.write_report(
         model, data.pipeline("val"), data.coco_gt, data.class_names, data.category_ids, report_dir,
@@ -171,19 +171,15 @@ def evaluate(config: config_lib.ExperimentConfig) -> dict:
     return metrics
 
 
-def draw_validation_predictions(model, data: run_data.RunData, path: str) -> str:
+def draw_validation_predictions(model, data: RunData, path: str) -> str:
     """Draws the first validation batch's detections (score >= 0.3) to a PNG at ``path``."""
-    from PIL import Image  # noqa: PLC0415
-
     Image.fromarray(evaluation.detection_grid(model, data.pipeline("val"), data.class_names)).save(path)
     return path
 
 
 def _export(model, flags, model_dir, config, class_names, category_ids) -> str:
-    from keras_retina.deploy import saved_model as export_lib  # noqa: PLC0415
-
     export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
-    return export_lib.export_saved_model(
+    return saved_model.export_saved_model(
         model, export_dir, class_names=class_names, category_ids=category_ids, image_size=config.data.image_size
     )
 
@@ -202,14 +198,12 @@ def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
         path = _export(model, flags, model_dir, config, class_names, category_ids)
         print(f"SavedModel written to {path}")
         return path
-    from keras_retina.deploy import litert  # noqa: PLC0415
-
     quantization = flags.get("quantization")
     export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
     path = os.path.join(export_dir, f"model{'_' + quantization if quantization else ''}.tflite")
     representative = None
     if quantization == "int8":
-        batches = run_data.RunData(config.data, seed=config.train.seed).pipeline("train")
+        batches = RunData(config.data, seed=config.train.seed).pipeline("train")
         representative = (images.numpy() for images, _ in batches)
     litert.export_litert(
         model,
@@ -226,16 +220,11 @@ def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
 
 def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
     """Detections on ``--image`` files with ``<model_dir>``'s model: detections.json and drawn PNGs."""
-    from keras_retina.deploy import predict as predict_lib  # noqa: PLC0415
-
     model_dir = config.resolved_model_dir()
     output_dir = flags.get("output_dir") or os.path.join(model_dir, "predictions")
     if flags.get("model"):  # a .tflite file, with its own classes and input size
-        from keras_retina.deploy import litert  # noqa: PLC0415
-
         if not flags["model"].endswith(".tflite"):
             raise ValueError(f"--model must be a .tflite file (from --mode=export --format=litert), got {flags['model']!r}.")
-
         model = litert.LiteRTDetector(flags["model"])
         image_size, class_names, category_ids = model.image_size, model.class_names, model.category_ids
     else:
@@ -260,8 +249,6 @@ def convert(config: config_lib.ExperimentConfig) -> str:
     ``i``) and ``config.json`` (the experiment's, with the source's
     architecture and inference settings). Returns the model directory.
     """
-    from keras_retina.training import transfer  # noqa: PLC0415
-
     if not config.train.init_weights:
         raise ValueError("--mode=convert needs --init_weights (a published name, a .pth or a .keras file).")
     source = transfer.open_source(config.train.init_weights)
@@ -289,9 +276,7 @@ def analyze(config: config_lib.ExperimentConfig, flags: dict) -> dict:
     to ``anchor_coverage.json``; recall is counted at the run's matching
     threshold (``model.foreground_iou``), see :func:`keras_retina.evaluation.anchor_fit.search_anchors`.
     """
-    from keras_retina.evaluation import anchor_fit  # noqa: PLC0415
-
-    data = run_data.RunData(config.data)
+    data = RunData(config.data)
     anchors = training.build_anchor_generator(config.model)  # the run's anchors, --override included
     return anchor_fit.analyze_split(
         data,
