@@ -1,14 +1,15 @@
-"""The paper study's experiment (issue 15): small objects in clutter, COCO's imbalance.
+"""The paper study's experiment: small objects in clutter, COCO's imbalance.
 
-The data is the shapes generator's :data:`keras_retina.data.shapes.SMALL_OBJECTS_IN_CLUTTER`
+The data is the shapes generator's :data:`keras_retina.data.SMALL_OBJECTS_IN_CLUTTER`
 setting (192-pixel images, 1-2 small objects among 8-16 unannotated
 look-alikes: about 1 foreground anchor in 1000, measured by
 ``python -m experiments.paper_dense``), written as COCO JSON
 under ``data/paper_dense/`` and read with ``dataset="coco_json"``. Write it
-once before ``--experiment=paper_dense``::
+once before ``--experiment=experiments.paper_dense`` (from the repository
+root, where ``experiments`` and ``data/`` are)::
 
     python -m experiments.paper_dense      # writes the data and the backbone, prints the foreground ratio
-    python main.py --experiment=paper_dense --mode=train
+    python main.py --experiment=experiments.paper_dense --mode=train
 
 (``python -m experiments.paper_study`` writes it itself.) The
 model and optimiser are the default ``shapes`` experiment's (tiny
@@ -23,7 +24,7 @@ instead. The loss is the paper's focal loss (alpha 0.25, gamma 2). No scale jitt
 object sizes, hence the measured imbalance.
 
 A second data setting, "wide" (:data:`DATASETS`, ``data/paper_dense_wide/``:
-:data:`keras_retina.data.shapes.WIDE_OBJECTS_IN_CLUTTER`), draws objects of
+:data:`keras_retina.data.WIDE_OBJECTS_IN_CLUTTER`), draws objects of
 more shapes and sizes for table 1c_wide; :func:`data_overrides` points the
 config at it and ``write_data(data="wide")`` writes it.
 """
@@ -32,14 +33,14 @@ from __future__ import annotations
 
 import os
 
-from keras_retina.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+import keras_retina as kr
 from experiments import paper_pretrain
 
 #: Where the data is written, and its size.
 DATA_DIR = os.path.join("data", "paper_dense")
 NUM_TRAIN, NUM_VAL = 1600, 300
 DATA_SEED = 0
-#: The study's data settings: name -> (folder, ``keras_retina.data.shapes`` setting name).
+#: The study's data settings: name -> (folder, the name of a ``keras_retina.data`` shapes setting).
 #: "wide" (table 1c_wide) draws objects of more shapes and sizes, to test anchor density.
 DATASETS = {
     "dense": (DATA_DIR, "SMALL_OBJECTS_IN_CLUTTER"),
@@ -72,7 +73,7 @@ def _data_dir(name: str) -> str:
     return DATASETS[name][0]
 
 
-def config() -> ExperimentConfig:
+def config() -> kr.config.ExperimentConfig:
     """The study's base config; each table changes a few fields with ``--override``.
 
     Example:
@@ -80,9 +81,9 @@ def config() -> ExperimentConfig:
         >>> c.data.dataset, c.data.image_size, c.model.focal_gamma, c.model.backbone_weights
         ('coco_json', 192, 2.0, 'data/paper_dense_pretrain/tiny_backbone.weights.h5')
     """
-    return ExperimentConfig(
-        name="paper_dense",
-        model=ModelConfig(
+    return kr.config.ExperimentConfig(
+        name="paper_dense",  # the name of the runs' config.json, whichever way --experiment names this module
+        model=kr.config.ModelConfig(
             backbone="tiny",
             backbone_weights=paper_pretrain.WEIGHTS_PATH,
             fpn_channels=64,
@@ -90,7 +91,7 @@ def config() -> ExperimentConfig:
             num_head_convs=4,
             use_group_norm=True,
         ),
-        data=DataConfig(
+        data=kr.config.DataConfig(
             dataset="coco_json",
             train_annotations=os.path.join(DATA_DIR, "train", "annotations.json"),
             train_images=os.path.join(DATA_DIR, "train", "images"),
@@ -101,7 +102,7 @@ def config() -> ExperimentConfig:
             max_boxes=8,
             scale_jitter=None,
         ),
-        train=TrainConfig(
+        train=kr.config.TrainConfig(
             epochs=20,
             steps_per_epoch=100,
             optimizer="adam",
@@ -135,19 +136,17 @@ def write_data(
         >>> splits["train"].num_images, splits["val"].num_images
         (2, 1)
     """
-    from keras_retina.data import shapes  # noqa: PLC0415
-
     default_dir = _data_dir(data)  # rejects an unknown name
     directory = directory or default_dir
-    setting = getattr(shapes, DATASETS[data][1])
-    splits = shapes.make_shapes_splits(directory, num_train, num_val, seed=DATA_SEED, verbose=verbose, **setting)
+    setting = getattr(kr.data, DATASETS[data][1])
+    splits = kr.data.make_shapes_splits(directory, num_train, num_val, seed=DATA_SEED, verbose=verbose, **setting)
     if pretrained:
         paper_pretrain.ensure_weights()
     return splits
 
 
 if __name__ == "__main__":
-    from experiments import paper_study  # noqa: PLC0415
+    from experiments import study_measure  # noqa: PLC0415
 
     splits = write_data(pretrained=True)
-    paper_study.print_foreground_ratio(config(), splits["train"].annotation_file)
+    study_measure.print_foreground_ratio(config(), splits["train"].annotation_file, splits["train"].image_dir)

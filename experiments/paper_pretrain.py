@@ -1,4 +1,4 @@
-"""The study's stand-in for ImageNet pre-training: the tiny backbone taught to classify crops (issue 15).
+"""The study's stand-in for ImageNet pre-training: the tiny backbone taught to classify crops.
 
 The paper fine-tunes an ImageNet-pretrained ResNet; nothing may be downloaded
 here, and the ``tiny`` backbone has no published weights. So, as ImageNet
@@ -15,7 +15,7 @@ pretrained backbone).
 
 Why: from scratch, the study's model needs about 4000 steps before its AP
 stops improving, 20-25 minutes a run, 5-6 hours a table (docs/paper_study.md);
-the issue asks for about an hour a table.
+the study's budget is about an hour a table.
 
     python -m experiments.paper_pretrain     # writes the weights, prints the crop accuracy
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 
+import keras_retina as kr
 from experiments import study_records
 
 #: Where the pre-training images are written, and where the weights go.
@@ -47,9 +48,7 @@ def write_data(directory: str = DATA_DIR, num_train: int = NUM_TRAIN, num_val: i
         >>> write_data(tempfile.mkdtemp(), num_train=2, num_val=1, verbose=False)["val"].num_images
         1
     """
-    from keras_retina.data.shapes import SMALL_OBJECTS_IN_CLUTTER, make_shapes_splits  # noqa: PLC0415
-
-    return make_shapes_splits(directory, num_train, num_val, seed=DATA_SEED, verbose=verbose, **SMALL_OBJECTS_IN_CLUTTER)
+    return kr.data.make_shapes_splits(directory, num_train, num_val, seed=DATA_SEED, verbose=verbose, **kr.data.SMALL_OBJECTS_IN_CLUTTER)
 
 
 def pretrain(
@@ -74,10 +73,8 @@ def pretrain(
         >>> result["classes"][-1], result["steps"], os.path.exists(result["weights"])
         ('background', 2, True)
     """
-    from keras_retina.training import backbone_pretraining  # noqa: PLC0415
-
     splits = write_data(directory, num_train, num_val, verbose=verbose > 0)
-    return backbone_pretraining.pretrain(
+    return kr.training.backbone_pretraining.pretrain(
         (splits["train"].annotation_file, splits["train"].image_dir),
         (splits["val"].annotation_file, splits["val"].image_dir),
         weights_path,

@@ -1,10 +1,9 @@
 """The paper study's durable record: every finished run's ``study.json``, kept in git.
 
-Run directories (``runs/paper_study/...``) are ignored by git, and a machine
-is not always kept from one working session to the next: session 9's run
-directories, every run of tables 1a-1e and the prior, were lost with its
-machine, and only the tables already written into ``docs/paper_study.md``
-survived. So each collection copies every finished run's record (metrics,
+Run directories (``runs/paper_study/...``) are ignored by git and do not
+outlive the machine they were trained on; a table whose run directories are
+gone would survive only as text in ``docs/paper_study.md``. So each
+collection copies every finished run's record (metrics,
 AP curve, logged losses, measurements; no weights, a few kB each) to
 ``docs/paper_study_runs/<table>/<setting>_seed<k>.json``, and the
 pre-trained backbone all runs start from (4.8 MB) to

@@ -9,31 +9,31 @@ import os
 
 import pytest
 
-from experiments import paper_dense, paper_pretrain, paper_study, study_records
+from experiments import paper_dense, paper_pretrain, study_doc, study_measure, study_records, study_runs, study_tables, study_timing
 
 
 def _finished_run(runs_dir, table_key, setting, seed, ap, **extra):
-    run_dir = paper_study.run_dir_of(runs_dir, table_key, setting, seed)
+    run_dir = study_runs.run_dir_of(runs_dir, table_key, setting, seed)
     os.makedirs(run_dir, exist_ok=True)
     record = {"AP": ap, "AP50": ap + 0.2, "AP75": ap - 0.05, "diverged": False, "table": table_key, "setting": setting.name, "seed": seed, **extra}
-    with open(os.path.join(run_dir, paper_study.RESULT_FILE), "w") as f:
+    with open(os.path.join(run_dir, study_runs.RESULT_FILE), "w") as f:
         json.dump(record, f)
     return record
 
 
 def test_archive_keeps_finished_runs_only_and_rewrites_only_what_changed(tmp_path):
     runs, records = str(tmp_path / "runs"), str(tmp_path / "records")
-    b = paper_study.TABLES["1b"]
+    b = study_tables.TABLES["1b"]
     _finished_run(runs, "1b", b.settings[0], 0, 0.60)
-    os.makedirs(paper_study.run_dir_of(runs, "1b", b.settings[1], 0))  # started, not finished
+    os.makedirs(study_runs.run_dir_of(runs, "1b", b.settings[1], 0))  # started, not finished
     os.makedirs(os.path.join(runs, "_code_abc", "keras_retina"))  # a code snapshot: not a table
-    with open(os.path.join(runs, paper_study.TIMING_FILE), "w") as f:
+    with open(os.path.join(runs, study_timing.TIMING_FILE), "w") as f:
         json.dump({"sizes": {}}, f)
-    written = study_records.archive(runs, records, list(paper_study.TABLES), [paper_study.TIMING_FILE])
-    assert sorted(os.path.relpath(p, records) for p in written) == ["1b/fl_g0.0_a0.75_seed0.json", paper_study.TIMING_FILE]
+    written = study_records.archive(runs, records, list(study_tables.TABLES), [study_timing.TIMING_FILE])
+    assert sorted(os.path.relpath(p, records) for p in written) == ["1b/fl_g0.0_a0.75_seed0.json", study_timing.TIMING_FILE]
     assert study_records.load(records, "1b", "fl_g0.0_a0.75_seed0")["AP"] == 0.60
     assert study_records.load(records, "1b", "fl_g0.5_a0.5_seed0") is None
-    assert study_records.archive(runs, records, list(paper_study.TABLES), [paper_study.TIMING_FILE]) == []
+    assert study_records.archive(runs, records, list(study_tables.TABLES), [study_timing.TIMING_FILE]) == []
     _finished_run(runs, "1b", b.settings[0], 0, 0.61)  # a rerun replaces its record
     assert len(study_records.archive(runs, records, ["1b"])) == 1
     assert study_records.load(records, "1b", "fl_g0.0_a0.75_seed0")["AP"] == 0.61
@@ -100,11 +100,11 @@ def test_a_fresh_checkout_builds_tables_from_the_record_and_keeps_what_no_record
     docs.mkdir()
     doc = docs / "paper_study.md"
     doc.write_text("# Notes\n")
-    b, d = paper_study.TABLES["1b"], paper_study.TABLES["1d"]
+    b, d = study_tables.TABLES["1b"], study_tables.TABLES["1d"]
     for seed in (0, 1, 2):
         _finished_run(str(runs), "1b", b.settings[3], seed, 0.64 + 0.01 * seed, backbone_sha256="ab12cd34ef56", machine="2 cores, CPU A")
     _finished_run(str(runs), "1d", d.settings[0], 1, 0.60, backbone_sha256="ab12cd34ef56", machine="2 cores, CPU A")
-    paper_study.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
+    study_doc.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
     first = doc.read_text()
     assert "Table 1b: focal loss, gamma with the paper's best alpha (partial: 3 of 15 runs)" in first
     assert "Records: 3 trained from backbone ab12cd34 on 2 cores, CPU A." in first
@@ -117,7 +117,7 @@ def test_a_fresh_checkout_builds_tables_from_the_record_and_keeps_what_no_record
     for root, _, names in os.walk(runs):
         for name in names:
             os.remove(os.path.join(root, name))
-    paper_study.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
+    study_doc.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
     second = doc.read_text()
     assert "(partial: 2 of 12 runs)" in second  # 1d: 2 seeds of OHEM 128 ...
     assert "| OHEM, 128 per image | 2 (missing 2) | 59.0 ± 1.4 |" in second  # ... from the two records
@@ -126,13 +126,13 @@ def test_a_fresh_checkout_builds_tables_from_the_record_and_keeps_what_no_record
     # A table whose records are gone altogether keeps its earlier section, marked, once.
     for name in os.listdir(os.path.join(records, "1b")):
         os.remove(os.path.join(records, "1b", name))
-    paper_study.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
-    paper_study.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
+    study_doc.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
+    study_doc.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
     third = doc.read_text()
-    section = paper_study.generated_sections(third)["### Table 1b: focal loss, gamma with the paper's best alpha (partial: 3 of 15 runs)"]
-    assert section.count(paper_study.KEPT_NOTE) == 1 and "| gamma = 2.0, alpha = 0.25 | 3 | 65.0 ± 1.0 |" in section
+    section = study_doc.generated_sections(third)["### Table 1b: focal loss, gamma with the paper's best alpha (partial: 3 of 15 runs)"]
+    assert section.count(study_doc.KEPT_NOTE) == 1 and "| gamma = 2.0, alpha = 0.25 | 3 | 65.0 ± 1.0 |" in section
     assert "Table 1a: alpha-balanced CE (gamma = 0) (not run yet)" in third  # never run: not kept, not invented
-    assert paper_study.KEPT_NOTE not in paper_study.generated_sections(third)["### Table 1a: alpha-balanced CE (gamma = 0) (not run yet)"]
+    assert study_doc.KEPT_NOTE not in study_doc.generated_sections(third)["### Table 1a: alpha-balanced CE (gamma = 0) (not run yet)"]
 
 
 def test_the_anchor_fit_line_is_kept_while_the_data_is_not_written(tmp_path, monkeypatch):
@@ -141,37 +141,37 @@ def test_the_anchor_fit_line_is_kept_while_the_data_is_not_written(tmp_path, mon
     docs.mkdir()
     doc = docs / "paper_study.md"
     doc.write_text("# Notes\n")
-    c = paper_study.TABLES["1c"]
+    c = study_tables.TABLES["1c"]
     _finished_run(str(runs), "1c", c.settings[0], 0, 0.60, backbone_sha256="ab12cd34ef56", machine="2 cores, CPU A")
     fit = "Anchor fit (each object's best IoU with any anchor; ...): 1 scale(s) x 1 ratio(s): median 0.51."
-    monkeypatch.setattr(paper_study, "coverage_line", lambda table, **kw: fit if table.key == "1c" else "")
-    paper_study.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
+    monkeypatch.setattr(study_doc, "coverage_line", lambda table, **kw: fit if table.key == "1c" else "")
+    study_doc.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
     assert fit in doc.read_text()
-    monkeypatch.setattr(paper_study, "coverage_line", lambda table, **kw: "")  # the data is not there
-    paper_study.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
+    monkeypatch.setattr(study_doc, "coverage_line", lambda table, **kw: "")  # the data is not there
+    study_doc.write_doc([0, 1, 2], str(runs), str(doc), figures=False)
     text = doc.read_text()
     assert text.count(fit) == 1
-    section = next(v for k, v in paper_study.generated_sections(text).items() if k.startswith(f"### {c.title} ("))
+    section = next(v for k, v in study_doc.generated_sections(text).items() if k.startswith(f"### {c.title} ("))
     assert fit in section  # in 1c's own section, not another table's
 
 
 def test_a_kept_record_counts_as_finished_and_a_kept_twin_is_reused(tmp_path, monkeypatch):
     runs, records = str(tmp_path / "runs"), str(tmp_path / "records")
-    d, e = paper_study.TABLES["1d"], paper_study.TABLES["1e"]
-    key = paper_study.run_key(d, d.settings[3], 1, 500)
+    d, e = study_tables.TABLES["1d"], study_tables.TABLES["1e"]
+    key = study_runs.run_key(d, d.settings[3], 1, 500)
     _finished_run(runs, "1d", d.settings[3], 1, 0.63, run_key=key, ms_per_image=9.0)
     _finished_run(runs, "1d", d.settings[0], 1, 0.60)
     study_records.archive(runs, records, ["1d"])
     for name in os.listdir(os.path.join(runs, "1d")):  # a fresh checkout
         for file in os.listdir(os.path.join(runs, "1d", name)):
             os.remove(os.path.join(runs, "1d", name, file))
-    monkeypatch.setattr(paper_study.subprocess, "run", lambda *a, **k: pytest.fail("a kept run was trained again"))
+    monkeypatch.setattr(study_runs.subprocess, "run", lambda *a, **k: pytest.fail("a kept run was trained again"))
     monkeypatch.setattr(paper_dense, "write_data", lambda **kwargs: pytest.fail("a kept run was about to be trained again"))
-    assert paper_study.run_one(d, d.settings[0], 1, 500, runs, records)["AP"] == 0.60
-    monkeypatch.setattr(paper_study, "print_foreground_ratio", lambda config, path: {"size": config.data.image_size})
-    found = paper_study.run_one(e, e.settings[2], 1, 500, runs, records)  # 192 px: the same training as 1d's FL
+    assert study_runs.run_one(d, d.settings[0], 1, 500, runs, records)["AP"] == 0.60
+    monkeypatch.setattr(study_measure, "print_foreground_ratio", lambda config, path, images: {"size": config.data.image_size})
+    found = study_runs.run_one(e, e.settings[2], 1, 500, runs, records)  # 192 px: the same training as 1d's FL
     assert found["AP"] == 0.63 and found["table"] == "1e" and found["reused_from"] == "kept record 1d/fl_seed1"
     assert "ms_per_image" not in found and found["foreground"] == {"size": 192}  # no model to time; its own ratio
-    assert paper_study.load_result(paper_study.run_dir_of(runs, "1e", e.settings[2], 1))["AP"] == 0.63
+    assert study_runs.load_result(study_runs.run_dir_of(runs, "1e", e.settings[2], 1))["AP"] == 0.63
     # A transcribed record is no twin: its model and exact metrics are gone.
-    assert paper_study.find_kept_twin(records, "no-such-key") is None
+    assert study_runs.find_kept_twin(records, "no-such-key") is None
