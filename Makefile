@@ -24,8 +24,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra -n 2 --dist loadscope --doctest-modules keras_retina experiments tests
 
-# The paper study (issue 15): Table 1a-e, the prior and Figure 4 with 3 seeds, resumable
-# (writes docs/paper_study.md and docs/paper_study_*.png); ARGS="--table=1b" for one table.
+# The paper study (experiments/paper_study.py): Table 1a-e, the prior and Figure 4 with 3 seeds
+# (writes docs/paper_study.md, docs/paper_study_*.png and the records in docs/paper_study_runs/).
+# WARNING: this TRAINS FOR HOURS: about a hundred runs of 10-40 minutes each on a 2-core CPU.
+# It resumes: finished or kept runs are skipped. ARGS="--table=1b" runs one table;
+# `python -m experiments.paper_study --collect` rebuilds the docs only, from the records, with no training.
 ablation: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e ".[test,experiments]"
 	$(VENV)/bin/python -m experiments.paper_study --table=all --seeds=0,1,2 $(ARGS)
