@@ -20,7 +20,7 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
 
     Example:
         >>> strategy = make_strategy("auto")
-        >>> with strategy.scope(): model = RetinaNet(num_classes=80)
+        >>> with strategy.scope(): model = kr.RetinaNet(num_classes=80)
         >>> strategy.num_replicas_in_sync
         1
     """
