@@ -33,11 +33,15 @@ ablation: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e ".[test,experiments]"
 	$(VENV)/bin/python -m experiments.paper_study --table=all --seeds=0,1,2 $(ARGS)
 
-# keras_retina against keras-hub, and the first run (writes docs/BENCHMARKS.md,
-# docs/benchmarks.json and docs/benchmarks_first_run.json).
+# keras_retina against keras-hub, the first run and LiteRT (benchmarks/run.py): about 35 minutes on
+# 2 cores. WARNING: it REWRITES COMMITTED DOCS (docs/BENCHMARKS.md's generated tables and
+# docs/benchmarks*.json) with this machine's figures; `make bench WRITE_DOCS=no` only prints them.
+# ARGS="--only=litert" runs one group.
+WRITE_DOCS ?= yes
 bench: $(STAMP)
+	@echo "make bench: about 35 min on 2 cores; WRITE_DOCS=$(WRITE_DOCS) (yes rewrites docs/BENCHMARKS.md and docs/benchmarks*.json)"
 	$(VENV)/bin/python -m pip install -q -e ".[test,bench]"
-	$(VENV)/bin/python -m benchmarks.run --write_docs $(ARGS)
+	$(VENV)/bin/python -m benchmarks.run $(if $(filter yes,$(WRITE_DOCS)),--write_docs) $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
