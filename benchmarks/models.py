@@ -91,7 +91,7 @@ def synthetic_batch(lib, batch, size, num_classes, seed=0):
     return images.astype("float32"), {"boxes": yxyx, "labels": classes.astype("float32")}
 
 
-# ------------------------------------------------- the default experiment (issue: the first run)
+# ------------------------------------------------- the default recipe: the first run
 #: Shapes images written for the step benchmark and the profile (the run itself writes 800 + 100).
 STEP_DATA_IMAGES = (64, 16)
 

@@ -432,7 +432,7 @@ def build_table(results: dict, peak: float) -> str:
         )
     lines.append(
         f"| input pipeline at 512, images/s | {_fmt(get('input', 'keras_retina', 'input_images_per_s'), 0)} "
-        "| — | — | ≥ 150 (data issue) | "
+        "| — | — | ≥ 150 (goal) | "
         f"{'yes' if (get('input', 'keras_retina', 'input_images_per_s') or 0) >= 150 else '—'} |"
     )
 
