@@ -47,6 +47,25 @@ def test_fit_logs_losses_and_positives_on_dataset():
     np.testing.assert_allclose(history["loss"][0], history["cls_loss"][0] + history["box_loss"][0], rtol=1e-5)
 
 
+def test_fit_on_arrays_logs_every_metric_then_predict_keeps_every_candidate():
+    """One epoch on two 64 x 64 arrays (the second image has one box and a padding row), then detections."""
+    keras.utils.set_random_seed(0)
+    model = kr.RetinaNet(num_classes=3, backbone="tiny", fpn_channels=16, head_channels=16, num_head_convs=1)
+    images = np.zeros((2, 64, 64, 3), "uint8")
+    y = {
+        "boxes": np.array([[[8, 8, 40, 40], [30, 20, 60, 50]], [[0, 0, 32, 64], [0, 0, 0, 0]]], "float32"),
+        "classes": np.array([[0, 2], [1, -1]], "int32"),
+    }
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    history = model.fit(images, y, epochs=1, verbose=0).history
+    assert sorted(history) == ["box_loss", "cls_loss", "dropped_boxes", "loss", "num_positives", "truncated_boxes"]
+    assert history["dropped_boxes"] == [0.0] and history["truncated_boxes"] == [0.0]  # no counts in y: none
+    model.score_threshold = 0.0  # keep every candidate
+    detections = model.predict(images, verbose=0)
+    assert detections["boxes"].shape == (2, 100, 4)
+    assert detections["num_detections"].tolist() == [100, 100]
+
+
 def test_initial_classification_loss_matches_prior():
     """At init every anchor says p = 0.01: the focal loss per positive is 0.25 * 0.99**2 * -log(0.01)."""
     images, y = toy_batch()

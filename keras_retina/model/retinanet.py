@@ -111,24 +111,23 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             ratio) or the most foreground share (0.25: the paper's 1:3).
 
     Example:
-        A tiny model, one training step on two 64 × 64 images (the second
-        has one box and one padding row), then detections:
+        A tiny model on two 64 × 64 images: raw outputs for its 774 anchors
+        (64 + 16 + 4 + 1 + 1 positions on P3–P7, 9 anchors each), then
+        detections, padded to ``max_detections`` (an untrained model scores
+        every anchor near π = 0.01, below ``score_threshold``: it keeps none).
+        Training is ``model.compile(optimizer=...)`` then
+        ``model.fit(dataset)`` on batches as above (README.md runs one).
 
-        >>> keras.utils.set_random_seed(0)   # the detections below depend on the random init
         >>> model = RetinaNet(num_classes=3, backbone="tiny", fpn_channels=16,
         ...                   head_channels=16, num_head_convs=1)
         >>> images = np.zeros((2, 64, 64, 3), "uint8")
-        >>> y = {"boxes": np.array([[[8., 8., 40., 40.], [30., 20., 60., 50.]],
-        ...                         [[0., 0., 32., 64.], [0., 0., 0., 0.]]], "float32"),
-        ...      "classes": np.array([[0, 2], [1, -1]], "int32")}
-        >>> model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-        >>> history = model.fit(images, y, epochs=1, verbose=0)
-        >>> sorted(history.history)
-        ['box_loss', 'cls_loss', 'dropped_boxes', 'loss', 'num_positives', 'truncated_boxes']
-        >>> model.score_threshold = 0.0   # keep every candidate
+        >>> {name: tuple(x.shape) for name, x in model(images).items()}
+        {'cls_logits': (2, 774, 3), 'box_deltas': (2, 774, 4)}
         >>> detections = model.predict(images, verbose=0)
-        >>> detections["boxes"].shape, detections["num_detections"]
-        ((2, 100, 4), array([100, 100], dtype=int32))
+        >>> {name: x.shape for name, x in detections.items()}
+        {'boxes': (2, 100, 4), 'scores': (2, 100), 'classes': (2, 100), 'num_detections': (2,)}
+        >>> detections["num_detections"]
+        array([0, 0], dtype=int32)
     """
 
     def __init__(
