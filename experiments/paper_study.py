@@ -2,8 +2,9 @@
 
 Every (setting, seed) of a table is one training run of the ``paper_dense``
 experiment (small objects in clutter, about 1 foreground anchor in 1000:
-``experiments/paper_dense.py``), run as a ``python -m keras_retina.cli
---experiment=experiments.paper_dense --mode=train`` subprocess in
+``experiments/paper_dense.py``), run as a subprocess of keras_retina's
+command line (``keras-retina --experiment=experiments.paper_dense
+--mode=train``, with this interpreter) in
 ``runs/paper_study/<table>/<setting>_seed<k>/``. A finished run leaves
 ``study.json`` (its metrics and measurements) and is skipped next time, so a
 study runs in pieces, in the background, and is collected at the end. Run

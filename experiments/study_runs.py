@@ -1,7 +1,8 @@
 """Running the study: one training subprocess per (setting, seed), skipped when finished, and its record.
 
-Every (setting, seed) of a table is a ``python -m keras_retina.cli
---experiment=experiments.paper_dense --mode=train`` subprocess in
+Every (setting, seed) of a table is a subprocess that runs keras_retina's
+command line (:data:`CLI`) with ``--experiment=experiments.paper_dense
+--mode=train`` in
 ``runs/paper_study/<table>/<setting>_seed<k>/``. A finished run leaves
 ``study.json`` (its metrics and measurements) and is skipped next time, as
 is a run whose record is kept in ``docs/paper_study_runs/``
@@ -29,6 +30,9 @@ RUNS_DIR = os.path.join("runs", "paper_study")
 RESULT_FILE = study_records.RESULT_FILE  # "study.json"
 #: The folder that holds the ``experiments`` package: the training subprocess imports it from there.
 CHECKOUT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The Python arguments that run keras_retina's command line, as the installed ``keras-retina``
+#: command does (``keras_retina.cli.run``), with this interpreter and no launcher script.
+CLI = ("-c", "from keras_retina.cli import run; run()")
 
 
 def run_dir_of(runs_dir: str, table: str, setting: Setting, seed: int) -> str:
@@ -126,20 +130,19 @@ def plateau_step(rows: list[dict], tolerance: float = 0.01, steps_per_epoch: int
 
 
 def train_command(table: Table, setting: Setting, seed: int, steps: int, run_dir: str) -> list[str]:
-    """The ``keras_retina.cli`` command line of one run.
+    """The command line of one run: keras_retina's CLI (:data:`CLI`) with the experiment, the schedule and the row's overrides.
 
     Example:
         >>> command = train_command(TABLES["1b"], TABLES["1b"].settings[3], 1, 3000, "r")
-        >>> command[1:4]
-        ['-m', 'keras_retina.cli', '--experiment=experiments.paper_dense']
+        >>> command[3:5]
+        ['--experiment=experiments.paper_dense', '--mode=train']
         >>> [c for c in command if "focal" in c or "epochs" in c]
         ['--epochs=30', '--override=train.eval_every_epochs=10', '--override=model.focal_alpha=0.25', '--override=model.focal_gamma=2.0']
     """
     epochs = max(steps // table.steps_per_epoch, 1)
     return [
         sys.executable,
-        "-m",
-        "keras_retina.cli",
+        *CLI,
         "--experiment=experiments.paper_dense",
         "--mode=train",
         f"--model_dir={run_dir}",

@@ -18,7 +18,7 @@ from experiments_helpers import fake_result as _fake_result
 def test_train_command_runs_the_experiment_with_the_settings_overrides():
     table = study_tables.TABLES["prior"]
     command = study_runs.train_command(table, table.settings[1], 2, 3000, "some/dir")
-    assert command[1:4] == ["-m", "keras_retina.cli", "--experiment=experiments.paper_dense"]
+    assert command[1:4] == ["-c", "from keras_retina.cli import run; run()", "--experiment=experiments.paper_dense"]
     assert "--seed=2" in command and "--model_dir=some/dir" in command
     assert f"--epochs={3000 // study_tables.PRIOR_LOG_STEPS}" in command  # the prior logs every 10 steps
     assert "--override=model.prior_probability=0.5" in command
@@ -132,13 +132,16 @@ def test_run_one_puts_this_checkout_first_on_the_subprocess_path(tmp_path, monke
     assert os.path.isfile(os.path.join(study_runs.CHECKOUT_DIR, "experiments", "paper_dense.py"))
 
 
-def test_the_training_subprocess_finds_the_experiment_from_any_directory(tmp_path):
-    """``--experiment=experiments.paper_dense`` is loaded by the CLI's recipe loader in the subprocess."""
-    code = "from keras_retina import recipes; c = recipes.load('experiments.paper_dense'); print(c.name, c.data.image_size)"
+def test_the_training_command_loads_the_experiment_from_any_directory(tmp_path):
+    """The runner's own command, from another directory: keras_retina's CLI parses it and loads
+    ``experiments.paper_dense``, then stops at an override that names no field (so nothing trains)."""
+    table = study_tables.TABLES["1b"]
+    command = study_runs.train_command(table, table.settings[3], 0, 100, str(tmp_path / "run"))
     env = {**study_runs.train_environment(), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["paper_dense", "192"]
+    done = subprocess.run(command + ["--override=model.no_such_field=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode != 0 and last == "ValueError: --override: unknown field 'model.no_such_field'.", done.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_kept_records_keep_their_run_keys():
