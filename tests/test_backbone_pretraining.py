@@ -115,6 +115,7 @@ def test_crops_equal_those_read_from_the_raw_json_on_shapes_data(tmp_path, seed,
     assert len(labels) > 6 and 5 in labels and labels.min() < 5  # objects and background windows
     np.testing.assert_array_equal(found["labels"], labels)
     np.testing.assert_array_equal(found["images"], images)
+    assert found["images"].shape == (len(labels), 64, 64, 3)
     assert found["class_names"] == (*shapes_data.SHAPE_CLASSES, "background")
 
 
@@ -214,3 +215,33 @@ def test_default_experiment_loads_the_shipped_backbone_and_freezes_its_stem():
     model = kr.RetinaNet(num_classes=5, backbone="tiny", backbone_weights=config.model.backbone_weights)
     frozen = {layer.name for layer in model.backbone.layers if layer.weights and not layer.trainable}
     assert frozen == {"stage1_down", "stage1_gn1", "stage1_conv", "stage1_gn2", "stage2_down", "stage2_gn1", "stage2_conv", "stage2_gn2"}
+
+
+def test_pretrain_saves_the_backbones_weights_and_its_record(tmp_path):
+    splits = kr.data.make_shapes_splits(tmp_path / "shapes", num_train=2, num_val=1, verbose=False)
+    pair = lambda split: (splits[split].annotation_file, splits[split].image_dir)  # noqa: E731
+    weights = str(tmp_path / "weights" / "w.weights.h5")  # its folder does not exist yet
+    result = backbone_pretraining.pretrain(pair("train"), pair("val"), weights, steps=2, batch_size=4, verbose=0)
+    assert result["classes"] == [*shapes_data.SHAPE_CLASSES, "background"]
+    assert result["steps"] == 2 and result["weights"] == weights and os.path.exists(weights)
+    assert result["train_crops"] == len(backbone_pretraining.crops(*pair("train"))["labels"])
+    assert 0 <= result["train_accuracy"] <= 1 and 0 <= result["val_accuracy"] <= 1
+    with open(weights + ".json") as f:
+        assert json.load(f) == {**result, "weights": "w.weights.h5"}
+    loaded = kr.build_backbone("tiny", weights=weights)
+    fresh = kr.build_backbone("tiny")
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
+    assert not np.allclose(loaded(x)[-1], fresh(x)[-1])
+
+
+def test_shapes_pretrain_main_draws_its_images_then_pretrains(tmp_path):
+    """The recipe's script, at 2 steps on 2 + 1 images, in a folder of its own."""
+    weights = str(tmp_path / "w.weights.h5")
+    record = shapes_pretrain.main(weights, steps=2, directory=str(tmp_path / "data"), num_train=2, num_val=1, verbose=0)
+    assert record["classes"][0] == "circle" and record["classes"] == [*shapes_data.SHAPE_CLASSES, "background"]
+    assert record["steps"] == 2 and os.path.exists(weights) and os.path.exists(weights + ".json")
+    for split, count in (("train", 2), ("val", 1)):
+        with open(tmp_path / "data" / split / "annotations.json") as f:
+            images = json.load(f)["images"]
+        assert len(images) == count
+        assert {(image["width"], image["height"]) for image in images} == {(shapes_pretrain.IMAGE_SIZE,) * 2}

@@ -31,11 +31,13 @@ STEPS = 6000
 def main(weights_path: str = WEIGHTS_PATH, steps: int = STEPS, directory: str = DATA_DIR, num_train: int = NUM_TRAIN, num_val: int = NUM_VAL, verbose: int = 2) -> dict:
     """Draws the pre-training images and trains the backbone; returns the record.
 
-    Example:
-        >>> import tempfile
-        >>> d = tempfile.mkdtemp()
-        >>> main(os.path.join(d, "w.weights.h5"), steps=2, directory=d, num_train=2, num_val=1, verbose=0)["classes"][0]
-        'circle'
+    Run it as a module, from the repository's root (the images go under
+    ``data/shapes_pretrain/``, the weights to :data:`WEIGHTS_PATH`)::
+
+        python -m keras_retina.recipes.shapes_pretrain
+
+    The record is :func:`keras_retina.training.backbone_pretraining.pretrain`'s,
+    also written to ``<weights_path>.json``.
     """
     from keras_retina.data.shapes import make_shapes_splits  # noqa: PLC0415
     from keras_retina.training import backbone_pretraining  # noqa: PLC0415

@@ -70,12 +70,11 @@ def crops(
         tf.errors.InvalidArgumentError: an image file is not a readable
             image, or not of the JSON's size (named, with its image id).
 
-    Example:
-        >>> import tempfile
-        >>> files = kr.data.make_shapes_dataset(tempfile.mkdtemp(), num_images=3, verbose=False)
-        >>> found = crops(files.annotation_file, files.image_dir)
-        >>> found["images"].shape[1:], found["class_names"][-1], len(found["labels"]) == len(found["images"])
-        ((64, 64, 3), 'background', True)
+    Example::
+
+        found = crops("shapes/train/annotations.json", "shapes/train/images")
+        found["images"].shape        # (N, 64, 64, 3)
+        found["class_names"][-1]     # 'background', label num_classes
     """
     import tensorflow as tf  # noqa: PLC0415
 
@@ -160,14 +159,13 @@ def pretrain(
         "background_skipped", "classes", "steps", "weights"}`` (accuracies in
         [0, 1], of the last epoch and of the held-out crops).
 
-    Example:
-        >>> import tempfile
-        >>> d = tempfile.mkdtemp()
-        >>> splits = kr.data.make_shapes_splits(d, num_train=2, num_val=1, verbose=False)
-        >>> pair = lambda s: (splits[s].annotation_file, splits[s].image_dir)
-        >>> result = pretrain(pair("train"), pair("val"), os.path.join(d, "w.weights.h5"), steps=2, batch_size=4, verbose=0)
-        >>> result["classes"][-1], result["steps"], os.path.exists(result["weights"])
-        ('background', 2, True)
+    Example::
+
+        result = pretrain(("shapes/train/annotations.json", "shapes/train/images"),
+                          ("shapes/val/annotations.json", "shapes/val/images"),
+                          "weights/tiny.weights.h5", steps=2000)
+        result["val_accuracy"]    # and weights/tiny.weights.h5.json holds the same record
+        backbone = build_backbone("tiny", weights=result["weights"])
     """
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
