@@ -55,18 +55,23 @@ def predict_to_coco(model, dataset, category_ids, verbose: bool = True) -> tuple
         ids of every image seen (images without detections included).
 
     Example:
-        >>> import tempfile
-        >>> from keras_retina.config import DataConfig
-        >>> from keras_retina.data import make_shapes_splits
-        >>> from keras_retina.data.run_data import RunData
-        >>> config = DataConfig(shapes_dir=tempfile.mkdtemp(), shapes_num_train=2, shapes_num_val=3,
-        ...                     shapes_image_size=64, image_size=64, batch_size=2)
-        >>> _ = make_shapes_splits(config.shapes_dir, 2, 3, image_size=(64, 64), verbose=False)
-        >>> data = RunData(config)
-        >>> model = kr.RetinaNet(num_classes=5, backbone="tiny", score_threshold=0.0, max_detections=3)
-        >>> results, ids = predict_to_coco(model, data.pipeline("val"), data.category_ids, verbose=False)
+        Three 64 × 64 images, one box each, built in memory; an untrained
+        model that keeps its 3 best candidates per image:
+
+        >>> raw = tf.data.Dataset.from_tensor_slices({
+        ...     "image": np.zeros((3, 64, 64, 3), "uint8"),
+        ...     "boxes": np.array([[[8., 8., 40., 40.]]] * 3, "float32"),
+        ...     "classes": np.array([[0], [1], [2]], "int32"),
+        ...     "is_crowd": np.zeros((3, 1), bool),
+        ...     "image_id": np.array([1, 2, 3], "int64")})
+        >>> dataset = kr.data.make_pipeline(raw, image_size=64, batch_size=2, training=False)
+        >>> model = kr.RetinaNet(num_classes=5, backbone="tiny", fpn_channels=16, head_channels=16,
+        ...                      num_head_convs=1, score_threshold=0.0, max_detections=3)
+        >>> results, ids = predict_to_coco(model, dataset, category_ids=(1, 2, 3, 4, 5), verbose=False)
         >>> sorted(ids), len(results)   # 3 detections on each of the 3 images
         ([1, 2, 3], 9)
+        >>> sorted(results[0])   # bbox: [x, y, width, height] in the original image's pixels
+        ['bbox', 'category_id', 'image_id', 'score']
     """
     if isinstance(dataset, tf.distribute.DistributedDataset):
         return predict_distributed(model, dataset, category_ids)
@@ -111,18 +116,23 @@ def predict_distributed(model, dataset: "tf.distribute.DistributedDataset", cate
         of every worker.
 
     Example:
-        >>> import tempfile
-        >>> from keras_retina.config import DataConfig
-        >>> from keras_retina.data import make_shapes_splits
-        >>> from keras_retina.data.run_data import RunData
-        >>> config = DataConfig(shapes_dir=tempfile.mkdtemp(), shapes_num_train=2, shapes_num_val=3,
-        ...                     shapes_image_size=64, image_size=64, batch_size=2)
-        >>> _ = make_shapes_splits(config.shapes_dir, 2, 3, image_size=(64, 64), verbose=False)
+        The three in-memory images of :func:`predict_to_coco`'s example, at a
+        global batch of 2 on two replicas (the second step leaves one replica
+        without an image):
+
+        >>> raw = tf.data.Dataset.from_tensor_slices({
+        ...     "image": np.zeros((3, 64, 64, 3), "uint8"),
+        ...     "boxes": np.array([[[8., 8., 40., 40.]]] * 3, "float32"),
+        ...     "classes": np.array([[0], [1], [2]], "int32"),
+        ...     "is_crowd": np.zeros((3, 1), bool),
+        ...     "image_id": np.array([1, 2, 3], "int64")})
         >>> strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        >>> dataset = strategy.experimental_distribute_dataset(
+        ...     kr.data.make_pipeline(raw, image_size=64, batch_size=2, training=False))
         >>> with strategy.scope():
-        ...     model = kr.RetinaNet(num_classes=5, backbone="tiny", score_threshold=0.0, max_detections=3)
-        >>> data = RunData(config)
-        >>> results, ids = predict_distributed(model, data.distributed_pipeline("val", strategy), data.category_ids)
+        ...     model = kr.RetinaNet(num_classes=5, backbone="tiny", fpn_channels=16, head_channels=16,
+        ...                          num_head_convs=1, score_threshold=0.0, max_detections=3)
+        >>> results, ids = predict_distributed(model, dataset, category_ids=(1, 2, 3, 4, 5))
         >>> sorted(ids), len(results)
         ([1, 2, 3], 9)
     """
