@@ -1,7 +1,7 @@
 """Training step time under each single-device strategy `make_strategy` could pick, side by side.
 
-The same model and data (the ``--experiment`` config, ``paper_dense`` by
-default: the paper study's runs), compiled as ``training.train`` compiles
+The same model and data (the ``--experiment`` config, ``experiments.paper_dense``
+by default: the paper study's runs; run from the repository root), compiled as ``training.train`` compiles
 it and fed as it feeds it (``RunData.distributed_pipeline``), under
 TensorFlow's default strategy or under ``OneDeviceStrategy`` on the first
 device, each in processes of its own taken in turns (``--processes`` each):
@@ -32,12 +32,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_retina import (
-    recipes,
-    training,  # noqa: E402
-)
-from keras_retina.cli import modes
-from keras_retina.data import run_data
+from keras_retina import recipes, training  # noqa: E402
+from keras_retina.cli import modes  # noqa: E402
+from keras_retina.data import RunData  # noqa: E402
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -54,7 +51,7 @@ def time_one(experiment: str, strategy_name: str, steps: int, rounds: int) -> li
     device = (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))[0].name
     strategy = tf.distribute.get_strategy() if strategy_name == "default" else tf.distribute.OneDeviceStrategy(device)
     keras.utils.set_random_seed(0)
-    data = run_data.RunData(config.data, seed=0)
+    data = RunData(config.data, seed=0)
     model = training.build_compiled_model(config, len(data.class_names), steps * rounds, strategy)
     batches = data.distributed_pipeline("train", strategy)  # as training.train feeds fit
     found = []
@@ -68,7 +65,7 @@ def time_one(experiment: str, strategy_name: str, steps: int, rounds: int) -> li
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", default="paper_dense")
+    parser.add_argument("--experiment", default="experiments.paper_dense")
     parser.add_argument("--steps", type=int, default=20, help="training steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per process; the first is dropped")
     parser.add_argument("--processes", type=int, default=2, help="processes per strategy, in turns")

@@ -19,15 +19,12 @@ import pytest
 
 pytest.importorskip("ai_edge_litert")
 
-from keras_retina import (
-    recipes,
-    training,  # noqa: E402
-)
-from keras_retina.cli import modes
+from keras_retina import recipes, training  # noqa: E402
+from keras_retina.cli import modes  # noqa: E402
 from keras_retina.config import override  # noqa: E402
-from keras_retina.deploy import litert
-from keras_retina.deploy.class_names import read_class_names
-from keras_retina.training import rundir
+from keras_retina.deploy import litert  # noqa: E402
+from keras_retina.deploy.class_names import read_class_names  # noqa: E402
+from keras_retina.training import rundir  # noqa: E402
 
 IMAGE_SIZE = 128
 TRAIN_STEPS = 350

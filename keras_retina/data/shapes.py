@@ -31,7 +31,7 @@ A second setting, :data:`SMALL_OBJECTS_IN_CLUTTER` (``make_shapes_dataset(...,
 small objects among many unannotated look-alikes (irregular blobs and hollow
 outlines of the five shapes), so that foreground anchors are about 1 in 1000
 of all anchors, as on COCO
-(``experiments.paper_study.foreground_anchor_ratio``
+(``experiments.study_measure.foreground_anchor_ratio``
 measures it with the library's own anchors and matching). A third,
 :data:`WIDE_OBJECTS_IN_CLUTTER`, is the second with small and medium objects
 of width / height 1/3 to 3, for the anchor-density question (table 1c).
