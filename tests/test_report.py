@@ -241,3 +241,6 @@ def test_write_report_uses_detections_it_is_given_and_detects_otherwise(tmp_path
                                    str(tmp_path / "detected"))
     assert calls == [1] and detected.metrics["AP"] < 0.5
     assert (tmp_path / "given" / report.REPORT_FILE).exists()
+    linked = _linked_pngs((tmp_path / "detected" / report.REPORT_FILE).read_text())
+    assert sorted(linked) == sorted(report.PICTURES.values())  # the untrained model errs: a gallery too
+    _assert_valid_pngs(str(tmp_path / "detected"), linked)

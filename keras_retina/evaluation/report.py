@@ -126,18 +126,17 @@ def write_report(
         the :class:`Evaluation`; its ``metrics`` are
         :func:`keras_retina.evaluation.detections.evaluate_model`'s.
 
-    Example:
-        >>> import tempfile
-        >>> from keras_retina.data import make_shapes_splits, CocoJsonSource, make_pipeline
-        >>> files = make_shapes_splits(tempfile.mkdtemp(), 1, 2, image_size=(64, 64), verbose=False)["val"]
-        >>> source = CocoJsonSource(files.annotation_file, files.image_dir)
-        >>> dataset = make_pipeline(source.dataset(), image_size=64, batch_size=2, training=False)
-        >>> model = kr.RetinaNet(num_classes=5, backbone="tiny", fpn_channels=16, head_channels=16, num_head_convs=1)
-        >>> output_dir = tempfile.mkdtemp()
-        >>> result = write_report(model, dataset, files.annotation_file, source.class_names,
-        ...                       source.category_ids, output_dir)
-        >>> result.metrics["AP"] <= 1.0, os.path.exists(os.path.join(output_dir, "report.md"))
-        (True, True)
+    Example: a COCO-format validation split and a trained model::
+
+        source = CocoJsonSource("shapes/val/annotations.json", "shapes/val/images")
+        dataset = make_pipeline(source.dataset(), image_size=256, batch_size=8, training=False)
+        result = write_report(model, dataset, "shapes/val/annotations.json", source.class_names,
+                              source.category_ids, "run/report")
+        result.metrics["AP"]
+
+    writes ``run/report/report.md`` and the PNGs of :data:`PICTURES`
+    (listed in the module docstring; no ``gallery.png`` when no image has
+    an error).
     """
     start = time.perf_counter()
     if detections is None:
