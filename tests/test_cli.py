@@ -19,6 +19,15 @@ def test_main_help_lists_the_modes():
         assert mode in result.stdout
 
 
+def test_python_m_keras_retina_cli_is_the_same_program(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_retina.cli", "--experiment=nope", "--mode=analyze"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "--experiment='nope': no file keras_retina/recipes/nope.py" in result.stderr
+
+
 def test_unknown_experiment_lists_the_known_ones(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "main.py"), "--experiment=nope", "--mode=analyze"],
