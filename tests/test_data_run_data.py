@@ -30,9 +30,25 @@ def test_shapes_pipelines_classes_and_ground_truth(shapes):
     assert data.num_train_images == 6
     images, y = next(iter(data.pipeline("train")))
     assert images.shape == (2, 64, 64, 3) and y["boxes"].shape[-1] == 4
+    images, y = next(iter(data.pipeline("val")))
+    assert images.shape == (2, 64, 64, 3)
+    assert {"boxes", "classes", "image_id", "scale", "image_shape"} <= set(y)  # evaluation's metadata
     ids = [int(i) for _, y in data.pipeline("val") for i in y["image_id"].numpy()]
     assert sorted(ids) == sorted(data.coco_gt.getImgIds()) and len(ids) == 4
     assert data.pipeline("val") is data.pipeline("val")  # built once
+
+
+def test_distributed_pipeline_gives_each_replica_its_share_of_the_global_batch(shapes):
+    from helpers import two_replica_strategy
+
+    mirrored, _ = two_replica_strategy()
+    batches = run_data.RunData(_shapes_config(shapes)).distributed_pipeline("val", mirrored)
+    shapes_per_step, ids = [], []
+    for images, y in batches:
+        shapes_per_step.append([tuple(x.shape) for x in mirrored.experimental_local_results(images)])
+        ids.extend(int(i) for part in mirrored.experimental_local_results(y["image_id"]) for i in part.numpy())
+    assert shapes_per_step == [[(1, 64, 64, 3), (1, 64, 64, 3)]] * 2  # batch_size 2: one image per replica
+    assert sorted(ids) == [1, 2, 3, 4]  # every validation image once
 
 
 def test_each_split_is_opened_once_and_only_when_needed(shapes, monkeypatch):

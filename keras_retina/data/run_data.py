@@ -47,18 +47,15 @@ class RunData:
     Attributes:
         config: ``data``.
 
-    Example:
-        >>> import tempfile
-        >>> from keras_retina.config import DataConfig
-        >>> config = DataConfig(shapes_dir=tempfile.mkdtemp(), shapes_num_train=4, shapes_num_val=2,
-        ...                     shapes_image_size=64, image_size=64, batch_size=2)
-        >>> _ = make_shapes_splits(config.shapes_dir, 4, 2, image_size=(64, 64), verbose=False)
-        >>> data = RunData(config)   # shapes: finds the data written above (else writes it)
-        >>> data.class_names
-        ('circle', 'square', 'triangle', 'diamond', 'cross')
-        >>> images, y = next(iter(data.pipeline("val")))
-        >>> images.shape, sorted(y)[:2]
-        (TensorShape([2, 64, 64, 3]), ['boxes', 'classes'])
+    Example::
+
+        data = RunData(DataConfig(shapes_dir="data/shapes", image_size=64, batch_size=2))
+        data.class_names                              # ('circle', 'square', ...)
+        images, y = next(iter(data.pipeline("val")))  # (2, 64, 64, 3); y as make_pipeline's
+        data.coco_gt, data.category_ids               # to score detections on "val"
+
+    (``shapes``: the images are written under ``shapes_dir`` on first use,
+    unless they are there already.)
     """
 
     def __init__(self, data: DataConfig, *, seed: int = 0, data_service_job: str | None = None):
@@ -111,17 +108,12 @@ class RunData:
             ValueError: ``data.batch_size`` is not a multiple of the number
                 of replicas (raised when the strategy calls the function).
 
-        Example:
-            >>> import tempfile
-            >>> from keras_retina.config import DataConfig
-            >>> config = DataConfig(shapes_dir=tempfile.mkdtemp(), shapes_num_train=4, shapes_num_val=4,
-            ...                     shapes_image_size=64, image_size=64, batch_size=2)
-            >>> _ = make_shapes_splits(config.shapes_dir, 4, 4, image_size=(64, 64), verbose=False)
-            >>> strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
-            >>> batches = RunData(config).distributed_pipeline("val", strategy)
-            >>> images, y = next(iter(batches))
-            >>> [tuple(x.shape) for x in strategy.experimental_local_results(images)]  # one image per replica
-            [(1, 64, 64, 3), (1, 64, 64, 3)]
+        Example: at ``batch_size=2`` on two replicas, one image each per step::
+
+            strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+            batches = RunData(config).distributed_pipeline("val", strategy)
+            images, y = next(iter(batches))
+            strategy.experimental_local_results(images)   # two (1, H, W, 3) tensors
         """
 
         def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
