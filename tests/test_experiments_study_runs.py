@@ -7,7 +7,6 @@ the files a finished run leaves (``study.json``, ``train_log.csv``).
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
