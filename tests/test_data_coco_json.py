@@ -243,6 +243,12 @@ def test_grayscale_alpha_palette_and_cmyk_images_become_rgb(tmp_path, mode, fmt)
         ),
         ('{"images": [], "annotations": [], "categories": [{"name": "a"}]}', "categories[0] has no field 'id'"),
         ('{"images": [], "annotations": [], "categories": []}', "field 'categories' is empty"),
+        (
+            '{"images": [{"id": 1, "file_name": "a.jpg", "height": Infinity, "width": 2}], "annotations": [], '
+            '"categories": [{"id": 1, "name": "a"}]}',
+            "image_id 1 field 'height' is inf; expected an integer",
+        ),
+        ('{"images": [], "annotations": [], "categories": [{"id": NaN, "name": "a"}]}', "field 'id' is nan; expected an integer"),
     ],
 )
 def test_not_coco_instances_json_is_named(tmp_path, content, message):

@@ -585,6 +585,7 @@ def _require_fields(annotation_file: str, where: str, entry: Any, fields: Sequen
 
 
 def _as_int(annotation_file: str, where: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    # json.loads reads Infinity and NaN as floats, which int() refuses with its own errors.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
         raise CocoFormatError(f"{annotation_file}: {where} is {value!r}; expected an integer.")
     return int(value)
