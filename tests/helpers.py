@@ -1,11 +1,14 @@
-"""Small shared fixtures for model tests: a CPU-sized RetinaNet and toy data."""
+"""Small shared fixtures for model tests: a CPU-sized RetinaNet, toy data, encoded images."""
 
 import functools
+import io
 import os
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from PIL import Image
 
 import keras_retina as kr
 
@@ -99,3 +102,20 @@ def two_replica_strategy():
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) >= 2, "conftest.py should create two logical CPUs"
     return tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), tf.distribute.OneDeviceStrategy(devices[0].name)
+
+
+def encode_jpeg(image, quality=95) -> bytes:
+    """JPEG bytes of a uint8 ``(H, W, 3)`` image (TensorFlow's encoder)."""
+    return tf.io.encode_jpeg(image, quality=quality).numpy()
+
+
+def encode_png(image) -> bytes:
+    """PNG bytes of a uint8 ``(H, W, C)`` image (TensorFlow's encoder)."""
+    return tf.io.encode_png(image).numpy()
+
+
+def pil_bytes(image, fmt, **options) -> bytes:
+    """``image`` encoded by Pillow as ``fmt`` ("GIF", "BMP", "WEBP", ...), with its save options."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **options)
+    return buffer.getvalue()

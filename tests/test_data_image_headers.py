@@ -10,23 +10,10 @@ import struct
 import bomb_files
 import numpy as np
 import tensorflow as tf
+from helpers import encode_jpeg, encode_png, pil_bytes
 from PIL import Image
 
 from keras_retina.data.image_headers import HEADER_FORMATS, clamped_area, read_image_size
-
-
-def _jpeg(image, quality=95):
-    return tf.io.encode_jpeg(image, quality=quality).numpy()
-
-
-def _png(image):
-    return tf.io.encode_png(image).numpy()
-
-
-def _pil_bytes(image, fmt, **options):
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def _top_down_bmp(image):
@@ -51,19 +38,19 @@ def test_read_image_size_matches_what_the_decoders_allocate():
     picture = rng.randint(0, 256, (37, 53, 3)).astype(np.uint8)
     frames = [rng.randint(0, 256, (37, 53, 3)).astype(np.uint8) for _ in range(3)]
     # A GIF's logical screen is not what the decoder allocates: its frames are.
-    tiny_screen = bytearray(_pil_bytes(picture, "GIF"))
+    tiny_screen = bytearray(pil_bytes(picture, "GIF"))
     tiny_screen[6:10] = struct.pack("<HH", 1, 1)
-    huge_screen = bytearray(_pil_bytes(picture, "GIF"))
+    huge_screen = bytearray(pil_bytes(picture, "GIF"))
     huge_screen[6:10] = struct.pack("<HH", 18000, 18000)
     cases = {
-        "JPEG": [_jpeg(picture), _pil_bytes(picture, "JPEG", progressive=True), _jpeg(picture[..., :1])],
-        "PNG": [_png(picture), _png(picture[..., :1]), _pil_bytes(picture[..., 0] > 128, "PNG")],
-        "GIF": [_pil_bytes(picture, "GIF"), _animated_gif(frames), bytes(tiny_screen), bytes(huge_screen)],
-        "BMP": [_pil_bytes(picture, "BMP"), _pil_bytes(picture[..., 0], "BMP"), _top_down_bmp(picture)],
+        "JPEG": [encode_jpeg(picture), pil_bytes(picture, "JPEG", progressive=True), encode_jpeg(picture[..., :1])],
+        "PNG": [encode_png(picture), encode_png(picture[..., :1]), pil_bytes(picture[..., 0] > 128, "PNG")],
+        "GIF": [pil_bytes(picture, "GIF"), _animated_gif(frames), bytes(tiny_screen), bytes(huge_screen)],
+        "BMP": [pil_bytes(picture, "BMP"), pil_bytes(picture[..., 0], "BMP"), _top_down_bmp(picture)],
         "WebP": [
-            _pil_bytes(picture, "WEBP", quality=80),  # 'VP8 '
-            _pil_bytes(picture, "WEBP", lossless=True),  # 'VP8L'
-            _pil_bytes(picture, "WEBP", exif=b"Exif\0\0MM\0*\0\0\0\x08\0\0"),  # 'VP8X'
+            pil_bytes(picture, "WEBP", quality=80),  # 'VP8 '
+            pil_bytes(picture, "WEBP", lossless=True),  # 'VP8L'
+            pil_bytes(picture, "WEBP", exif=b"Exif\0\0MM\0*\0\0\0\x08\0\0"),  # 'VP8X'
         ],
     }
     webp_chunks = [contents[12:16] for contents in cases["WebP"]]

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import logging as absl_logging
-from helpers import small_model, toy_batch
+from helpers import encode_jpeg, encode_png, pil_bytes, small_model, toy_batch
 from PIL import Image
 
 import keras_retina as kr
@@ -46,20 +46,6 @@ def _picture(height=100, width=150):
     image[height // 5 : 3 * height // 5, width // 5 : 8 * width // 15] = (255, 30, 30)
     image[height // 2 : 9 * height // 10, 3 * width // 5 : 14 * width // 15] = (30, 30, 255)
     return image
-
-
-def _jpeg(image, quality=95):
-    return tf.io.encode_jpeg(image, quality=quality).numpy()
-
-
-def _png(image):
-    return tf.io.encode_png(image).numpy()
-
-
-def _pil_bytes(image, fmt, **options):
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def _numpy(outputs):
@@ -180,7 +166,7 @@ def test_export_rejects_class_lists_of_the_wrong_length(trained_model, tmp_path)
 
 def test_explicit_version_and_classes_past_num_detections(trained_model, loaded, tmp_path):
     """version=7 writes 7/; with a score threshold images get < 100 detections, class -1 after them."""
-    images = tf.constant([_jpeg(_picture()), _png(_picture(90, 120))])
+    images = tf.constant([encode_jpeg(_picture()), encode_png(_picture(90, 120))])
     unthresholded = _numpy(loaded.signatures["serving_default"](images=images))["detection_scores"]
     # Halfway between the first image's 10th and 11th scores: 10 detections are left.
     threshold = float((unthresholded[0, 9] + unthresholded[0, 10]) / 2)
@@ -233,7 +219,7 @@ def test_signatures_inputs_and_outputs(loaded):
 
 
 def test_serving_default_returns_category_ids(loaded):
-    images = [_jpeg(_picture()), _png(_picture(64, 64)), _jpeg(_picture(200, 90))]
+    images = [encode_jpeg(_picture()), encode_png(_picture(64, 64)), encode_jpeg(_picture(200, 90))]
     out = _numpy(loaded.signatures["serving_default"](images=tf.constant(images)))
     _assert_valid_detections(out, [(100, 150), (64, 64), (200, 90)])
     np.testing.assert_array_equal(out["num_detections"], MAX_DETECTIONS)  # score_threshold=0
@@ -244,7 +230,7 @@ def test_serving_default_returns_category_ids(loaded):
 
 def test_serving_images_matches_serving_default(loaded):
     pictures = [_picture(90, 120), _picture(90, 120)[::-1].copy()]
-    encoded = _numpy(loaded.signatures["serving_default"](images=tf.constant([_png(p) for p in pictures])))
+    encoded = _numpy(loaded.signatures["serving_default"](images=tf.constant([encode_png(p) for p in pictures])))
     raw = _numpy(loaded.signatures["serving_images"](images=tf.constant(np.stack(pictures))))
     for key in OUTPUT_KEYS:
         np.testing.assert_allclose(raw[key], encoded[key], atol=1e-4, err_msg=key)
@@ -278,7 +264,7 @@ def test_warmup_requests_are_prediction_logs(loaded, exported, tmp_path):
     _assert_valid_detections(out, [(64, 64)])
 
     # Explicit warm-up images: one request holding all of them.
-    own = [_jpeg(_picture()), _png(_picture(32, 48))]
+    own = [encode_jpeg(_picture()), encode_png(_picture(32, 48))]
     written = write_warmup_requests(str(tmp_path), own, model_name="detector")
     (record,) = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(written)]
     assert record.predict_log.request.model_spec.name == "detector"
@@ -320,7 +306,7 @@ def test_saved_model_runs_without_keras_or_keras_retina(loaded, exported, tmp_pa
     script = tmp_path / "serve.py"
     script.write_text(_NO_KERAS_SCRIPT)
     image = tmp_path / "picture.jpg"
-    image.write_bytes(_jpeg(_picture()))
+    image.write_bytes(encode_jpeg(_picture()))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""}
     result = subprocess.run(
         [sys.executable, str(script), exported[1], str(image)],
@@ -346,7 +332,7 @@ def test_boxes_are_in_original_image_pixels(loaded):
     """The same picture at 100x150 and 3x larger: boxes scale by 3 and stay inside each image."""
     small = _picture(100, 150)
     large = np.repeat(np.repeat(small, 3, axis=0), 3, axis=1)  # 300x450
-    out = _numpy(loaded.signatures["serving_default"](images=tf.constant([_jpeg(small), _jpeg(large)])))
+    out = _numpy(loaded.signatures["serving_default"](images=tf.constant([encode_jpeg(small), encode_jpeg(large)])))
     _assert_valid_detections(out, [(100, 150), (300, 450)])
     small_boxes, large_boxes = out["detection_boxes"][0], out["detection_boxes"][1]
     # Both are resized to the same 85x128 model input, so the model sees
@@ -380,9 +366,9 @@ def _detections_by_image(paths, out):
 def test_predict_files_and_saved_model_agree(trained_model, loaded, tmp_path):
     image_dir = tmp_path / "images"
     image_dir.mkdir()
-    (image_dir / "wide.jpg").write_bytes(_jpeg(_picture(100, 150)))
-    (image_dir / "tall.png").write_bytes(_png(_picture(120, 90)))
-    (image_dir / "square.bmp").write_bytes(_pil_bytes(_picture(64, 64), "BMP"))
+    (image_dir / "wide.jpg").write_bytes(encode_jpeg(_picture(100, 150)))
+    (image_dir / "tall.png").write_bytes(encode_png(_picture(120, 90)))
+    (image_dir / "square.bmp").write_bytes(pil_bytes(_picture(64, 64), "BMP"))
     json_path = predict_lib.predict_files(
         trained_model,
         [str(image_dir)],
@@ -412,9 +398,9 @@ def test_decode_image_makes_rgb_from_any_format():
     cases = {
         "grayscale png": (tf.io.encode_png(gray).numpy(), np.repeat(gray, 3, axis=-1)),
         "rgba png": (tf.io.encode_png(rgba).numpy(), rgb),
-        "bmp": (_pil_bytes(rgb, "BMP"), rgb),
-        "gif": (_pil_bytes(rgb, "GIF"), rgb),  # 3 colours: exact in a GIF palette
-        "webp": (_pil_bytes(rgb, "WEBP", lossless=True), rgb),
+        "bmp": (pil_bytes(rgb, "BMP"), rgb),
+        "gif": (pil_bytes(rgb, "GIF"), rgb),  # 3 colours: exact in a GIF palette
+        "webp": (pil_bytes(rgb, "WEBP", lossless=True), rgb),
     }
     for name, (contents, expected) in cases.items():
         image = decode_image(tf.constant(contents)).numpy()
@@ -429,8 +415,8 @@ def test_serving_accepts_grayscale_rgba_bmp_and_gif(loaded):
     images = [
         tf.io.encode_png(gray).numpy(),
         tf.io.encode_png(rgba).numpy(),
-        _pil_bytes(rgb, "BMP"),
-        _pil_bytes(rgb, "GIF"),
+        pil_bytes(rgb, "BMP"),
+        pil_bytes(rgb, "GIF"),
         tf.io.encode_jpeg(gray).numpy(),  # one-channel JPEG
     ]
     out = _numpy(loaded.signatures["serving_default"](images=tf.constant(images)))
@@ -443,7 +429,7 @@ def test_serving_accepts_grayscale_rgba_bmp_and_gif(loaded):
 
 def test_bytes_that_are_not_an_image_are_an_invalid_argument(loaded):
     serve = loaded.signatures["serving_default"]
-    good = _jpeg(_picture())
+    good = encode_jpeg(_picture())
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"not a JPEG, PNG, GIF, BMP or WebP") as error:
         serve(images=tf.constant([good, b"these bytes are no image"]))
     assert "request image 1" in error.value.message
@@ -533,7 +519,7 @@ def test_bombs_are_refused_before_decoding(loaded, name):
     bomb = build()
     assert len(bomb) < 40_000, len(bomb)
     serve = loaded.signatures["serving_default"]
-    good = _jpeg(_picture())
+    good = encode_jpeg(_picture())
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
         serve(images=tf.constant([good, bomb]))
     # The header's error, not the decoder's: all but the PNG are truncated
@@ -575,7 +561,7 @@ def test_gif_frames_are_limited_together_and_a_huge_screen_alone_is_harmless(loa
     )
     # An 18000 x 18000 logical screen around a 60 x 80 frame: decoded at 60 x 80, served.
     picture = _picture(60, 80)
-    contents = bytearray(_pil_bytes(picture, "GIF"))
+    contents = bytearray(pil_bytes(picture, "GIF"))
     contents[6:10] = struct.pack("<HH", 18000, 18000)
     out = _numpy(serve(images=tf.constant([bytes(contents), _animated_gif([picture, picture[::-1].copy()])])))
     _assert_valid_detections(out, [(60, 80), (60, 80)])
@@ -649,7 +635,7 @@ def test_malformed_headers_are_a_clear_invalid_argument(loaded, name):
     contents, message = MALFORMED[name]
     serve = loaded.signatures["serving_default"]
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
-        serve(images=tf.constant([_jpeg(_picture()), contents]))
+        serve(images=tf.constant([encode_jpeg(_picture()), contents]))
     assert _refusal(error) == f"request image 1 {message}; refused before decoding"
 
 
@@ -657,7 +643,7 @@ def test_unknown_formats_keep_their_errors(loaded):
     serve = loaded.signatures["serving_default"]
     not_an_image = r"not a JPEG, PNG, GIF, BMP or WebP image \(request image 1\)"
     with pytest.raises(tf.errors.InvalidArgumentError, match=not_an_image):
-        serve(images=tf.constant([_jpeg(_picture()), b"these bytes are no image"]))
+        serve(images=tf.constant([encode_jpeg(_picture()), b"these bytes are no image"]))
     # The magic check's 4 bytes of PNG's 8, and a RIFF file that is no WebP:
     # TensorFlow's decoder calls them unknown, as before the limits.
     for contents in (b"\x89PNG but no more", b"RIFF\x24\0\0\0WAVEfmt " + b"\0" * 28):
@@ -665,11 +651,11 @@ def test_unknown_formats_keep_their_errors(loaded):
             serve(images=tf.constant([contents]))
     # A JPEG whose header libjpeg cannot read fails at the header, with libjpeg's message.
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"Invalid JPEG data, size 20"):
-        serve(images=tf.constant([_jpeg(_picture())[:20]]))
+        serve(images=tf.constant([encode_jpeg(_picture())[:20]]))
 
 
 def test_batches_over_max_batch_are_refused_before_decoding(loaded):
-    tiny = _png(_picture(8, 8))
+    tiny = encode_png(_picture(8, 8))
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
         loaded.signatures["serving_default"](images=tf.constant([tiny] * 64 + [bomb_files.png(18000, 18000)]))
     assert _refusal(error) == (
@@ -690,7 +676,7 @@ def test_limits_round_trip_through_the_export(trained_model, loaded, tmp_path):
         class_names=CLASS_NAMES,
         category_ids=CATEGORY_IDS,
         image_size=IMAGE_SIZE,
-        warmup_images=[_png(_picture(30, 40))],
+        warmup_images=[encode_png(_picture(30, 40))],
         max_pixels=1200,
         max_batch=2,
     )
@@ -699,13 +685,13 @@ def test_limits_round_trip_through_the_export(trained_model, loaded, tmp_path):
     assert (metadata["max_pixels"], metadata["max_batch"]) == (1200, 2)
     serve, raw = small.signatures["serving_default"], small.signatures["serving_images"]
     fits, over = _picture(30, 40), _picture(30, 41)  # 1200 and 1230 pixels
-    out = _numpy(serve(images=tf.constant([_png(fits), _jpeg(fits)])))
+    out = _numpy(serve(images=tf.constant([encode_png(fits), encode_jpeg(fits)])))
     _assert_valid_detections(out, [(30, 40), (30, 40)])
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
-        serve(images=tf.constant([_png(fits), _jpeg(over)]))
+        serve(images=tf.constant([encode_png(fits), encode_jpeg(over)]))
     assert _refusal(error) == _over_max_pixels(1, "JPEG", 41, 30, max_pixels=1200)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"request of 3 images is over the limit of max_batch=2"):
-        serve(images=tf.constant([_png(fits)] * 3))
+        serve(images=tf.constant([encode_png(fits)] * 3))
     _assert_valid_detections(_numpy(raw(images=tf.constant(fits[None]))), [(30, 40)])
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"images of 41 x 30 pixels are over .* max_pixels=1200"):
         raw(images=tf.constant(over[None]))
@@ -721,7 +707,7 @@ def test_export_rejects_bad_limits_and_warmup_images_over_them(trained_model, tm
     with pytest.raises(ValueError, match=r"warmup_images would be refused by .*: request image 0 \(JPEG, 64 x 64"):
         export_saved_model(trained_model, str(tmp_path), max_pixels=1000)  # the default warm-up image: 64 x 64
     with pytest.raises(ValueError, match=r"request of 2 images is over the limit of max_batch=1"):
-        export_saved_model(trained_model, str(tmp_path), warmup_images=[_jpeg(_picture())] * 2, max_batch=1)
+        export_saved_model(trained_model, str(tmp_path), warmup_images=[encode_jpeg(_picture())] * 2, max_batch=1)
     assert os.listdir(tmp_path) == []
 
 
@@ -749,7 +735,7 @@ def test_a_png_bomb_leaves_peak_memory_where_an_ordinary_request_puts_it(exporte
     """Two server processes, one sent an ordinary JPEG, one the 39 KB 18000 x 18000 PNG: same peak RSS."""
     script = tmp_path / "serve_one.py"
     script.write_text(_PEAK_MEMORY_SCRIPT)
-    (tmp_path / "ordinary.jpg").write_bytes(_jpeg(_picture()))
+    (tmp_path / "ordinary.jpg").write_bytes(encode_jpeg(_picture()))
     (tmp_path / "bomb.png").write_bytes(bomb_files.png(18000, 18000))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": "", "CUDA_VISIBLE_DEVICES": ""}
     children = {
