@@ -17,7 +17,9 @@ from keras_retina.training import rundir
 MODES = ("train_and_evaluate", "train", "evaluate", "export", "predict", "analyze", "convert")
 
 flags.DEFINE_enum("mode", "train_and_evaluate", MODES, "What to run.")
-flags.DEFINE_string("experiment", "shapes", "A file in keras_retina/recipes/ (without .py).")
+flags.DEFINE_string(
+    "experiment", "shapes", "A recipe: a file in keras_retina/recipes/ (without .py), or a dotted module with a config()."
+)
 flags.DEFINE_string("model_dir", None, "Run directory (default runs/<experiment>).")
 flags.DEFINE_string("dataset", None, "shapes | coco_json | tfds:<name>.")
 flags.DEFINE_string("train_annotations", None, "COCO instances JSON of the training split.")
@@ -94,21 +96,21 @@ _FLAG_FIELDS = {
 }
 
 
-def config_from_flags(flags: dict) -> config_lib.ExperimentConfig:
-    """Experiment named by ``flags["experiment"]`` with the flag values and ``--override`` applied.
+def config_from_flags(flag_values: dict) -> config_lib.ExperimentConfig:
+    """Experiment named by ``flag_values["experiment"]`` with the flag values and ``--override`` applied.
 
     In a mode other than training, an existing ``<model_dir>/config.json``
     is the starting point, so evaluation and export see the trained config.
     """
-    config = recipes.load(flags.get("experiment") or "shapes")
-    if flags.get("model_dir"):
-        config = dataclasses.replace(config, model_dir=flags["model_dir"])
-    if flags.get("mode") not in (None, "train", "train_and_evaluate"):
+    config = recipes.load(flag_values.get("experiment") or "shapes")
+    if flag_values.get("model_dir"):
+        config = dataclasses.replace(config, model_dir=flag_values["model_dir"])
+    if flag_values.get("mode") not in (None, "train", "train_and_evaluate"):
         written = rundir.read_config(config.resolved_model_dir())
         if written is not None:
             config = dataclasses.replace(written, model_dir=config.resolved_model_dir())
     for flag, field in _FLAG_FIELDS.items():
-        value = flags.get(flag)
+        value = flag_values.get(flag)
         if value is None:
             continue
         section, name = field.split(".")
@@ -116,5 +118,5 @@ def config_from_flags(flags: dict) -> config_lib.ExperimentConfig:
             value = None  # an explicit --backbone_weights=none: train from scratch
         current = getattr(config, section)
         config = dataclasses.replace(config, **{section: dataclasses.replace(current, **{name: value})})
-    config = config_lib.override(config, flags.get("override") or [])
+    config = config_lib.override(config, flag_values.get("override") or [])
     return config_lib.validate(config)
