@@ -219,3 +219,22 @@ def test_coco_from_raw_dataset_maps_classes_to_category_ids():
     assert annotation["category_id"] == 2 and annotation["bbox"] == [5.0, 5.0, 20.0, 30.0] and annotation["area"] == 600
     results = [{"image_id": 7, "category_id": 2, "bbox": [5, 5, 20, 30], "score": 0.9}]
     assert evaluation.coco_evaluate(coco, results, verbose=False)["AP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("with_detections", [True, False])
+def test_ground_truth_without_area_or_iscrowd_is_scored_as_its_boxes(tmp_path, with_detections):
+    """The COCO format lets a file leave out ``area`` and ``iscrowd``; COCOeval reads both."""
+    gt = {"images": [{"id": 1, "width": 100, "height": 100, "file_name": "a.jpg"}],
+          "categories": [{"id": 7, "name": "circle"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 40, 40]},
+                          {"id": 2, "image_id": 1, "category_id": 7, "bbox": [60, 60, 8, 8]}]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    results = [{"image_id": 1, "category_id": 7, "bbox": [10, 10, 40, 40], "score": 0.9},
+               {"image_id": 1, "category_id": 7, "bbox": [60, 60, 8, 8], "score": 0.8}] if with_detections else []
+    metrics = evaluation.coco_evaluate(str(path), results, verbose=False)
+    expected = 1.0 if with_detections else 0.0
+    assert metrics["AP"] == pytest.approx(expected)
+    # The 40 x 40 box is medium (area 1600), the 8 x 8 one small (64): sized by their boxes.
+    assert metrics["APm"] == pytest.approx(expected) and metrics["APs"] == pytest.approx(expected)
+    assert metrics["APl"] == pytest.approx(-1.0 if with_detections else 0.0)

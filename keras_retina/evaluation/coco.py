@@ -94,7 +94,10 @@ def run_cocoeval(
     metric, the report and the TIDE breakdown score detections alike.
 
     Args:
-        coco_gt: the ground truth.
+        coco_gt: the ground truth. Annotations without ``"area"`` get their
+            box's (``w * h``) and those without ``"iscrowd"`` 0, in place:
+            the COCO format lets a file leave them out (keras_retina's reader
+            does not need them) but COCOeval reads both.
         results: COCO results entries ``{"image_id", "category_id", "bbox":
             [x, y, w, h] pixels, "score"}`` (see :func:`detections_to_coco`);
             pycocotools' ``loadRes`` adds ``"area"``, ``"id"`` (1, 2, ... in
@@ -128,6 +131,7 @@ def run_cocoeval(
         >>> round(float(evaluator.stats[1]), 3), round(float(evaluator.stats[0]), 3)   # AP50; AP: 1 of 10 IoUs
         (1.0, 0.1)
     """
+    _fill_optional_fields(coco_gt)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(results) if results else _no_detections(coco_gt)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
@@ -149,6 +153,16 @@ def run_cocoeval(
             if iou_thresholds is None and area_ranges is None and max_detections is None:
                 evaluator.summarize()  # fills stats; it supports only the default parameters
     return evaluator
+
+
+def _fill_optional_fields(coco_gt: COCO) -> None:
+    """Gives ground-truth annotations without ``area`` their box's and those without ``iscrowd`` 0."""
+    # The index (anns, imgToAnns) holds these same dicts, so it sees the fields too.
+    for annotation in coco_gt.dataset.get("annotations", []):
+        if "area" not in annotation:
+            _, _, width, height = annotation["bbox"]
+            annotation["area"] = float(width) * float(height)
+        annotation.setdefault("iscrowd", 0)
 
 
 def _no_detections(coco_gt: COCO) -> COCO:
