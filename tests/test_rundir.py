@@ -72,7 +72,7 @@ def test_claim_refuses_a_second_trainer_and_frees_the_directory_when_its_holder_
 
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from keras_retina import rundir\n"
+         "import sys, time; from keras_retina.training import rundir\n"
          f"with rundir.claim({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True,
     )
