@@ -20,7 +20,8 @@ run: $(STAMP)
 
 # Two pytest-xdist workers, a module to a worker (its module-scoped models are trained once):
 # much of a test's time is one-threaded Python (tracing, data set-up), so two processes keep
-# both cores busy; 11.0 min against 18.8 min in one process (Xeon with AMX, 2026-12-02).
+# both cores busy: 8.1 min for 957 tests in a clean clone (AMD EPYC family 26, 2026-12-05);
+# 11.0 min against 18.8 min in one process on a Xeon with AMX (2026-12-02).
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra -n 2 --dist loadscope --doctest-modules keras_retina experiments tests
 
