@@ -18,7 +18,11 @@ MODES = ("train_and_evaluate", "train", "evaluate", "export", "predict", "analyz
 
 flags.DEFINE_enum("mode", "train_and_evaluate", MODES, "What to run.")
 flags.DEFINE_string(
-    "experiment", "shapes", "A recipe: a file in keras_retina/recipes/ (without .py), or a dotted module with a config()."
+    "experiment",
+    None,
+    "A recipe: a file in keras_retina/recipes/ (without .py), or a dotted module with a config(). Default: shapes "
+    "(the CPU demo) on the built-in data; finetune_coco (the paper's recipe from COCO weights) on any other "
+    "--dataset; cpu_small is the small offline model for any data on a CPU.",
 )
 flags.DEFINE_string("model_dir", None, "Run directory (default runs/<experiment>).")
 flags.DEFINE_string("dataset", None, "shapes | coco_json | tfds:<name>.")
@@ -33,7 +37,8 @@ flags.DEFINE_string(
     "init_weights",
     None,
     "Fine-tune from a trained detector: torchvision_v1_coco | torchvision_v2_coco (downloaded once) | a "
-    "torchvision .pth | a keras_retina .keras. Its architecture replaces the experiment's.",
+    "torchvision .pth | a keras_retina .keras | none. Its architecture replaces the experiment's. Default: the "
+    "recipe's (finetune_coco: torchvision_v2_coco).",
 )
 flags.DEFINE_bool(
     "sync_batchnorm",
@@ -50,7 +55,9 @@ flags.DEFINE_string(
 flags.DEFINE_integer("image_size", None, "Square input size in pixels.")
 flags.DEFINE_integer("batch_size", None, "Global batch size (split over replicas).")
 flags.DEFINE_integer("epochs", None, "Training epochs.")
-flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass over the data).")
+flags.DEFINE_integer(
+    "steps_per_epoch", None, "Steps per epoch (default: one pass over the training images; the shapes demo fixes 100)."
+)
 flags.DEFINE_float("learning_rate", None, "Peak learning rate.")
 flags.DEFINE_enum("strategy", None, ["auto", "one_device", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
 flags.DEFINE_enum("mixed_precision", None, ["none", "float16", "bfloat16"], "Mixed-precision policy.")
@@ -102,7 +109,7 @@ def config_from_flags(flag_values: dict) -> config_lib.ExperimentConfig:
     In a mode other than training, an existing ``<model_dir>/config.json``
     is the starting point, so evaluation and export see the trained config.
     """
-    config = recipes.load(flag_values.get("experiment") or "shapes")
+    config = recipes.load(flag_values.get("experiment") or recipes.default_for(flag_values.get("dataset")))
     if flag_values.get("model_dir"):
         config = dataclasses.replace(config, model_dir=flag_values["model_dir"])
     if flag_values.get("mode") not in (None, "train", "train_and_evaluate"):
@@ -114,8 +121,8 @@ def config_from_flags(flag_values: dict) -> config_lib.ExperimentConfig:
         if value is None:
             continue
         section, name = field.split(".")
-        if flag == "backbone_weights" and str(value).lower() == "none":
-            value = None  # an explicit --backbone_weights=none: train from scratch
+        if flag in ("backbone_weights", "init_weights") and str(value).lower() == "none":
+            value = None  # an explicit --backbone_weights=none / --init_weights=none: not from those weights
         current = getattr(config, section)
         config = dataclasses.replace(config, **{section: dataclasses.replace(current, **{name: value})})
     config = config_lib.override(config, flag_values.get("override") or [])

@@ -16,7 +16,7 @@ Example:
 """
 
 from keras_retina.pretrained.pth import CheckpointError, UnsafeCheckpointError, read_pth, write_pth
-from keras_retina.pretrained.published import CHECKPOINTS, load
+from keras_retina.pretrained.published import CHECKPOINTS, WeightsUnavailableError, load
 from keras_retina.pretrained.torchvision import COCO_CATEGORIES, from_torchvision
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "COCO_CATEGORIES",
     "CheckpointError",
     "UnsafeCheckpointError",
+    "WeightsUnavailableError",
     "from_torchvision",
     "load",
     "read_pth",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import socket
 import tempfile
 
 import keras
@@ -105,13 +106,40 @@ def checkpoint_info(name: str) -> Checkpoint:
     return CHECKPOINTS[name]
 
 
+#: Seconds a download may wait for the server (connecting, or between two reads) before it is refused.
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+class WeightsUnavailableError(ConnectionError):
+    """A published checkpoint could not be downloaded (offline, a firewall, a proxy); the message says what to pass instead."""
+
+
 def download(name: str, cache_dir: str | None = None) -> str:
-    """Downloads checkpoint ``name``'s file into ``cache_dir`` (once) and returns its path, hash checked."""
+    """Downloads checkpoint ``name``'s file into ``cache_dir`` (once) and returns its path, hash checked.
+
+    Raises:
+        WeightsUnavailableError: within :data:`DOWNLOAD_TIMEOUT_S` seconds
+            when the server cannot be reached; the message names the file
+            to fetch elsewhere and the flags that do without it.
+    """
     checkpoint = checkpoint_info(name)
     cache_dir = cache_dir or default_cache_dir()
-    path = keras.utils.get_file(
-        fname=os.path.basename(checkpoint.url), origin=checkpoint.url, cache_dir=cache_dir, cache_subdir="."
-    )
+    filename = os.path.basename(checkpoint.url)
+    previous_timeout = socket.getdefaulttimeout()
+    # keras.utils.get_file has no timeout argument; urllib takes the socket default.
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        path = keras.utils.get_file(fname=filename, origin=checkpoint.url, cache_dir=cache_dir, cache_subdir=".")
+    except Exception as error:  # get_file wraps URLError / HTTPError / timeouts in a bare Exception
+        raise WeightsUnavailableError(
+            f"Could not download {name} from {checkpoint.url} ({error}). Offline or behind a firewall: "
+            f"fetch that file elsewhere and pass --init_weights=PATH (the .pth file), or copy it to "
+            f"{os.path.join(cache_dir, filename)}; or train without these weights: --init_weights=none "
+            "--backbone_weights=none (from scratch: far weaker), or --experiment=cpu_small (a small model "
+            "from weights shipped in the package)."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
     digest = sha256(path)
     if not digest.startswith(checkpoint.sha256_prefix):
         os.remove(path)
