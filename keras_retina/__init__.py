@@ -26,6 +26,17 @@ Example:
 __version__ = "0.1.0"
 
 import importlib
+import os
+
+# Before TensorFlow is first imported, so that every entry point (main.py, the
+# keras-retina command, python -m keras_retina.cli, a user's script) runs the
+# same kernels: TensorFlow turns oneDNN on by default only on CPUs with VNNI,
+# BF16 or AMX, and on an AVX2-only CPU its Eigen kernels cost 1.12x as much per
+# train step (docs/BENCHMARKS.md, kernel paths). Set either variable yourself
+# (e.g. TF_ENABLE_ONEDNN_OPTS=0) to choose otherwise; once TensorFlow is
+# imported they no longer matter.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info and warning lines
 
 from keras_retina import config, data, evaluation, pretrained, training, visualize
 from keras_retina.model import (

@@ -28,6 +28,41 @@ def test_python_m_keras_retina_cli_is_the_same_program(tmp_path):
     assert "--experiment='nope': no file keras_retina/recipes/nope.py" in result.stderr
 
 
+ENTRY_POINTS = {
+    "main.py": [os.path.join(ROOT, "main.py")],
+    "python -m keras_retina.cli": ["-m", "keras_retina.cli"],
+    # What the installed keras-retina script runs (setup.cfg: keras_retina.cli:run).
+    "keras-retina": ["-c", "import sys; sys.argv[0] = 'keras-retina'; from keras_retina.cli import run; run()"],
+}
+
+
+def test_every_entry_point_runs_alike_with_onednn_on(tmp_path):
+    """The three ways to start the program set TensorFlow's environment the same way, before it loads."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
+    lines = {}
+    for name, arguments in ENTRY_POINTS.items():
+        result = subprocess.run(
+            [sys.executable, *arguments, "--mode=convert", f"--model_dir={tmp_path / 'run'}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode != 0 and "--mode=convert needs --init_weights" in result.stderr, name
+        lines[name] = [line for line in result.stdout.splitlines() if line.startswith("keras_retina --mode=convert on ")]
+    assert len({tuple(found) for found in lines.values()}) == 1, lines
+    (line,) = lines["main.py"]
+    assert "oneDNN on" in line, line
+    off = subprocess.run(
+        [sys.executable, *ENTRY_POINTS["keras-retina"], "--mode=convert"],
+        cwd=tmp_path, env=dict(env, TF_ENABLE_ONEDNN_OPTS="0"), capture_output=True, text=True, timeout=300,
+    )
+    assert "oneDNN off" in off.stdout  # a user's own setting is kept
+    # On CPUs where TensorFlow would leave oneDNN off (AVX2 only), the package is what turns it on.
+    imported = subprocess.run(
+        [sys.executable, "-c", "import os, keras_retina.cli; print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'))"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert imported.stdout.strip() == "1", imported.stderr[-2000:]
+
+
 def test_unknown_experiment_lists_the_known_ones(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "main.py"), "--experiment=nope", "--mode=analyze"],

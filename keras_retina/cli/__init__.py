@@ -33,6 +33,8 @@ def main(argv) -> None:
 
         # Collective ops must be configured before any other TensorFlow op runs.
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # The same line from main.py, keras-retina and python -m keras_retina.cli: what the run's times are measured on.
+    print(f"keras_retina --mode={FLAGS.mode} on {modes.machine()['summary']}", flush=True)
     flag_values = {name: FLAGS[name].value for name in FLAGS}
     config = config_from_flags(flag_values)
     modes.run(FLAGS.mode, config, flag_values, strategy=strategy)
