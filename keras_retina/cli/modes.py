@@ -19,11 +19,11 @@ import keras
 from PIL import Image
 
 from keras_retina import config as config_lib
-from keras_retina import evaluation, training
+from keras_retina import evaluation, pretrained, training
 from keras_retina.data import RunData
 from keras_retina.deploy import litert, saved_model
 from keras_retina.deploy import predict as predict_lib
-from keras_retina.evaluation import anchor_fit, report
+from keras_retina.evaluation import anchor_fit, preflight, report
 from keras_retina.training import rundir, transfer
 
 
@@ -270,19 +270,70 @@ def convert(config: config_lib.ExperimentConfig) -> str:
 
 
 def analyze(config: config_lib.ExperimentConfig, flags: dict) -> dict:
-    """Anchor coverage of a split's boxes (``--split``) and a search for anchors that cover the training boxes better.
+    """The data's pre-flight check, then the anchor coverage of a split's boxes (``--split``) and an anchor search.
 
-    Printed (with the ``--override`` flags of the anchors found) and written
-    to ``anchor_coverage.json``; recall is counted at the run's matching
-    threshold (``model.foreground_iou``), see :func:`keras_retina.evaluation.anchor_fit.search_anchors`.
+    The pre-flight check (:func:`keras_retina.evaluation.preflight.check_data`:
+    box format, classes, image sizes, anchors, empty splits, each with its
+    fix) is printed and written to ``preflight.json``; it compares the data's
+    classes with those of ``--init_weights`` or of a model already trained in
+    ``--model_dir``. The coverage is printed (with the ``--override`` flags of
+    the anchors found) and written to ``anchor_coverage.json``; recall is
+    counted at the run's matching threshold (``model.foreground_iou``), see
+    :func:`keras_retina.evaluation.anchor_fit.search_anchors`. It is skipped
+    when a split cannot be read.
+
+    Returns:
+        What ``anchor_coverage.json`` holds, plus ``"preflight"``: the pre-flight report's JSON.
     """
     data = RunData(config.data)
     anchors = training.build_anchor_generator(config.model)  # the run's anchors, --override included
-    return anchor_fit.analyze_split(
+    model_dir = config.resolved_model_dir()
+    checked = preflight.check_data(
+        data,
+        anchors,
+        foreground_iou=config.model.foreground_iou,
+        allow_low_quality_matches=config.model.allow_low_quality_matches,
+        **_preflight_model(config, model_dir),
+    )
+    print(checked.format())
+    os.makedirs(model_dir, exist_ok=True)
+    print(f"Pre-flight report: {checked.write(os.path.join(model_dir, preflight.REPORT_FILE))}\n")
+    if any(finding.code == "unreadable" for finding in checked.errors):
+        print("Anchor coverage skipped: a split cannot be read (see the errors above).")
+        return {"preflight": checked.to_json()}
+    coverage = anchor_fit.analyze_split(
         data,
         flags.get("split") or "val",
-        config.resolved_model_dir(),
+        model_dir,
         anchors,
         foreground_iou=config.model.foreground_iou,
         allow_low_quality_matches=config.model.allow_low_quality_matches,
     )
+    return {**coverage, "preflight": checked.to_json()}
+
+
+def _preflight_model(config: config_lib.ExperimentConfig, model_dir: str) -> dict:
+    """The model whose classes the pre-flight check compares with the data's, as ``check_data`` arguments.
+
+    ``--init_weights`` (a published name, or a ``.keras`` file with a
+    ``classes.json`` in its run directory; nothing is loaded), else a model
+    already trained in ``model_dir``; ``{}`` when neither names its classes.
+    """
+    init = config.train.init_weights
+    if init:
+        names = None
+        if init in pretrained.CHECKPOINTS:
+            names = pretrained.COCO_CATEGORIES
+        elif init.endswith(".keras"):
+            for directory in (os.path.dirname(init), os.path.dirname(os.path.dirname(init))):
+                if os.path.exists(os.path.join(directory, rundir.CLASSES_FILE)):
+                    names = rundir.read_classes(directory)[0]
+                    break
+        if names is None:
+            return {}
+        return {"model_class_names": names, "fine_tuning": True, "model_description": init,
+                "match_classes": transfer.match_classes}
+    if os.path.exists(os.path.join(model_dir, rundir.CLASSES_FILE)):
+        return {"model_class_names": rundir.read_classes(model_dir)[0],
+                "model_description": f"the model trained in {model_dir}"}
+    return {}

@@ -1,4 +1,4 @@
-"""Scoring detections: the COCO metric, TIDE error analysis, the evaluation report, anchor fit.
+"""Scoring detections: the COCO metric, TIDE error analysis, the evaluation report, anchor fit, the data check.
 
 * :mod:`~keras_retina.evaluation.coco`: pycocotools' bbox COCOeval, the one place it runs; metrics printed and written;
 * :mod:`~keras_retina.evaluation.detections`: a model's detections over a pipeline as COCO results (one device or every replica);
@@ -6,7 +6,8 @@
 * :mod:`~keras_retina.evaluation.report`: ``report/`` of a run (curves, confusion, gallery, Markdown), made from
   :mod:`~keras_retina.evaluation.report_metrics`, :mod:`~keras_retina.evaluation.report_plots` and
   :mod:`~keras_retina.evaluation.report_markdown`; imported only where a report is written (matplotlib);
-* :mod:`~keras_retina.evaluation.anchor_fit`: how well anchors cover a dataset's boxes, and a search for better ones.
+* :mod:`~keras_retina.evaluation.anchor_fit`: how well anchors cover a dataset's boxes, and a search for better ones;
+* :mod:`~keras_retina.evaluation.preflight`: a run's data checked before training (box format, classes, sizes, anchors).
 
 Example:
     >>> from keras_retina import evaluation

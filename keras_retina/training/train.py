@@ -20,6 +20,7 @@ from absl import logging
 
 from keras_retina import config as config_lib
 from keras_retina import evaluation
+from keras_retina.evaluation import preflight
 from keras_retina.data import run_data
 from keras_retina.model import AnchorGenerator, FocalLoss, RetinaNet
 from keras_retina.training import callbacks as callbacks_lib
@@ -141,6 +142,48 @@ def train(
         return _train_in(model_dir, config, strategy, init_source, callbacks)
 
 
+def check_data_before_training(
+    data: run_data.RunData, config: config_lib.ExperimentConfig, init_source: transfer.InitSource | None = None
+) -> preflight.PreflightReport:
+    """The pre-flight check of a fresh run's data (:func:`keras_retina.evaluation.preflight.check_data`), printed.
+
+    Runs on the run's anchors and input size; when fine-tuning, it compares
+    the data's classes with ``init_source``'s (mapped by name, as
+    :func:`transfer.transfer_weights` maps them). Warnings never stop training.
+
+    Raises:
+        keras_retina.evaluation.preflight.PreflightError: the data cannot train a detector
+            (the message names each error and its fix).
+
+    Example:
+        >>> import tempfile
+        >>> directory = tempfile.mkdtemp()
+        >>> _ = kr.data.make_shapes_splits(directory, num_train=20, num_val=5, image_size=(64, 64), verbose=False)
+        >>> config = config_lib.override(config_lib.ExperimentConfig(), [
+        ...     f"data.shapes_dir={directory}", "shapes_num_train=20", "shapes_num_val=5", "shapes_image_size=64",
+        ...     "image_size=64"])
+        >>> report = check_data_before_training(run_data.RunData(config.data), config)  # doctest: +ELLIPSIS
+        Pre-flight check of the data at image_size 64: 0 errors, ...
+        >>> report.ok
+        True
+    """
+    report = preflight.check_data(
+        data,
+        build_anchor_generator(config.model),
+        num_model_classes=init_source.model.num_classes if init_source is not None else None,
+        model_class_names=init_source.class_names if init_source is not None else None,
+        fine_tuning=init_source is not None,
+        model_description=init_source.description if init_source is not None else "the model",
+        match_classes=transfer.match_classes,
+        foreground_iou=config.model.foreground_iou,
+        allow_low_quality_matches=config.model.allow_low_quality_matches,
+    )
+    print(report.format())
+    if not report.ok:
+        raise preflight.PreflightError(report)
+    return report
+
+
 def _train_in(model_dir, config, strategy, init_source, callbacks):
     """:func:`train` once ``model_dir`` is held: resume or start, fit, write the results."""
     rundir.write_config(model_dir, config)
@@ -162,6 +205,8 @@ def _train_in(model_dir, config, strategy, init_source, callbacks):
     data = run_data.RunData(
         config.data, seed=config.train.seed + 1_000_003 * resume_epoch, data_service_job=service_job
     )
+    if not resume_epoch and model_dir == config.resolved_model_dir():  # a fresh start, on the chief
+        check_data_before_training(data, config, init_source)
     rundir.write_classes(model_dir, data.class_names, data.category_ids)
     steps = steps_per_epoch(config, data.num_train_images)
     model = build_compiled_model(config, len(data.class_names), steps * config.train.epochs, strategy)
