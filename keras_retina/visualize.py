@@ -20,6 +20,10 @@ from PIL import Image, ImageDraw, ImageFont
 _GRID_GAP = 4
 #: Grid background colour (RGB).
 _GRID_BACKGROUND = (255, 255, 255)
+#: Text colour of headers and captions (RGB).
+_TEXT_COLOR = (0, 0, 0)
+#: Font size of headers and captions, in pixels.
+CAPTION_FONT_SIZE = 12
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:
@@ -264,28 +268,34 @@ def _grid(images, boxes, classes, scores, class_names, count, columns, line_widt
     return tile_images(cells, columns)
 
 
-def tile_images(cells: Sequence[Any], columns: int = 4) -> np.ndarray:
+def tile_images(cells: Sequence[Any], columns: int = 4, *, gap: int = _GRID_GAP) -> np.ndarray:
     """Tiles same-sized images in a grid on white, row by row, ``columns`` wide.
 
     Args:
         cells: ``N >= 1`` uint8 or 0-255 float ``(H, W, 3)`` images, all of one size.
         columns: cells per grid row, ``>= 1`` (fewer when ``N`` is smaller).
+        gap: white pixels between cells and around the grid, ``>= 0``.
 
     Returns:
-        uint8 ``(rows * (H + 4) + 4, min(columns, N) * (W + 4) + 4, 3)``.
+        uint8 ``(rows * (H + gap) + gap, min(columns, N) * (W + gap) + gap, 3)``.
 
     Raises:
-        ValueError: no cells, cells of different sizes, or ``columns < 1``.
+        ValueError: no cells, cells of different sizes, ``columns < 1`` or ``gap < 0``.
 
     Example:
         >>> tile_images([np.zeros((10, 20, 3), np.uint8)] * 3, columns=2).shape
         (32, 52, 3)
+        >>> tile_images([np.zeros((10, 20, 3), np.uint8)] * 3, columns=2, gap=10).shape
+        (50, 70, 3)
     """
     cells = [_to_uint8_image(cell, f"cells[{i}]") for i, cell in enumerate(cells)]
     if not cells:
         raise ValueError("`cells` must hold at least one image, got none.")
     if int(columns) < 1:
         raise ValueError(f"`columns` must be >= 1, got {columns!r}.")
+    if int(gap) < 0:
+        raise ValueError(f"`gap` must be >= 0, got {gap!r}.")
+    gap = int(gap)
     cell_h, cell_w = cells[0].shape[:2]
     for i, cell in enumerate(cells):
         if cell.shape[:2] != (cell_h, cell_w):
@@ -296,12 +306,158 @@ def tile_images(cells: Sequence[Any], columns: int = 4) -> np.ndarray:
     cols = min(int(columns), count)
     rows = -(-count // cols)
     grid = np.full(
-        (rows * (cell_h + _GRID_GAP) + _GRID_GAP, cols * (cell_w + _GRID_GAP) + _GRID_GAP, 3),
+        (rows * (cell_h + gap) + gap, cols * (cell_w + gap) + gap, 3),
         _GRID_BACKGROUND,
         np.uint8,
     )
     for i, cell in enumerate(cells):
-        top = _GRID_GAP + (i // cols) * (cell_h + _GRID_GAP)
-        left = _GRID_GAP + (i % cols) * (cell_w + _GRID_GAP)
+        top = gap + (i // cols) * (cell_h + gap)
+        left = gap + (i % cols) * (cell_w + gap)
         grid[top : top + cell_h, left : left + cell_w] = cell
     return grid
+
+
+def _font(size: int):
+    """Pillow's built-in font at ``size`` pixels (its fixed 10-pixel font before Pillow 10.1)."""
+    try:
+        return ImageFont.load_default(size=int(size))
+    except TypeError:  # Pillow < 10.1: no size argument
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, width: int, font, draw: ImageDraw.ImageDraw) -> list[str]:
+    """``text`` split at spaces into lines no wider than ``width`` pixels (a longer word keeps its own line)."""
+    lines: list[str] = []
+    for paragraph in str(text).split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and draw.textlength(candidate, font=font) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
+
+
+def text_band(
+    text: str | Sequence[str], width: int, *, font_size: int = CAPTION_FONT_SIZE
+) -> np.ndarray:
+    """Black text on a white band ``width`` pixels wide, one line per item, wrapped to fit.
+
+    Args:
+        text: a string or a sequence of lines; lines wider than ``width``
+            are wrapped at spaces.
+        width: band width in pixels, ``>= 1``.
+        font_size: text height in pixels, ``>= 1``.
+
+    Returns:
+        uint8 ``(lines * (font_size + 4) + 4, width, 3)``.
+
+    Raises:
+        ValueError: if ``width`` or ``font_size`` is not positive.
+
+    Example:
+        >>> text_band("3 detections with score >= 0.30", width=400).shape
+        (20, 400, 3)
+        >>> text_band(["line one", "line two"], width=400, font_size=20).shape
+        (52, 400, 3)
+    """
+    for argument, value in (("width", width), ("font_size", font_size)):
+        if int(value) < 1:
+            raise ValueError(f"`{argument}` must be >= 1, got {value!r}.")
+    width, font_size = int(width), int(font_size)
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    paragraphs = [text] if isinstance(text, str) else list(text)
+    lines = [line for paragraph in paragraphs for line in _wrap(paragraph, width - 4, font, measure)]
+    line_height = font_size + 4
+    band = Image.new("RGB", (width, len(lines) * line_height + 4), _GRID_BACKGROUND)
+    draw = ImageDraw.Draw(band)
+    for i, line in enumerate(lines):
+        draw.text((2, 2 + i * line_height + 2), line, fill=_TEXT_COLOR, font=font)
+    return np.asarray(band)
+
+
+def add_header(image: Any, text: str | Sequence[str], *, font_size: int = CAPTION_FONT_SIZE) -> np.ndarray:
+    """``image`` with a white band of text (:func:`text_band`) above it; the image itself is unchanged.
+
+    Args:
+        image: uint8 or 0-255 float ``(H, W, 3)``.
+        text: a string or a sequence of lines.
+        font_size: text height in pixels.
+
+    Returns:
+        uint8 ``(band + H, W, 3)``: the band's rows, then ``image``'s.
+
+    Example:
+        >>> picture = add_header(np.zeros((64, 400, 3), np.uint8), "score >= 0.30")
+        >>> picture.shape, bool((picture[20:] == 0).all())
+        ((84, 400, 3), True)
+    """
+    image = _to_uint8_image(image)
+    band = text_band(text, image.shape[1], font_size=font_size)
+    return np.concatenate([band, image], axis=0)
+
+
+def _num_boxes(classes: Any) -> int:
+    """Rows of ``classes`` that are boxes (``>= 0``), not padding."""
+    return int((np.asarray(classes).reshape(-1) >= 0).sum())
+
+
+def draw_ground_truth_and_detections(
+    image: Any,
+    ground_truth: Mapping[str, Any],
+    detections: Mapping[str, Any],
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    captions: tuple[str, str] | None = None,
+    *,
+    line_width: int = 2,
+) -> np.ndarray:
+    """One image drawn twice side by side: its ground truth (left) and its detections (right).
+
+    Both halves use :func:`draw_boxes`, so a class has one colour in both;
+    detections are labelled with their scores. Each half has its caption
+    above it.
+
+    Args:
+        image: uint8 or 0-255 float ``(H, W, 3)``.
+        ground_truth: ``"boxes"`` float ``(N, 4)`` xyxy pixels of ``image``
+            and ``"classes"`` int ``(N,)`` (-1 padding, not drawn).
+        detections: ``"boxes"`` ``(D, 4)``, ``"classes"`` ``(D,)`` (-1 not
+            drawn) and ``"scores"`` ``(D,)``: only the ones to draw.
+        class_names: names indexed by class id; None labels with the id.
+        captions: ``(left, right)`` texts above the halves; None: the
+            number of boxes in each, ``("3 GT", "4 det")``.
+        line_width: box outline width in pixels.
+
+    Returns:
+        uint8 ``(band + H, 2 W + 4, 3)`` where ``band`` is one caption line
+        (:func:`text_band`, ``CAPTION_FONT_SIZE + 8`` pixels), the halves
+        4 white pixels apart.
+
+    Example:
+        >>> pair = draw_ground_truth_and_detections(
+        ...     np.zeros((64, 64, 3), np.uint8),
+        ...     {"boxes": [[8., 8., 40., 40.]], "classes": [0]},
+        ...     {"boxes": [[10., 9., 41., 40.]], "classes": [0], "scores": [0.8]},
+        ...     class_names=["circle"])
+        >>> pair.shape
+        (84, 132, 3)
+    """
+    canvas = _to_uint8_image(image)
+    left = draw_boxes(canvas, ground_truth["boxes"], ground_truth["classes"], class_names, line_width=line_width)
+    right = draw_boxes(
+        canvas, detections["boxes"], detections["classes"], class_names, detections["scores"], line_width=line_width
+    )
+    if captions is None:
+        captions = (f"{_num_boxes(ground_truth['classes'])} GT", f"{_num_boxes(detections['classes'])} det")
+    width = canvas.shape[1]
+    bands = [text_band(captions[0], width), text_band(captions[1], width)]
+    band_height = max(band.shape[0] for band in bands)
+    pair = np.full((band_height + canvas.shape[0], 2 * width + _GRID_GAP, 3), _GRID_BACKGROUND, np.uint8)
+    for offset, band, half in ((0, bands[0], left), (width + _GRID_GAP, bands[1], right)):
+        pair[: band.shape[0], offset : offset + width] = band
+        pair[band_height:, offset : offset + width] = half
+    return pair

@@ -11,7 +11,8 @@ import tensorflow as tf
 from helpers import small_model
 from PIL import Image
 
-from keras_retina.deploy.predict import list_images, predict_files
+from keras_retina.deploy.predict import draw_header, header_font_size, list_images, predict_files
+from keras_retina.visualize import text_band
 
 IMAGE_SIZE = 128
 CLASS_NAMES = ("circle", "square", "triangle")
@@ -26,6 +27,11 @@ def _picture(height, width, seed):
     y0, x0 = rng.randint(0, height // 2), rng.randint(0, width // 2)
     image[y0 : y0 + height // 3, x0 : x0 + width // 3] = rng.randint(100, 256, 3)
     return image
+
+
+def _header(num_drawn, threshold, width):
+    """The band of text predict_files writes above a drawn picture."""
+    return text_band(draw_header(num_drawn, threshold), width, font_size=header_font_size(width))
 
 
 def _encode(image, name):
@@ -95,7 +101,10 @@ def test_directory_writes_one_drawn_png_per_image(directory_run, image_dir):
     assert sorted(os.listdir(output_dir)) == ["detections.json", "small.png", "tall.png", "wide.png"]
     for name, (height, width) in IMAGES.items():
         drawn = tf.io.decode_png(tf.io.read_file(str(output_dir / (os.path.splitext(name)[0] + ".png")))).numpy()
-        assert drawn.shape == (height, width, 3)
+        header = _header(100, 0.0, width)  # score_threshold=0: all 100 detections drawn
+        assert drawn.shape == (header.shape[0] + height, width, 3)
+        np.testing.assert_array_equal(drawn[: header.shape[0]], header)  # the count and threshold written above
+        drawn = drawn[header.shape[0] :]
         original = tf.io.decode_image((image_dir / name).read_bytes(), channels=3).numpy()
         changed = np.any(drawn != original, axis=-1).mean()
         assert changed > 0.01, (name, changed)  # boxes drawn over the picture
@@ -117,10 +126,20 @@ def test_explicit_files_in_the_given_order(model, image_dir, tmp_path):
     image_ids = [r["image_id"] for r in results]
     assert image_ids == ["tall"] * 100 + ["wide"] * 100
     assert sorted(os.listdir(tmp_path)) == ["detections.json", "tall.png", "wide.png"]
-    # With nothing drawn the PNG is the original picture, at its original size.
+    # With nothing drawn the PNG is the original picture, at its original size, under its header.
     drawn = tf.io.decode_png(tf.io.read_file(str(tmp_path / "tall.png"))).numpy()
     original = tf.io.decode_png((image_dir / "tall.png").read_bytes()).numpy()
-    np.testing.assert_array_equal(drawn, original)
+    header = _header(0, 1.1, original.shape[1])
+    np.testing.assert_array_equal(drawn[: header.shape[0]], header)
+    np.testing.assert_array_equal(drawn[header.shape[0] :], original)
+
+
+def test_header_names_count_and_threshold():
+    assert draw_header(0, 1.1) == "0 detections with score >= 1.10"
+    assert draw_header(1, 0.3) == "1 detection with score >= 0.30"
+    assert header_font_size(90) == 12 and header_font_size(1200) == 20
+    # Different counts or thresholds write different bands.
+    assert (_header(0, 1.1, 90) != _header(3, 1.1, 90)).any()
 
 
 def test_explicit_files_match_the_directory_run(model, image_dir, directory_run, tmp_path):

@@ -8,7 +8,15 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_retina.data.pipeline import make_pipeline
-from keras_retina.visualize import class_color, draw_boxes, save_batch_png
+from keras_retina.visualize import (
+    add_header,
+    class_color,
+    draw_boxes,
+    draw_ground_truth_and_detections,
+    save_batch_png,
+    text_band,
+    tile_images,
+)
 
 
 def test_box_edges_have_class_colour_and_inside_is_untouched():
@@ -94,3 +102,55 @@ def test_save_batch_png_rejects_bad_input(tmp_path):
         ValueError, match=r"`images` must have shape \(B, H, W, 3\), got shape \(8, 8, 3\)\."
     ):
         save_batch_png(np.zeros((8, 8, 3)), {"boxes": 0, "classes": 0}, tmp_path / "x.png")
+
+
+def test_text_band_wraps_long_lines_and_has_dark_text():
+    one = text_band("3 detections with score >= 0.30", width=400)
+    assert one.shape == (20, 400, 3)
+    assert (one < 100).all(axis=-1).sum() > 30  # black text
+    assert (one[:, -100:] == 255).all()  # short: the right end stays white
+    wrapped = text_band("3 detections with score >= 0.30", width=60)
+    assert wrapped.shape[0] > one.shape[0]  # more lines
+    with pytest.raises(ValueError, match=r"`width` must be >= 1, got 0\."):
+        text_band("x", width=0)
+
+
+def test_add_header_puts_a_band_above_an_unchanged_image():
+    image = np.full((30, 200, 3), 7, np.uint8)
+    picture = add_header(image, ["first line", "second line"], font_size=10)
+    band = text_band(["first line", "second line"], 200, font_size=10)
+    assert picture.shape == (band.shape[0] + 30, 200, 3)
+    np.testing.assert_array_equal(picture[: band.shape[0]], band)
+    np.testing.assert_array_equal(picture[band.shape[0] :], image)
+
+
+def test_ground_truth_and_detections_side_by_side_in_class_colours():
+    image = np.zeros((100, 100, 3), np.uint8)
+    pair = draw_ground_truth_and_detections(
+        image,
+        {"boxes": [[10.0, 30.0, 50.0, 70.0], [0, 0, 0, 0]], "classes": [1, -1]},
+        {"boxes": [[60.0, 30.0, 90.0, 70.0]], "classes": [3], "scores": [0.8]},
+        class_names=["a", "b", "c", "d"],
+    )
+    caption = text_band("1 GT", 100).shape[0]
+    assert pair.shape == (caption + 100, 204, 3)
+    left, right = pair[caption:, :100], pair[caption:, 104:]
+    np.testing.assert_array_equal(left[50, 10], class_color(1))  # GT's left edge
+    np.testing.assert_array_equal(right[50, 60], class_color(3))  # detection's left edge
+    np.testing.assert_array_equal(left[50, 60], 0)  # no detection on the left
+    np.testing.assert_array_equal(right[50, 10], 0)  # no GT on the right
+    np.testing.assert_array_equal(pair[caption:, 100:104], 255)  # white gap
+    # Default captions count the boxes drawn (padding not counted).
+    np.testing.assert_array_equal(pair[:caption, :100], text_band("1 GT", 100))
+    np.testing.assert_array_equal(pair[:caption, 104:], text_band("1 det", 100))
+
+
+def test_tile_images_gap():
+    cells = [np.zeros((10, 20, 3), np.uint8)] * 2
+    grid = tile_images(cells, columns=2, gap=6)
+    assert grid.shape == (22, 58, 3)
+    np.testing.assert_array_equal(grid[6:16, 6:26], 0)
+    np.testing.assert_array_equal(grid[6:16, 26:32], 255)
+    assert tile_images(cells, columns=1, gap=0).shape == (20, 20, 3)
+    with pytest.raises(ValueError, match=r"`gap` must be >= 0, got -1\."):
+        tile_images(cells, gap=-1)

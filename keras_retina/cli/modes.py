@@ -172,8 +172,15 @@ def evaluate(config: config_lib.ExperimentConfig) -> dict:
 
 
 def draw_validation_predictions(model, data: RunData, path: str) -> str:
-    """Draws the first validation batch's detections (score >= 0.3) to a PNG at ``path``."""
-    Image.fromarray(evaluation.detection_grid(model, data.pipeline("val"), data.class_names)).save(path)
+    """Draws the first validation batch to a PNG at ``path``: ground truth beside detections (score >= 0.3).
+
+    The title names the threshold and the model as the folder of ``path``
+    (the run directory); see :func:`keras_retina.evaluation.detection_grid`.
+    """
+    grid = evaluation.detection_grid(
+        model, data.pipeline("val"), data.class_names, model_name=os.path.dirname(path) or None
+    )
+    Image.fromarray(grid).save(path)
     return path
 
 

@@ -73,7 +73,10 @@ def predict_files(
     Writes ``output_dir/detections.json`` (COCO results: ``image_id`` = file
     name without extension, ``category_id`` = the dataset's id, ``bbox`` =
     ``[x, y, w, h]`` original pixels, ``score``) and ``output_dir/<name>.png``
-    per image with detections scoring at least ``draw_score_threshold``.
+    per image with detections scoring at least ``draw_score_threshold``,
+    under a line of text that gives their number and the threshold
+    (:func:`draw_header`): the picture is that band's height taller than
+    the image.
 
     Args:
         model: a :class:`keras_retina.RetinaNet`, or a
@@ -140,6 +143,9 @@ def predict_files(
             shown = scores >= draw_score_threshold
             image = decode_upright(contents).numpy()  # as displayed: the boxes are in its pixels
             drawn = visualize.draw_boxes(image, boxes[shown], classes[shown], names_by_id, scores[shown])
+            drawn = visualize.add_header(
+                drawn, draw_header(int(shown.sum()), draw_score_threshold), font_size=header_font_size(image.shape[1])
+            )
             # scale=False: save_img would otherwise stretch the pixel range to 0-255.
             keras.utils.save_img(os.path.join(output_dir, f"{stem}.png"), drawn, scale=False)
             progress.add(1)
@@ -147,6 +153,28 @@ def predict_files(
     with open(json_path, "w") as f:
         json.dump(results, f, indent=1)
     return json_path
+
+
+def draw_header(num_drawn: int, score_threshold: float) -> str:
+    """The line of text above a drawn prediction: how many detections, at which threshold.
+
+    Example:
+        >>> draw_header(3, 0.3)
+        '3 detections with score >= 0.30'
+        >>> draw_header(1, 0.5)
+        '1 detection with score >= 0.50'
+    """
+    return f"{num_drawn} detection{'' if num_drawn == 1 else 's'} with score >= {score_threshold:.2f}"
+
+
+def header_font_size(width: int) -> int:
+    """Font size (pixels) of the header of a drawn prediction ``width`` pixels wide: legible when shown shrunk.
+
+    Example:
+        >>> header_font_size(256), header_font_size(4000)
+        (12, 66)
+    """
+    return max(visualize.CAPTION_FONT_SIZE, int(width) // 60)
 
 
 def _litert_serve(detector):

@@ -193,16 +193,130 @@ def _distributed_detect_step(model, strategy: tf.distribute.Strategy):
 
 #: Detections drawn in pictures of predictions score at least this much.
 DRAW_SCORE_THRESHOLD = 0.3
+#: Font size (pixels) of :func:`detection_grid`'s title.
+HEADER_FONT_SIZE = 14
+#: White pixels between the pairs of :func:`detection_grid` (its two halves are 4 apart).
+PAIR_GAP = 16
 
 
-def detection_grid(model, dataset: tf.data.Dataset, class_names, max_images: int = 8) -> np.ndarray:
-    """Detections (score >= 0.3) on the first batch of ``dataset``, drawn in a uint8 ``(H, W, 3)`` grid."""
-    images, _ = next(iter(dataset))
+def detection_grid_header(
+    score_threshold: float, num_images: int, model_name: str | None = None, ground_truth: bool = True
+) -> str:
+    """The title line of :func:`detection_grid`'s picture: what is drawn, the threshold, the model.
+
+    Args:
+        score_threshold: the lowest score drawn.
+        num_images: images in the picture.
+        model_name: e.g. the run directory; None leaves it out.
+        ground_truth: the picture pairs ground truth (left) with detections (right).
+
+    Returns:
+        one line of text.
+
+    Example:
+        >>> detection_grid_header(0.3, 8, "runs/shapes")
+        'detections with score >= 0.30 (right) vs ground truth (left); 8 images; model: runs/shapes'
+        >>> detection_grid_header(0.5, 1, ground_truth=False)
+        'detections with score >= 0.50; 1 image'
+    """
+    header = f"detections with score >= {score_threshold:.2f}"
+    if ground_truth:
+        header += " (right) vs ground truth (left)"
+    header += f"; {num_images} image{'' if num_images == 1 else 's'}"
+    if model_name:
+        header += f"; model: {model_name}"
+    return header
+
+
+def detection_grid(
+    model,
+    dataset: tf.data.Dataset,
+    class_names,
+    max_images: int = 8,
+    *,
+    score_threshold: float = DRAW_SCORE_THRESHOLD,
+    ground_truth: bool = True,
+    model_name: str | None = None,
+    columns: int | None = None,
+) -> np.ndarray:
+    """The first batch of ``dataset``: each image's ground truth beside its detections, under a title line.
+
+    Each cell is one image drawn twice
+    (:func:`keras_retina.visualize.draw_ground_truth_and_detections`): its
+    ground truth boxes with class names on the left, the detections scoring
+    at least ``score_threshold`` with class and score on the right, each
+    class in one colour in both, the counts above (``"image 7 ground
+    truth: 3"``, ``"detections: 4"``); pairs stand :data:`PAIR_GAP` pixels
+    apart. The title (:func:`detection_grid_header`) states the
+    threshold. The pipeline's ``y["boxes"]`` and the detections are both in
+    pixels of the pipeline's (resized, padded) images, so both are drawn on
+    those images as they are.
+
+    Args:
+        model: a :class:`keras_retina.RetinaNet`. Its own inference
+            ``score_threshold`` applies first: when it is higher than
+            ``score_threshold``, the title gives it instead.
+        dataset: a :func:`keras_retina.data.make_pipeline` pipeline; ``y``
+            has ``"boxes"`` ``(B, N, 4)`` and ``"classes"`` ``(B, N)``
+            (-1 padding), and ``"image_id"`` in evaluation.
+        class_names: names indexed by class id; None labels with the id.
+        max_images: draw at most this many images of the batch.
+        score_threshold: lowest score drawn.
+        ground_truth: draw the ground truth beside the detections; False (or
+            a ``y`` without ``"boxes"`` and ``"classes"``): detections only,
+            one image per cell.
+        model_name: named in the title (e.g. the run directory).
+        columns: cells per grid row; None: 2 pairs, or 4 images without
+            ground truth.
+
+    Returns:
+        uint8 ``(H', W', 3)``: the title band over the grid.
+
+    Example:
+        Two 160 × 160 images with one box each; an untrained model:
+
+        >>> raw = tf.data.Dataset.from_tensor_slices({
+        ...     "image": np.zeros((2, 160, 160, 3), "uint8"),
+        ...     "boxes": np.array([[[8., 8., 40., 40.]]] * 2, "float32"),
+        ...     "classes": np.array([[0], [1]], "int32"),
+        ...     "image_id": np.array([1, 2], "int64")})
+        >>> dataset = kr.data.make_pipeline(raw, image_size=160, batch_size=2, training=False)
+        >>> model = kr.RetinaNet(num_classes=2, backbone="tiny", fpn_channels=16, head_channels=16,
+        ...                      num_head_convs=1)
+        >>> grid = detection_grid(model, dataset, ["a", "b"], score_threshold=0.5)
+        >>> grid.shape   # 22-pixel title, 20-pixel captions; two pairs of 160 + 4 + 160, 16 pixels apart
+        (234, 696, 3)
+    """
+    images, y = next(iter(dataset))
+    images = images.numpy()
+    count = min(int(max_images), images.shape[0])
     detections = {key: value.numpy() for key, value in model.detect_function()(images).items()}
-    keep = detections["scores"] >= DRAW_SCORE_THRESHOLD
+    threshold = max(float(score_threshold), float(getattr(model, "score_threshold", None) or 0.0))
+    keep = (detections["scores"] >= threshold) & (detections["classes"] >= 0)
     shown = {
         "boxes": detections["boxes"],
         "classes": np.where(keep, detections["classes"], -1),
         "scores": detections["scores"],
     }
-    return visualize.draw_batch(images.numpy(), shown, class_names=class_names, max_images=max_images)
+    ground_truth = ground_truth and "boxes" in y and "classes" in y
+    header = detection_grid_header(threshold, count, model_name, ground_truth=ground_truth)
+    if not ground_truth:
+        grid = visualize.draw_batch(images, shown, class_names=class_names, max_images=count, columns=columns or 4)
+        return visualize.add_header(grid, header, font_size=HEADER_FONT_SIZE)
+    gt_boxes, gt_classes = y["boxes"].numpy(), y["classes"].numpy()
+    image_ids = y["image_id"].numpy() if "image_id" in y else None
+    cells = []
+    for b in range(count):
+        num_gt, num_det = int((gt_classes[b] >= 0).sum()), int(keep[b].sum())
+        name = "" if image_ids is None else f"image {int(image_ids[b])} "
+        cells.append(
+            visualize.draw_ground_truth_and_detections(
+                images[b],
+                {"boxes": gt_boxes[b], "classes": gt_classes[b]},
+                {"boxes": shown["boxes"][b], "classes": shown["classes"][b], "scores": shown["scores"][b]},
+                class_names,
+                captions=(f"{name}ground truth: {num_gt}", f"detections: {num_det}"),
+            )
+        )
+    grid = visualize.tile_images(cells, columns=columns or 2, gap=PAIR_GAP)
+    return visualize.add_header(grid, header, font_size=HEADER_FONT_SIZE)
