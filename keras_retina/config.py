@@ -101,6 +101,11 @@ class DataConfig:
     shapes_image_size: int = 256
     shapes_seed: int = 0  # the data's own seed: train.seed varies runs, not the data
     image_size: int = 512
+    # Resize by the shorter side (min_size; the longer at most max_size) on
+    # the image_size canvas instead of fitting image_size: the source's rule
+    # for published COCO weights (torchvision: 800, 1333), set by --mode=convert.
+    min_size: int | None = None
+    max_size: int | None = None
     batch_size: int = 16
     max_boxes: int = 100
     skip_invalid: bool = False
@@ -195,6 +200,13 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     for section, name in (("data", "image_size"), ("data", "batch_size"), ("train", "epochs")):
         if getattr(getattr(config, section), name) <= 0:
             raise ValueError(f"{section}.{name} must be > 0, got {getattr(getattr(config, section), name)!r}.")
+    if (data.min_size is None) != (data.max_size is None) or (
+        data.min_size is not None and not 0 < data.min_size <= data.max_size <= data.image_size
+    ):
+        raise ValueError(
+            "data.min_size and data.max_size go together, with 0 < min_size <= max_size <= data.image_size (the "
+            f"canvas), got min_size={data.min_size!r}, max_size={data.max_size!r}, image_size={data.image_size!r}."
+        )
     if data.data_service is not None and not str(data.data_service).startswith("grpc://"):
         raise ValueError(f"data.data_service must be grpc://HOST:PORT (a tf.data service dispatcher), got {data.data_service!r}.")
     if data.data_service is not None and data.skip_invalid:

@@ -146,3 +146,46 @@ def test_outputs_equal_torchvisions(version, tmp_path):
     assert (best >= 0.99).all(), f"{(best < 0.99).sum()} detections without a torchvision twin"
     np.testing.assert_allclose(ours_scores, scores, atol=1e-3)  # same ranking
     print(f"{count} detections, each with a torchvision twin; min IoU {best.min():.4f}")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="needs torch and torchvision")
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_converted_savedmodel_gives_torchvisions_detections_on_a_photo(version, tmp_path):
+    """--mode=convert records torchvision's resize (800, 1333); the SavedModel given a 640x480 photo's bytes
+    returns what torchvision's own model([image]) returns for it (resize, padded canvas, GroupNorm statistics)."""
+    import tensorflow as tf
+
+    from keras_retina.cli import modes
+    from keras_retina.cli.flags import config_from_flags
+
+    script = os.path.join(os.path.dirname(__file__), "torchvision_reference.py")
+    subprocess.run([sys.executable, script, version, str(tmp_path), "photo"], check=True, timeout=600)
+    reference = np.load(tmp_path / "reference.npz")
+    assert tuple(reference["resized_size"]) == (800, 1066) and tuple(reference["canvas_size"]) == (800, 1088)
+
+    flags = {"mode": "convert", "model_dir": str(tmp_path / "run"), "init_weights": str(tmp_path / "retinanet.pth")}
+    modes.convert(config_from_flags(flags))
+    flags = {"mode": "export", "model_dir": str(tmp_path / "run"), "export_dir": str(tmp_path / "export")}
+    config = config_from_flags(flags)
+    assert (config.data.min_size, config.data.max_size) == (800, 1333)  # recorded in the run's config.json
+    path = modes.export(config, flags)
+
+    served = tf.saved_model.load(path)
+    metadata = served.signatures["metadata"]()
+    assert (int(metadata["min_size"]), int(metadata["max_size"])) == (800, 1333)
+    png = tf.io.encode_png(reference["image"])  # lossless: both models see the same pixels
+    out = {k: v.numpy()[0] for k, v in served.signatures["serving_default"](images=tf.stack([png])).items()}
+    count = int(out["num_detections"])
+    boxes, scores, labels = reference["boxes"], reference["scores"], reference["labels"]
+    assert count == len(boxes) == 300
+    ours_boxes, ours_scores = out["detection_boxes"][:count], out["detection_scores"][:count]
+    ours_labels = out["detection_classes"][:count]  # COCO category ids = torchvision's labels
+    for a_boxes, a_scores, a_labels, b_boxes, b_scores, b_labels in (
+        (ours_boxes, ours_scores, ours_labels, boxes, scores, labels),
+        (boxes, scores, labels, ours_boxes, ours_scores, ours_labels),
+    ):  # both ways: every detection of one has a twin in the other
+        candidates = (a_labels[:, None] == b_labels[None, :]) & (np.abs(a_scores[:, None] - b_scores[None, :]) <= 1e-3)
+        best = np.where(candidates, _iou_or_same(a_boxes, b_boxes), 0.0).max(axis=1)
+        assert (best >= 0.99).all(), f"{(best < 0.99).sum()} detections without a twin; worst IoU {best.min():.3f}"
+    np.testing.assert_allclose(np.sort(ours_scores), np.sort(scores), atol=1e-3)
+    print(f"{version}: {count} detections, each with a torchvision twin both ways")

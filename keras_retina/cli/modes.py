@@ -187,7 +187,8 @@ def draw_validation_predictions(model, data: RunData, path: str) -> str:
 def _export(model, flags, model_dir, config, class_names, category_ids) -> str:
     export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
     return saved_model.export_saved_model(
-        model, export_dir, class_names=class_names, category_ids=category_ids, image_size=config.data.image_size
+        model, export_dir, class_names=class_names, category_ids=category_ids, image_size=config.data.image_size,
+        min_size=config.data.min_size, max_size=config.data.max_size,
     )
 
 
@@ -220,6 +221,8 @@ def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
         class_names=class_names,
         category_ids=category_ids,
         image_size=config.data.image_size,
+        min_size=config.data.min_size,
+        max_size=config.data.max_size,
     )
     print(f"LiteRT model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     return path
@@ -245,6 +248,8 @@ def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
         image_size=image_size,
         class_names=class_names,
         category_ids=category_ids,
+        min_size=None if flags.get("model") else config.data.min_size,
+        max_size=None if flags.get("model") else config.data.max_size,
     )
 
 
@@ -264,6 +269,12 @@ def convert(config: config_lib.ExperimentConfig) -> str:
         transfer.finetune_model_config(config.model, model), **model.inference_settings.as_dict()
     )
     config = dataclasses.replace(config, model=model_config)
+    if source.resize is not None:  # the source's test-time resize: its detections on a photo are ours
+        min_size, max_size = source.resize
+        canvas = -(-max_size // 32) * 32
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, min_size=min_size, max_size=max_size, image_size=canvas)
+        )
     model_dir = config.resolved_model_dir()
     os.makedirs(os.path.join(model_dir, "checkpoints"), exist_ok=True)
     class_names = source.class_names or tuple(f"class_{i}" for i in range(model.num_classes))
@@ -271,6 +282,9 @@ def convert(config: config_lib.ExperimentConfig) -> str:
     rundir.write_config(model_dir, config)
     model.save(os.path.join(model_dir, rundir.LATEST_CHECKPOINT))
     print(f"{source.description} written to {model_dir} ({model.num_classes} classes). Next:")
+    if config.data.min_size is not None:
+        print(f"  Images are resized as the source was tested: shorter side {config.data.min_size}, longer at most "
+              f"{config.data.max_size}.")
     print(f"  --mode=export  --model_dir={model_dir}   (SavedModel for TF Serving)")
     print(f"  --mode=predict --model_dir={model_dir} --image=photo.jpg")
     return model_dir

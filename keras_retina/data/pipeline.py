@@ -139,6 +139,57 @@ def output_image_size(
     return math.ceil(target_h / m) * m, math.ceil(target_w / m) * m
 
 
+def shorter_side_size(height, width, min_size: int, max_size: int, jitter=1.0) -> tuple[tf.Tensor, tf.Tensor]:
+    """Size of an image resized by torchvision's and detectron2's rule: shorter side ``min_size``, longer at most ``max_size``.
+
+    The scale is ``min(min_size / shorter, max_size / longer)`` (times
+    ``jitter``) and each side ``floor(side * scale)``, in float64, as
+    ``torchvision.models.detection.transform`` resizes: a 640 x 480 photo
+    becomes 1066 x 800 at (800, 1333).
+
+    Args:
+        height, width: the image's size in pixels (ints or scalar tensors).
+        min_size, max_size: the rule's sizes in pixels.
+        jitter: a factor on the scale (training's scale jitter).
+
+    Returns:
+        ``(resized_height, resized_width)``: float32 scalar tensors, each >= 1.
+
+    Example:
+        >>> [int(side) for side in shorter_side_size(480, 640, 800, 1333)]
+        [800, 1066]
+        >>> [int(side) for side in shorter_side_size(300, 2000, 800, 1333)]   # the longer side caps it
+        [199, 1333]
+    """
+    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    scale = tf.minimum(min_size / tf.minimum(h, w), max_size / tf.maximum(h, w)) * tf.cast(jitter, tf.float64)
+    resized_h = tf.floor(h * scale)
+    resized_w = tf.floor(w * scale)
+    return tf.maximum(tf.cast(resized_h, tf.float32), 1.0), tf.maximum(tf.cast(resized_w, tf.float32), 1.0)
+
+
+def check_resize_rule(min_size, max_size, image_size, argument: str = "min_size") -> None:
+    """A ValueError unless ``(min_size, max_size)`` is both None, or a rule whose images fit the canvas ``image_size``.
+
+    Example:
+        >>> check_resize_rule(800, 1333, 1344)
+        >>> check_resize_rule(800, 1333, 800)
+        Traceback (most recent call last):
+        ...
+        ValueError: `max_size` (1333) must be at most the canvas `image_size` (800): a resized image would be cut.
+    """
+    if min_size is None and max_size is None:
+        return
+    if min_size is None or max_size is None:
+        raise ValueError(f"`{argument}` and `max_size` are given together or not at all, got {min_size!r}, {max_size!r}.")
+    if not 0 < int(min_size) <= int(max_size):
+        raise ValueError(f"`{argument}` and `max_size` must satisfy 0 < min_size <= max_size, got {min_size!r}, {max_size!r}.")
+    if int(max_size) > min(_as_size_pair(image_size, "image_size")):
+        raise ValueError(
+            f"`max_size` ({max_size}) must be at most the canvas `image_size` ({image_size}): a resized image would be cut."
+        )
+
+
 def transform_example(
     example: dict[str, tf.Tensor],
     image_size: int | tuple[int, int] = 512,
@@ -148,6 +199,8 @@ def transform_example(
     jitter: float | tf.Tensor = 1.0,
     flip: bool | tf.Tensor = False,
     crop_fraction: tuple[float, float] | tf.Tensor = (0.0, 0.0),
+    min_size: int | None = None,
+    max_size: int | None = None,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Resizes, crops, flips and pads one raw example; boxes follow exactly.
 
@@ -178,6 +231,10 @@ def transform_example(
         crop_fraction: ``(fy, fx)`` in [0, 1]: where the crop window sits
             when the resized image exceeds ``image_size`` (0: top/left, 1:
             bottom/right).
+        min_size, max_size: if given, resize by :func:`shorter_side_size`
+            (shorter side ``min_size``, longer at most ``max_size``; the
+            source's rule for published COCO weights) instead of fitting
+            ``image_size``, which stays the padded canvas.
 
     Returns:
         ``(image, y)``: ``image`` float32 ``(S_h, S_w, 3)`` (0-255), ``y`` a
@@ -225,10 +282,14 @@ def transform_example(
 
     # Aspect-preserving fit, times the jitter factor; per-axis scales are
     # those of the rounded size, so boxes match the resized pixels exactly.
-    fit = tf.minimum(target_h / height, target_w / width)
-    scale = fit * tf.cast(jitter, tf.float32)
-    resized_h = tf.maximum(tf.round(height * scale), 1.0)
-    resized_w = tf.maximum(tf.round(width * scale), 1.0)
+    if min_size is not None:
+        check_resize_rule(min_size, max_size, image_size)
+        resized_h, resized_w = shorter_side_size(height, width, min_size, max_size, jitter)
+    else:
+        fit = tf.minimum(target_h / height, target_w / width)
+        scale = fit * tf.cast(jitter, tf.float32)
+        resized_h = tf.maximum(tf.round(height * scale), 1.0)
+        resized_w = tf.maximum(tf.round(width * scale), 1.0)
     scale_y = resized_h / height
     scale_x = resized_w / width
     resized = tf.image.resize(
@@ -354,6 +415,8 @@ def make_pipeline(
     prefetch: int = tf.data.AUTOTUNE,
     data_service: str | None = None,
     data_service_job: str | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
 ) -> tf.data.Dataset:
     """Builds the batched training or evaluation dataset from raw examples.
 
@@ -402,6 +465,9 @@ def make_pipeline(
         data_service_job: the service job's name; trainers that pass the
             same name share one epoch between them (multi-worker). None: a
             job of this iterator alone.
+        min_size, max_size: resize by the shorter side instead of fitting
+            ``image_size`` (:func:`shorter_side_size`; the canvas stays
+            ``image_size``, which must hold ``max_size``).
 
     Returns:
         ``tf.data.Dataset`` of ``(images, y)``: ``images`` float32
@@ -430,6 +496,7 @@ def make_pipeline(
     """
     _check_raw_spec(raw, training)
     output_image_size(image_size, pad_to_multiple)  # Validates both arguments.
+    check_resize_rule(min_size, max_size, image_size)
     for argument, value, minimum in (
         ("batch_size", batch_size, 1),
         ("max_boxes", max_boxes, 1),
@@ -451,7 +518,8 @@ def make_pipeline(
     if drop_remainder is None:
         drop_remainder = training
     transform_kwargs = dict(
-        image_size=image_size, max_boxes=int(max_boxes), pad_to_multiple=pad_to_multiple
+        image_size=image_size, max_boxes=int(max_boxes), pad_to_multiple=pad_to_multiple,
+        min_size=min_size, max_size=max_size,
     )
 
     if training:

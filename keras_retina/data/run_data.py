@@ -155,9 +155,12 @@ class RunData:
                 horizontal_flip=data.horizontal_flip,
                 data_service=service,
                 data_service_job=self.data_service_job,
+                min_size=data.min_size,
+                max_size=data.max_size,
             )
         return make_pipeline(
-            raw, image_size=data.image_size, batch_size=batch_size, training=False, max_boxes=data.max_boxes
+            raw, image_size=data.image_size, batch_size=batch_size, training=False, max_boxes=data.max_boxes,
+            min_size=data.min_size, max_size=data.max_size,
         )
 
     # ----------------------------------------------------------- what a run needs

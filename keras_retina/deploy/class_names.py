@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import io
+import json
 import os
 import zipfile
 from typing import Sequence
@@ -75,8 +76,14 @@ def write_class_names(path: str, class_names: Sequence[str], category_ids: Seque
     return path
 
 
-def class_names_zip(class_names: Sequence[str], category_ids: Sequence[int]) -> bytes:
-    """A zip archive holding :data:`CLASS_NAMES_FILE`, to append to a ``.tflite`` flatbuffer.
+#: The input's resize rule inside a ``.tflite`` file's zip: ``{"min_size": int | null, "max_size": int | null}``.
+RESIZE_FILE = "resize.json"
+
+
+def class_names_zip(
+    class_names: Sequence[str], category_ids: Sequence[int], resize: dict | None = None
+) -> bytes:
+    """A zip archive holding :data:`CLASS_NAMES_FILE` (and :data:`RESIZE_FILE`), to append to a ``.tflite`` flatbuffer.
 
     TFLite Support packs associated files this way: interpreters ignore the
     bytes after the flatbuffer, ``zipfile`` reads the archive from the
@@ -85,7 +92,30 @@ def class_names_zip(class_names: Sequence[str], category_ids: Sequence[int]) -> 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(CLASS_NAMES_FILE, format_class_names(class_names, category_ids))
+        if resize is not None:
+            archive.writestr(RESIZE_FILE, json.dumps(resize))
     return buffer.getvalue()
+
+
+def read_resize_rule(path: str) -> tuple[int | None, int | None]:
+    """``(min_size, max_size)`` recorded in a ``.tflite`` file by ``export_litert``; ``(None, None)`` when none is.
+
+    A file whose record is malformed raises a ValueError naming the file and the field.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if RESIZE_FILE not in archive.namelist():
+                return None, None
+            rule = json.loads(archive.read(RESIZE_FILE).decode("utf-8"))
+    except (zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: unreadable {RESIZE_FILE} ({error}).") from None
+    values = []
+    for field in ("min_size", "max_size"):
+        value = rule.get(field) if isinstance(rule, dict) else "missing"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 16):
+            raise ValueError(f"{path}: {RESIZE_FILE} field {field!r} must be null or a size in pixels, got {value!r}.")
+        values.append(value)
+    return values[0], values[1]
 
 
 def read_class_names(path: str) -> tuple[list[str], list[int]]:

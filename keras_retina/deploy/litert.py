@@ -23,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_retina import compat
-from keras_retina.deploy.class_names import class_names_zip, read_class_names, resolve_classes
+from keras_retina.data.pipeline import check_resize_rule
+from keras_retina.deploy.class_names import class_names_zip, read_class_names, read_resize_rule, resolve_classes
 from keras_retina.model import postprocess
 
 #: Quantization modes of :func:`export_litert`.
@@ -41,6 +42,8 @@ def export_litert(
     category_ids: Sequence[int] | None = None,
     image_size: int | None = None,
     num_calibration_images: int = 100,
+    min_size: int | None = None,
+    max_size: int | None = None,
 ) -> str:
     """Writes ``model`` as a LiteRT flatbuffer with decoding and NMS inside.
 
@@ -85,6 +88,11 @@ def export_litert(
             ``"class_<i>"`` and ``0..C-1``).
         image_size: ``S`` (default: the size the model was built at).
         num_calibration_images: images drawn from ``representative_data``.
+        min_size, max_size: the resize rule callers apply before the file's
+            square input (shorter side ``min_size``, longer at most
+            ``max_size``, on the ``S x S`` canvas), recorded in the file
+            (:func:`keras_retina.deploy.class_names.read_resize_rule`); None
+            fits ``S``.
 
     Returns:
         ``path``.
@@ -110,6 +118,7 @@ def export_litert(
         raise ValueError(
             "export_litert: `image_size` is needed (the model was not built at a square size), got None."
         )
+    check_resize_rule(min_size, max_size, int(image_size))
     class_names, category_ids = resolve_classes("export_litert", model.num_classes, class_names, category_ids)
     module = _LiteRTModule(model, int(image_size), category_ids)
     with tempfile.TemporaryDirectory() as scratch:
@@ -125,7 +134,7 @@ def export_litert(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         f.write(flatbuffer)
-        f.write(class_names_zip(class_names, category_ids))
+        f.write(class_names_zip(class_names, category_ids, {"min_size": min_size, "max_size": max_size}))
     return path
 
 
@@ -253,6 +262,8 @@ class LiteRTDetector:
         (self.input_shape,) = [tuple(d["shape"]) for d in self.interpreter.get_input_details()]
         self.image_size = int(self.input_shape[1])
         self.class_names, self.category_ids = read_class_names(path)
+        # How a caller resizes an image onto the file's square input (prepare_image's min_size, max_size).
+        self.min_size, self.max_size = read_resize_rule(path)
 
     def __call__(self, image) -> dict:
         image = np.asarray(image, np.uint8)

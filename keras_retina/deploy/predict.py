@@ -64,6 +64,8 @@ def predict_files(
     class_names: Sequence[str],
     category_ids: Sequence[int],
     draw_score_threshold: float = 0.3,
+    min_size: int | None = None,
+    max_size: int | None = None,
 ) -> str:
     """Detects objects in image files and writes the results.
 
@@ -87,6 +89,8 @@ def predict_files(
         image_size: the model's square input size.
         class_names, category_ids: per contiguous class.
         draw_score_threshold: lowest score drawn (all go to the JSON).
+        min_size, max_size: the model's shorter-side resize rule, if it has
+            one (a ``.tflite`` file brings its own).
 
     Returns:
         the path of ``detections.json``.
@@ -115,7 +119,9 @@ def predict_files(
             serve = _litert_serve(model)
         else:
             asset = write_class_names(os.path.join(scratch, CLASS_NAMES_FILE), class_names, category_ids)
-            module = InferenceModule(model, image_size, class_names, category_ids, asset)
+            module = InferenceModule(
+                model, image_size, class_names, category_ids, asset, min_size=min_size, max_size=max_size
+            )
             serve = tf.function(module.serve_encoded, input_signature=[tf.TensorSpec([None], tf.string)])
         results = []
         progress = keras.utils.Progbar(len(files), unit_name="image")
@@ -182,7 +188,9 @@ def _litert_serve(detector):
 
     def serve(encoded):  # (1,) tf.string
         encoded = check_encoded_images(encoded)  # decompression bombs refused before decoding, as served
-        image, scale, image_shape = prepare_image(decode_image(encoded[0], tf.constant(0)), detector.image_size)
+        image, scale, image_shape = prepare_image(
+            decode_image(encoded[0], tf.constant(0)), detector.image_size, detector.min_size, detector.max_size
+        )
         out = detector(np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8))
         boxes = to_original_pixels(out["detection_boxes"], scale[None], image_shape[None])
         return {**{key: tf.constant(value) for key, value in out.items()}, "detection_boxes": boxes}

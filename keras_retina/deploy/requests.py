@@ -42,12 +42,14 @@ DEFAULT_MAX_BATCH = 64
 MAX_PIXELS_LIMIT = 2**31 - 1
 
 
-def prepare_image(image_uint8, image_size: int):
+def prepare_image(image_uint8, image_size: int, min_size: int | None = None, max_size: int | None = None):
     """Resizes and pads one image exactly as the evaluation pipeline does.
 
     Args:
         image_uint8: ``(H, W, 3)`` uint8 image.
         image_size: the model's square input size in pixels.
+        min_size, max_size: the shorter-side resize rule, if the model has
+            one (:func:`keras_retina.data.pipeline.shorter_side_size`).
 
     Returns:
         ``(image (S, S, 3) float32, scale (2,) (sy, sx), image_shape (2,) int32)``.
@@ -57,7 +59,7 @@ def prepare_image(image_uint8, image_size: int):
         "boxes": tf.zeros((0, 4), tf.float32),
         "classes": tf.zeros((0,), tf.int32),
     }
-    image, y = transform_example(example, image_size=image_size, max_boxes=1)
+    image, y = transform_example(example, image_size=image_size, max_boxes=1, min_size=min_size, max_size=max_size)
     return image, y["scale"], y["image_shape"]
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_retina import compat
-from keras_retina.data.pipeline import to_original_pixels
+from keras_retina.model.backbones import zero_pixel
+from keras_retina.data.pipeline import check_resize_rule, shorter_side_size, to_original_pixels
 from keras_retina.deploy.class_names import CLASS_NAMES_FILE, resolve_classes, write_class_names
 from keras_retina.deploy.requests import (
     DEFAULT_MAX_BATCH,
@@ -47,6 +48,13 @@ class InferenceModule(tf.Module):
             larger one is refused before it is decoded (see
             :func:`~keras_retina.deploy.requests.check_encoded_images`).
         max_batch: the most images in one request.
+        min_size, max_size: the shorter-side resize rule of published COCO
+            weights (torchvision: 800, 1333), or None to fit ``image_size``.
+            With a rule, each request's batch runs on its own canvas, as
+            torchvision batches: the largest resized height and width, each
+            rounded up to a multiple of :data:`SIZE_DIVISIBLE`, padded with
+            the pixel the backbone normalises to 0 (torchvision pads with 0
+            after normalising); ``image_size`` only bounds it.
 
     Example:
         >>> import os, tempfile
@@ -71,8 +79,13 @@ class InferenceModule(tf.Module):
         asset_path: str,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_batch: int = DEFAULT_MAX_BATCH,
+        min_size: int | None = None,
+        max_size: int | None = None,
     ):
         super().__init__()
+        check_resize_rule(min_size, max_size, image_size)
+        self.min_size, self.max_size = min_size, max_size
+        self.pad_pixel = tf.constant(zero_pixel(model.backbone_name), tf.float32)
         self.max_pixels = check_limit("max_pixels", max_pixels, MAX_PIXELS_LIMIT)
         self.max_batch = check_limit("max_batch", max_batch, 2**31 - 1)
         self.model = model
@@ -83,10 +96,15 @@ class InferenceModule(tf.Module):
 
     def _detect(self, images, scales, image_shapes):
         self._capture_model_variables()
+        valid_shapes = None
+        if self.min_size is not None:  # each image clipped to its own extent on the batch's canvas
+            valid_shapes = tf.stack(
+                shorter_side_size(image_shapes[:, 0], image_shapes[:, 1], self.min_size, self.max_size), axis=-1
+            )  # (B, 2)
         # An empty request skips the model (some CPU kernels reject a batch of 0).
         detections = tf.cond(
             tf.shape(images)[0] > 0,
-            lambda: self.model.detect(images),
+            lambda: self.model.detect(images, valid_shapes),
             lambda: self._no_detections(),
         )
         boxes = to_original_pixels(detections["boxes"], scales, image_shapes)
@@ -131,7 +149,24 @@ class InferenceModule(tf.Module):
             tf.TensorSpec((2,), tf.float32),
             tf.TensorSpec((2,), tf.int32),
         )
-        return tf.map_fn(images_uint8_list_fn, tf.range(count), fn_output_signature=spec)
+        images, scales, image_shapes = tf.map_fn(images_uint8_list_fn, tf.range(count), fn_output_signature=spec)
+        if self.min_size is None:
+            return images, scales, image_shapes
+        return self._batch_canvas(images, image_shapes), scales, image_shapes
+
+    def _batch_canvas(self, images, image_shapes):
+        """The batch cut to its own canvas and padded with the backbone's zero pixel (the shorter-side rule)."""
+        resized_h, resized_w = shorter_side_size(
+            image_shapes[:, 0], image_shapes[:, 1], self.min_size, self.max_size
+        )  # (B,) each
+        resized_h, resized_w = tf.cast(resized_h, tf.int32), tf.cast(resized_w, tf.int32)
+        canvas_h = _round_up(tf.reduce_max(resized_h), SIZE_DIVISIBLE)
+        canvas_w = _round_up(tf.reduce_max(resized_w), SIZE_DIVISIBLE)
+        images = images[:, :canvas_h, :canvas_w, :]  # (B, canvas_h, canvas_w, 3)
+        rows = tf.range(canvas_h)[None, :, None] < resized_h[:, None, None]  # (B, canvas_h, 1)
+        cols = tf.range(canvas_w)[None, None, :] < resized_w[:, None, None]  # (B, 1, canvas_w)
+        inside = tf.logical_and(rows, cols)[..., None]  # (B, canvas_h, canvas_w, 1)
+        return tf.where(inside, images, self.pad_pixel)
 
     def serve_encoded(self, images):
         """``images``: tf.string ``(B,)`` encoded images → detections in original pixels.
@@ -142,7 +177,7 @@ class InferenceModule(tf.Module):
         images = check_encoded_images(images, self.max_pixels, self.max_batch)
         count = tf.shape(images)[0]
         prepared = self._prepare_batch(
-            lambda i: prepare_image(decode_image(images[i], i), self.image_size), count
+            lambda i: prepare_image(decode_image(images[i], i), self.image_size, self.min_size, self.max_size), count
         )
         return self._detect(*prepared)
 
@@ -150,7 +185,9 @@ class InferenceModule(tf.Module):
         """``images``: uint8 ``(B, H, W, 3)`` → detections in original pixels (same limits)."""
         images = check_pixel_images(images, self.max_pixels, self.max_batch)
         count = tf.shape(images)[0]
-        prepared = self._prepare_batch(lambda i: prepare_image(images[i], self.image_size), count)
+        prepared = self._prepare_batch(
+            lambda i: prepare_image(images[i], self.image_size, self.min_size, self.max_size), count
+        )
         return self._detect(*prepared)
 
     def metadata(self):
@@ -162,7 +199,19 @@ class InferenceModule(tf.Module):
             "class_names_file": self.class_names_file.asset_path,
             "max_pixels": tf.constant(self.max_pixels, tf.int64),
             "max_batch": tf.constant(self.max_batch, tf.int64),
+            # The resize rule: shorter side min_size, longer at most max_size (0, 0: fit image_size).
+            "image_size": tf.constant(self.image_size, tf.int64),
+            "min_size": tf.constant(self.min_size or 0, tf.int64),
+            "max_size": tf.constant(self.max_size or 0, tf.int64),
         }
+
+
+#: torchvision pads a batch to a multiple of this (``GeneralizedRCNNTransform``'s ``size_divisible``).
+SIZE_DIVISIBLE = 32
+
+
+def _round_up(value, multiple: int):
+    return (value + multiple - 1) // multiple * multiple
 
 
 def next_version(export_dir: str) -> int:
@@ -182,6 +231,8 @@ def export_saved_model(
     warmup_images: Sequence[bytes] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_batch: int = DEFAULT_MAX_BATCH,
+    min_size: int | None = None,
+    max_size: int | None = None,
 ) -> str:
     """Writes ``export_dir/<version>/``, a SavedModel for TF Serving.
 
@@ -239,6 +290,10 @@ def export_saved_model(
             default 40,000,000 (40 megapixels: more than phone photos and
             most camera photos).
         max_batch: the most images in one request; default 64.
+        min_size, max_size: resize by the shorter side (published COCO
+            weights: 800, 1333) on a per-request canvas, as torchvision
+            does (see :class:`InferenceModule`); None fits ``image_size``.
+            ``metadata`` returns them (0 when None) and ``image_size``.
 
     Returns:
         The path of the version directory.
@@ -288,7 +343,8 @@ def export_saved_model(
     with tempfile.TemporaryDirectory() as scratch:
         asset_path = write_class_names(os.path.join(scratch, CLASS_NAMES_FILE), class_names, category_ids)
         detector = InferenceModule(
-            model, image_size, class_names, category_ids, asset_path, max_pixels=max_pixels, max_batch=max_batch
+            model, image_size, class_names, category_ids, asset_path, max_pixels=max_pixels, max_batch=max_batch,
+            min_size=min_size, max_size=max_size,
         )
         signatures = {
             "serving_default": tf.function(

@@ -39,7 +39,9 @@ class AnchorGenerator:
     exactly, for its published weights (:mod:`keras_retina.pretrained`):
     each size is truncated to whole pixels (``int(size)``: 32, 40, 50 at
     P3) and each anchor's half width and half height are rounded to whole
-    pixels (half to even), in float32.
+    pixels (half to even), in float32; and a level's stride is the image
+    size integer-divided by its feature size (``800 // 13 = 61`` at P6 of
+    an 800-pixel side, where the paper's is 64).
 
     Args:
         min_level: lowest pyramid level (stride ``2**min_level``).
@@ -188,10 +190,9 @@ def _check_image_shape(image_shape) -> tuple[int, int]:
     return height, width
 
 
-@functools.lru_cache(maxsize=32)
-def _anchors(key, image_shape: tuple[int, int]) -> np.ndarray:
-    min_level, max_level, size_multiplier, scales, aspect_ratios, offset, order, round_to_pixels = key
-    height, width = image_shape
+def _level_half_sizes(key, level: int) -> np.ndarray:
+    """``(K, 2)`` half widths and half heights in pixels of one cell's anchors at ``level``."""
+    _, _, size_multiplier, scales, aspect_ratios, _, order, round_to_pixels = key
     # Per-cell anchor shapes: K pairs (scale, ratio) in the generator's order.
     if order == "scale_major":
         shapes = [(scale, ratio) for scale in scales for ratio in aspect_ratios]
@@ -199,23 +200,45 @@ def _anchors(key, image_shape: tuple[int, int]) -> np.ndarray:
         shapes = [(scale, ratio) for ratio in aspect_ratios for scale in scales]
     # torchvision computes in float32 (and rounds there); the default in float64.
     dtype = np.float32 if round_to_pixels else np.float64
+    sizes = np.array([size_multiplier * 2**level * scale for scale, _ in shapes])  # (K,)
+    if round_to_pixels:
+        sizes = np.trunc(sizes)
+    ratios = np.array([ratio for _, ratio in shapes], dtype=dtype)  # (K,)
+    height_factors = np.sqrt(ratios)
+    width_factors = (1 / height_factors).astype(dtype)
+    half_wh = np.stack(
+        [width_factors * sizes.astype(dtype) / 2, height_factors * sizes.astype(dtype) / 2], axis=-1
+    )  # (K, 2) half widths and half heights in pixels
+    if round_to_pixels:
+        half_wh = np.round(half_wh)  # half to even, as torch.round
+    return half_wh
+
+
+def _level_grid(key, level: int, height, width, ceil_div=lambda a, b: -(-a // b)):
+    """``(rows, cols, stride_y, stride_x)`` of ``level`` for an image ``(height, width)`` (ints or int tensors).
+
+    The stride is ``2**level``; with torchvision's arithmetic
+    (``round_to_pixels``) it is the image size integer-divided by the
+    feature size, as torchvision's ``AnchorGenerator`` computes it: 61 rather
+    than 64 at P6 of an 800-pixel side (13 cells).
+    """
+    stride = 2**level
+    rows, cols = ceil_div(height, stride), ceil_div(width, stride)
+    if key[-1]:  # round_to_pixels
+        return rows, cols, height // rows, width // cols
+    return rows, cols, stride, stride
+
+
+@functools.lru_cache(maxsize=32)
+def _anchors(key, image_shape: tuple[int, int]) -> np.ndarray:
+    min_level, max_level, offset = key[0], key[1], key[5]
+    height, width = image_shape
     per_level = []
     for level in range(min_level, max_level + 1):
-        stride = 2**level
-        rows, cols = math.ceil(height / stride), math.ceil(width / stride)
-        sizes = np.array([size_multiplier * stride * scale for scale, _ in shapes])  # (K,)
-        if round_to_pixels:
-            sizes = np.trunc(sizes)
-        ratios = np.array([ratio for _, ratio in shapes], dtype=dtype)  # (K,)
-        height_factors = np.sqrt(ratios)
-        width_factors = (1 / height_factors).astype(dtype)
-        half_wh = np.stack(
-            [width_factors * sizes.astype(dtype) / 2, height_factors * sizes.astype(dtype) / 2], axis=-1
-        )  # (K, 2) half widths and half heights in pixels
-        if round_to_pixels:
-            half_wh = np.round(half_wh)  # half to even, as torch.round
+        half_wh = _level_half_sizes(key, level)
+        rows, cols, stride_y, stride_x = _level_grid(key, level, height, width)
         cy, cx = np.meshgrid(
-            (np.arange(rows) + offset) * stride, (np.arange(cols) + offset) * stride, indexing="ij"
+            (np.arange(rows) + offset) * stride_y, (np.arange(cols) + offset) * stride_x, indexing="ij"
         )
         centers = np.stack([cx, cy], axis=-1).reshape(-1, 1, 2)  # (rows*cols, 1, 2)
         level_anchors = np.concatenate([centers - half_wh, centers + half_wh], axis=-1)
@@ -223,3 +246,43 @@ def _anchors(key, image_shape: tuple[int, int]) -> np.ndarray:
     anchors = np.concatenate(per_level, axis=0).astype(np.float32)
     anchors.flags.writeable = False
     return anchors
+
+
+def anchors_in_graph(generator: AnchorGenerator, height, width) -> tuple:
+    """:class:`AnchorGenerator`'s anchors for an image size known only when the graph runs.
+
+    The same arithmetic as ``generator((height, width))`` (in float64, then
+    float32), for a serving graph whose input size varies per request.
+
+    Args:
+        generator: the anchors' :class:`AnchorGenerator`.
+        height, width: int32 scalar tensors, pixels.
+
+    Returns:
+        ``(anchors, anchors_per_level)``: float32 ``(A, 4)`` xyxy pixels and
+        a list of int32 scalars, one per level.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> gen = AnchorGenerator()
+        >>> anchors, counts = anchors_in_graph(gen, tf.constant(96), tf.constant(160))
+        >>> bool(np.array_equal(anchors.numpy(), gen((96, 160)))), [int(c) for c in counts] == gen.anchors_per_level((96, 160))
+        (True, True)
+    """
+    import tensorflow as tf  # noqa: PLC0415  (the NumPy path above needs no TensorFlow)
+
+    key = generator._key()
+    offset = key[5]
+    height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    per_level, counts = [], []
+    for level in generator.levels:
+        half_wh = tf.constant(_level_half_sizes(key, level), tf.float64)  # (K, 2)
+        rows, cols, stride_y, stride_x = _level_grid(key, level, height, width)
+        ys = (tf.cast(tf.range(rows), tf.float64) + offset) * tf.cast(stride_y, tf.float64)  # (rows,)
+        xs = (tf.cast(tf.range(cols), tf.float64) + offset) * tf.cast(stride_x, tf.float64)  # (cols,)
+        cy, cx = tf.meshgrid(ys, xs, indexing="ij")  # (rows, cols)
+        centers = tf.reshape(tf.stack([cx, cy], axis=-1), (-1, 1, 2))  # (rows*cols, 1, 2)
+        level_anchors = tf.concat([centers - half_wh, centers + half_wh], axis=-1)  # (rows*cols, K, 4)
+        per_level.append(tf.reshape(level_anchors, (-1, 4)))
+        counts.append(rows * cols * half_wh.shape[0])
+    return tf.cast(tf.concat(per_level, axis=0), tf.float32), counts

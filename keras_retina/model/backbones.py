@@ -70,6 +70,26 @@ def preprocessor(name: str) -> Callable:
     return lambda images: images / 127.5 - 1.0
 
 
+def zero_pixel(name: str) -> tuple[float, float, float]:
+    """The RGB pixel in [0, 255] that backbone ``name``'s normalisation (:func:`preprocessor`) maps to 0.
+
+    torchvision pads a batch with zeros after normalising it; padding with
+    this pixel before the model's own normalisation gives the same input.
+
+    Example:
+        >>> [round(v, 3) for v in zero_pixel("torchvision_resnet50")]
+        [123.675, 116.28, 103.53]
+        >>> zero_pixel("tiny")
+        (127.5, 127.5, 127.5)
+    """
+    _check_name(name)
+    if name.startswith("torchvision_"):
+        return tuple(255.0 * m for m in TORCHVISION_MEAN)
+    if name.startswith("resnet"):
+        return (123.68, 116.779, 103.939)  # Caffe's BGR means, as RGB
+    return (127.5, 127.5, 127.5)
+
+
 def build_backbone(
     name: str = "resnet50",
     weights: str | None = None,

@@ -332,7 +332,7 @@ def clip_to_image(boxes_xyxy, image_shape: Sequence[int]):
         >>> ops.convert_to_numpy(clip_to_image(np.array([[-5., 3., 130., 70.]], "float32"), (64, 128)))
         array([[  0.,   3., 128.,  64.]], dtype=float32)
     """
-    height, width = float(image_shape[0]), float(image_shape[1])
+    height, width = ops.cast(image_shape[0], "float32"), ops.cast(image_shape[1], "float32")  # ints or tensors
     x1 = ops.clip(boxes_xyxy[..., 0], 0.0, width)
     y1 = ops.clip(boxes_xyxy[..., 1], 0.0, height)
     x2 = ops.clip(boxes_xyxy[..., 2], 0.0, width)

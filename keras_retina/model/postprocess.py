@@ -105,7 +105,8 @@ def decode_level(
         level_deltas: ``(B, A_l, 4)`` float32 box deltas.
         level_anchors_xyxy: ``(A_l, 4)`` float32 anchors, pixels, with a
             static ``A_l``.
-        image_shape: ``(H, W)`` of the model's input, pixels.
+        image_shape: ``(H, W)`` of the model's input, pixels (or per-image
+            ``(B, 1)`` heights and widths, to clip each image to its own extent).
         pre_nms_topk: most pairs kept.
         box_coder: the :class:`keras_retina.model.boxes.BoxCoder` used in
             training (default: weights all 1).
@@ -130,13 +131,19 @@ def decode_level(
         (array([[0.8808, 0.7311]], dtype=float32), array([[0, 1]], dtype=int32))
     """
     box_coder = box_coder or box_ops.BoxCoder()
-    # A_l from the anchors: static even where the logits' shape is not
-    # (the SavedModel export traces with an unknown image size).
-    num_anchors, num_classes = int(level_anchors_xyxy.shape[0]), level_logits.shape[-1]
-    k = min(int(pre_nms_topk), num_anchors * num_classes)
-    flat_logits = ops.reshape(level_logits, (-1, num_anchors * num_classes))  # (B, A_l * C)
+    # A_l from the anchors: static even where the logits' shape is not (the
+    # SavedModel export traces with an unknown batch), unless the image size
+    # itself is known only when the graph runs (then A_l and K are tensors).
+    num_classes = level_logits.shape[-1]
+    if level_anchors_xyxy.shape[0] is not None:
+        num_anchors = int(level_anchors_xyxy.shape[0])
+        k = min(int(pre_nms_topk), num_anchors * num_classes)
+    else:
+        num_anchors = tf.shape(level_anchors_xyxy)[0]
+        k = tf.minimum(int(pre_nms_topk), num_anchors * num_classes)
+    flat_logits = tf.reshape(level_logits, (-1, num_anchors * num_classes))  # (B, A_l * C)
     # top_k on logits, sigmoid on the k winners only: sigmoid is monotonic.
-    top_logits, top_index = ops.top_k(flat_logits, k=k)  # (B, K)
+    top_logits, top_index = tf.math.top_k(flat_logits, k=k)  # (B, K)
     anchor_index = top_index // num_classes  # (B, K)
     classes = top_index % num_classes  # (B, K)
     scores = ops.sigmoid(top_logits)  # (B, K)
@@ -167,7 +174,8 @@ def decode_levels(
         box_deltas: ``(B, A, 4)`` deltas.
         anchors_xyxy: ``(A, 4)`` float32 pixels from :class:`AnchorGenerator`.
         anchors_per_level: number of anchors on each level, summing to ``A``.
-        image_shape: ``(H, W)`` of the model's input, pixels.
+        image_shape: ``(H, W)`` of the model's input, pixels (or per-image
+            ``(B, 1)`` heights and widths, to clip each image to its own extent).
         pre_nms_topk: most pairs kept per level.
         box_coder: the :class:`keras_retina.model.boxes.BoxCoder` used in
             training (default: weights all 1).
@@ -308,7 +316,8 @@ def decode_detections(
         box_deltas: ``(B, A, 4)`` deltas.
         anchors_xyxy: ``(A, 4)`` float32 pixels from :class:`AnchorGenerator`.
         anchors_per_level: number of anchors on each level, summing to ``A``.
-        image_shape: ``(H, W)`` of the model's input, pixels.
+        image_shape: ``(H, W)`` of the model's input, pixels (or per-image
+            ``(B, 1)`` heights and widths, to clip each image to its own extent).
         score_threshold, pre_nms_topk, nms_iou_threshold, max_detections:
             see :class:`InferenceSettings` (validated the same way).
         box_weights: ``(wx, wy, ww, wh)`` used in training: shorthand for

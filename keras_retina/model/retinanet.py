@@ -11,7 +11,7 @@ from keras import ops
 from keras_retina import compat
 from keras_retina.model import boxes as box_ops
 from keras_retina.model import matching, postprocess
-from keras_retina.model.anchors import AnchorGenerator
+from keras_retina.model.anchors import AnchorGenerator, anchors_in_graph
 from keras_retina.model.backbones import build_backbone, fold_batchnorm, preprocessor
 from keras_retina.model.fpn import FeaturePyramid
 from keras_retina.model.heads import GROUP_NORM_EPSILON, PRIOR_PROBABILITY, BoxHead, ClassificationHead
@@ -530,13 +530,20 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self.detect(x)
 
-    def detect(self, images) -> dict:
-        """Final detections for images ``(B, H, W, 3)`` (static ``H, W``).
+    def detect(self, images, valid_shapes=None) -> dict:
+        """Final detections for images ``(B, H, W, 3)``; ``H, W`` may be known only when a traced graph runs.
 
         Unlike :meth:`predict`, this runs in the caller's graph or eagerly
         (the SavedModel export calls it inside its serving function); the
         settings are ``self.inference_settings`` at the time it is called
         (traced).
+
+        Args:
+            images: ``(B, H, W, 3)`` pixels in [0, 255].
+            valid_shapes: optional ``(B, 2)`` ``(height, width)`` of each
+                image within a padded canvas: boxes are clipped to it before
+                NMS, as torchvision clips to each resized image (None: to the
+                whole input).
 
         Returns:
             ``{"boxes": (B, D, 4) float32 xyxy pixels of the input,
@@ -551,12 +558,21 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         """
         outputs = self(images, training=False)
         image_shape = tuple(images.shape[1:3])
+        clip_shape = None
+        if valid_shapes is not None:  # (B, 2): each image's own extent on a padded canvas
+            valid_shapes = tf.cast(valid_shapes, tf.float32)
+            clip_shape = (valid_shapes[:, 0:1], valid_shapes[:, 1:2])  # (B, 1) each: broadcast over candidates
+        if None in image_shape:  # traced for any size (a serving graph): anchors built when it runs
+            image_shape = (tf.shape(images)[1], tf.shape(images)[2])
+            anchors, anchors_per_level = anchors_in_graph(self.anchor_generator, *image_shape)
+        else:
+            anchors, anchors_per_level = self.anchors(image_shape), self.anchor_generator.anchors_per_level(image_shape)
         return postprocess.decode_detections(
             outputs["cls_logits"],
             outputs["box_deltas"],
-            self.anchors(image_shape),
-            self.anchor_generator.anchors_per_level(image_shape),
-            image_shape,
+            anchors,
+            anchors_per_level,
+            image_shape if clip_shape is None else clip_shape,
             **self.inference_settings.as_dict(),
             box_coder=self.box_coder,
         )

@@ -55,12 +55,20 @@ class InitSource:
         description: what was opened, for logs.
         category_ids: dataset category id per class (torchvision's COCO
             labels: ``0..90``, the COCO ids), ``None`` when unknown.
+        resize: the source's test-time resize ``(min_size, max_size)``
+            (shorter side, longer side at most; torchvision's:
+            :data:`TORCHVISION_RESIZE`), ``None`` when unknown.
     """
 
     model: RetinaNet
     class_names: tuple[str, ...] | None
     description: str
     category_ids: tuple[int, ...] | None = None
+    resize: tuple[int, int] | None = None
+
+
+#: torchvision's detection models resize the shorter side to 800 and the longer to at most 1333 (``min_size``, ``max_size``).
+TORCHVISION_RESIZE = (800, 1333)
 
 
 def open_source(init_weights: str, cache_dir: str | None = None) -> InitSource:
@@ -86,12 +94,13 @@ def open_source(init_weights: str, cache_dir: str | None = None) -> InitSource:
     """
     coco_ids = tuple(range(len(tv.COCO_CATEGORIES)))
     if init_weights in published.CHECKPOINTS:
-        return InitSource(published.load(init_weights, cache_dir), tv.COCO_CATEGORIES, init_weights, coco_ids)
+        model = published.load(init_weights, cache_dir)
+        return InitSource(model, tv.COCO_CATEGORIES, init_weights, coco_ids, TORCHVISION_RESIZE)
     if init_weights.endswith((".pth", ".pt")):
         model = tv.from_torchvision(init_weights)
         if model.num_classes == len(tv.COCO_CATEGORIES):
-            return InitSource(model, tv.COCO_CATEGORIES, init_weights, coco_ids)
-        return InitSource(model, None, init_weights)
+            return InitSource(model, tv.COCO_CATEGORIES, init_weights, coco_ids, TORCHVISION_RESIZE)
+        return InitSource(model, None, init_weights, resize=TORCHVISION_RESIZE)
     if init_weights.endswith(".keras"):
         model = keras.saving.load_model(init_weights, compile=False)
         if not isinstance(model, RetinaNet):
