@@ -169,7 +169,7 @@ def test_analyze_prints_flags_that_a_run_trains_with(tmp_path, capsys):
 
     train_json, train_images = _write_coco(tmp_path / "train", num_images=64)
     val_json, val_images = _write_coco(tmp_path / "val", num_images=4, seed=1)
-    data_flags = {"dataset": "coco_json", "train_annotations": train_json, "train_images": train_images,
+    data_flags = {"experiment": "shapes", "dataset": "coco_json", "train_annotations": train_json, "train_images": train_images,
                   "val_annotations": val_json, "val_images": val_images, "image_size": 128}
     config = config_from_flags({**data_flags, "mode": "analyze", "model_dir": str(tmp_path / "analyze")})
     written = modes.analyze(config, {"split": "val"})

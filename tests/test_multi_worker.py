@@ -93,7 +93,7 @@ def test_main_py_multi_worker_chief_writes_the_run_directory(tmp_path):
     command = [
         sys.executable, os.path.join(root, "main.py"), "--mode=train", "--strategy=multi_worker",
         f"--model_dir={run}", "--image_size=128", "--batch_size=4", "--epochs=1", "--steps_per_epoch=2",
-        "--dataset=coco_json", "--override=tensorboard=false", "--verbosity=0",
+        "--dataset=coco_json", "--experiment=shapes", "--override=tensorboard=false", "--verbosity=0",
         "--override=model.score_threshold=0.0",  # after 2 steps every score is near the prior: keep them all
     ]
     from keras_retina.data import make_shapes_splits

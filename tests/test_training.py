@@ -148,6 +148,7 @@ def test_main_trains_on_users_coco_json_with_the_four_flags(tmp_path):
         tmp_path / "run",
         tmp_path / "unused",
         "--dataset=coco_json",
+        "--experiment=cpu_small",  # the offline option: own data otherwise fine-tunes from downloaded COCO weights
         f"--train_annotations={splits['train'].annotation_file}",
         f"--train_images={splits['train'].image_dir}",
         f"--val_annotations={splits['val'].annotation_file}",
