@@ -83,8 +83,9 @@ class DataConfig:
     """Where the data comes from and how it is batched.
 
     ``dataset`` is ``"shapes"`` (the built-in synthetic set, written to
-    ``shapes_dir``), ``"coco_json"`` (the four annotation/image paths) or
-    ``"tfds:<name>"`` (e.g. ``"tfds:coco/2017"``).
+    ``shapes_dir``), ``"coco_json"`` (the four annotation/image paths),
+    ``"yolo"`` (a YOLO ``data.yaml``, ``data_yaml``) or ``"tfds:<name>"``
+    (e.g. ``"tfds:coco/2017"``).
     """
 
     dataset: str = "shapes"
@@ -92,6 +93,7 @@ class DataConfig:
     train_images: str | None = None
     val_annotations: str | None = None
     val_images: str | None = None
+    data_yaml: str | None = None  # dataset="yolo": the data.yaml of a YOLO-format export
     tfds_data_dir: str | None = None
     train_split: str = "train"
     val_split: str = "validation"
@@ -182,10 +184,12 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         if value not in choices:
             raise ValueError(f"{section}.{name} must be one of {choices}, got {value!r}.")
     data, train = config.data, config.train
-    if not (data.dataset in ("shapes", "coco_json") or data.dataset.startswith("tfds:")):
+    if not (data.dataset in ("shapes", "coco_json", "yolo") or data.dataset.startswith("tfds:")):
         raise ValueError(
-            f"data.dataset must be 'shapes', 'coco_json' or 'tfds:<name>', got {data.dataset!r}."
+            f"data.dataset must be 'shapes', 'coco_json', 'yolo' or 'tfds:<name>', got {data.dataset!r}."
         )
+    if data.dataset == "yolo" and not data.data_yaml:
+        raise ValueError("data.dataset='yolo' needs data.data_yaml (flag --data_yaml): the data.yaml of the export.")
     if data.dataset == "coco_json":
         missing = [
             name

@@ -25,11 +25,12 @@ flags.DEFINE_string(
     "--dataset; cpu_small is the small offline model for any data on a CPU.",
 )
 flags.DEFINE_string("model_dir", None, "Run directory (default runs/<experiment>).")
-flags.DEFINE_string("dataset", None, "shapes | coco_json | tfds:<name>.")
+flags.DEFINE_string("dataset", None, "shapes | coco_json | yolo | tfds:<name>.")
 flags.DEFINE_string("train_annotations", None, "COCO instances JSON of the training split.")
 flags.DEFINE_string("train_images", None, "Image directory of the training split.")
 flags.DEFINE_string("val_annotations", None, "COCO instances JSON of the validation split.")
 flags.DEFINE_string("val_images", None, "Image directory of the validation split.")
+flags.DEFINE_string("data_yaml", None, "YOLO data.yaml (labelling tools' export): path, train, val, names.")
 flags.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir.")
 flags.DEFINE_string("backbone", None, "resnet50 | resnet101 | mobilenet_v2 | tiny | torchvision_resnet50.")
 flags.DEFINE_string("backbone_weights", None, "imagenet | none | path to a weights file.")
@@ -84,6 +85,7 @@ _FLAG_FIELDS = {
     "train_images": "data.train_images",
     "val_annotations": "data.val_annotations",
     "val_images": "data.val_images",
+    "data_yaml": "data.data_yaml",
     "tfds_data_dir": "data.tfds_data_dir",
     "image_size": "data.image_size",
     "batch_size": "data.batch_size",

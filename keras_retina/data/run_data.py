@@ -1,7 +1,7 @@
 """From a :class:`~keras_retina.config.DataConfig` to everything a mode needs.
 
-The one place where the configured dataset (``shapes``, ``coco_json`` or
-``tfds:<name>``) is chosen: every ``main.py`` mode builds one
+The one place where the configured dataset (``shapes``, ``coco_json``,
+``yolo`` or ``tfds:<name>``) is chosen: every ``main.py`` mode builds one
 :class:`RunData` and takes from it what it needs (raw examples, pipelines,
 class names and ids, COCO ground truth). Each part is made on first use and
 kept, so a mode that needs only the validation split never reads the
@@ -27,6 +27,7 @@ from keras_retina.data.coco_json import CocoJsonSource
 from keras_retina.data.pipeline import make_pipeline
 from keras_retina.data.shapes import make_shapes_splits
 from keras_retina.data.tfds_source import COCO_CATEGORY_IDS, coco_from_raw_dataset, tfds_class_names, tfds_dataset
+from keras_retina.data.yolo import YoloSource
 
 #: The two splits every dataset has.
 SPLITS = ("train", "val")
@@ -202,7 +203,7 @@ class RunData:
 
     @functools.cached_property
     def _files(self) -> dict[str, tuple[str, str]] | None:
-        """``split -> (annotation file, image folder)`` of a COCO-format dataset; ``None`` for TFDS."""
+        """``split -> (annotation file, image folder)`` of a COCO-format dataset; ``None`` for TFDS and YOLO."""
         data = self.config
         if data.dataset == "shapes":
             splits = make_shapes_splits(  # written once, then found on disk
@@ -272,6 +273,21 @@ class _CocoJsonSplit(_Split):
             return COCO(self.where)
 
 
+class _YoloSplit(_CocoJsonSplit):
+    """A split of a YOLO-format dataset (``yolo``): the labels read into COCO-format records."""
+
+    def __init__(self, data_yaml: str, split: str, skip_invalid: bool):
+        self.source = YoloSource(data_yaml, split, skip_invalid=skip_invalid)
+        self.where = self.source.annotation_file
+        self.class_names = tuple(self.source.class_names)
+        self.category_ids = tuple(int(c) for c in self.source.category_ids)
+        self.num_images = self.source.num_images
+        self.stats = self.source.stats
+
+    def coco_gt(self) -> COCO:
+        return self.source.coco_gt()
+
+
 class _TfdsSplit(_Split):
     """A split of a tensorflow-datasets detection dataset (``tfds:<name>``)."""
 
@@ -305,6 +321,8 @@ def _open_split(data: DataConfig, split: str, files: dict | None) -> _Split:
     if data.dataset.startswith("tfds:"):
         name = data.dataset.split(":", 1)[1]
         return _TfdsSplit(name, data.train_split if split == "train" else data.val_split, data.tfds_data_dir)
+    if data.dataset == "yolo":
+        return _YoloSplit(data.data_yaml, split, skip_invalid=data.skip_invalid)
     if files is None:
-        raise ValueError(f"data.dataset must be 'shapes', 'coco_json' or 'tfds:<name>', got {data.dataset!r}.")
+        raise ValueError(f"data.dataset must be 'shapes', 'coco_json', 'yolo' or 'tfds:<name>', got {data.dataset!r}.")
     return _CocoJsonSplit(*files[split], skip_invalid=data.skip_invalid)
