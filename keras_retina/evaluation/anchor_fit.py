@@ -111,15 +111,15 @@ def best_anchor_iou(boxes_xyxy, anchor_generator: AnchorGenerator, image_size: i
     centre_y = (boxes[:, 1] + boxes[:, 3]) / 2
     box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     feature_sizes = anchor_generator.feature_sizes((image_size, image_size))
-    for level, (rows, cols), start in zip(anchor_generator.levels, feature_sizes, level_starts):
-        stride = 2.0**level
+    strides = anchor_generator.strides((image_size, image_size))  # torchvision's differ from 2**level
+    for (rows, cols), (stride_y, stride_x), start in zip(feature_sizes, strides, level_starts):
         cell = probe_anchors[start : start + k]  # (K, 4): the anchors of cell (0, 0)
         cell_cx = (cell[:, 0] + cell[:, 2]) / 2  # (K,)
         cell_cy = (cell[:, 1] + cell[:, 3]) / 2
-        col = np.clip(np.rint((centre_x[:, None] - cell_cx) / stride), 0, cols - 1)  # (N, K)
-        row = np.clip(np.rint((centre_y[:, None] - cell_cy) / stride), 0, rows - 1)  # (N, K)
-        x1, x2 = cell[:, 0] + col * stride, cell[:, 2] + col * stride  # (N, K)
-        y1, y2 = cell[:, 1] + row * stride, cell[:, 3] + row * stride
+        col = np.clip(np.rint((centre_x[:, None] - cell_cx) / stride_x), 0, cols - 1)  # (N, K)
+        row = np.clip(np.rint((centre_y[:, None] - cell_cy) / stride_y), 0, rows - 1)  # (N, K)
+        x1, x2 = cell[:, 0] + col * stride_x, cell[:, 2] + col * stride_x  # (N, K)
+        y1, y2 = cell[:, 1] + row * stride_y, cell[:, 3] + row * stride_y
         inter_w = np.clip(np.minimum(boxes[:, 2:3], x2) - np.maximum(boxes[:, 0:1], x1), 0, None)
         inter_h = np.clip(np.minimum(boxes[:, 3:4], y2) - np.maximum(boxes[:, 1:2], y1), 0, None)
         inter = inter_w * inter_h  # (N, K)

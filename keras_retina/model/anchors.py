@@ -124,6 +124,22 @@ class AnchorGenerator:
             for level in self.levels
         ]
 
+    def strides(self, image_shape: Sequence[int]) -> list[tuple[int, int]]:
+        """``(stride_y, stride_x)`` in pixels between neighbouring anchor centres on each level.
+
+        ``2**level`` on both axes, but with torchvision's arithmetic
+        (``round_to_pixels``), where it is the image size integer-divided by
+        the feature size.
+
+        Example:
+            >>> AnchorGenerator(min_level=6, max_level=7).strides((800, 1088))
+            [(64, 64), (128, 128)]
+            >>> AnchorGenerator(min_level=6, max_level=7, round_to_pixels=True).strides((800, 1088))
+            [(61, 64), (114, 120)]
+        """
+        height, width = _check_image_shape(image_shape)
+        return [_level_grid(self._key(), level, height, width)[2:] for level in self.levels]
+
     def anchors_per_level(self, image_shape: Sequence[int]) -> list[int]:
         """Number of anchors on each level, in order."""
         return [
