@@ -171,6 +171,10 @@ def train_environment(environ: dict | None = None) -> dict:
     return environ
 
 
+#: Config fields that appeared after the study's runs were keyed; left out of the key while they are None.
+FIELDS_ADDED_SINCE = (("data", "data_yaml"), ("data", "min_size"), ("data", "max_size"))
+
+
 def run_key(table: Table, setting: Setting, seed: int, steps: int) -> str:
     """A hash of everything that decides a run's training: the resolved config, seed, steps, schedule.
 
@@ -185,6 +189,9 @@ def run_key(table: Table, setting: Setting, seed: int, steps: int) -> str:
         False
     """
     resolved = kr.config.to_dict(kr.config.override(paper_dense.config(), setting.overrides))
+    for section, name in FIELDS_ADDED_SINCE:  # at their defaults they change nothing: kept keys stay valid
+        if resolved[section].get(name) is None:
+            resolved[section].pop(name, None)
     schedule = {"seed": seed, "steps": steps, "steps_per_epoch": table.steps_per_epoch, "eval_every_epochs": table.eval_every_epochs}
     text = json.dumps({"config": resolved, **schedule}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
