@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from keras_retina import compat
-from keras_retina.model.backbones import zero_pixel
 from keras_retina.data.pipeline import check_resize_rule, shorter_side_size, to_original_pixels
 from keras_retina.deploy.class_names import CLASS_NAMES_FILE, resolve_classes, write_class_names
 from keras_retina.deploy.requests import (
@@ -31,6 +30,7 @@ from keras_retina.deploy.requests import (
     decode_image,
     prepare_image,
 )
+from keras_retina.model.backbones import zero_pixel
 
 
 class InferenceModule(tf.Module):
