@@ -101,3 +101,27 @@ def test_unreachable_weights_fail_fast_naming_the_offline_flags_and_write_nothin
     assert "--init_weights=PATH" in message and "--backbone_weights=none" in message
     assert "retinanet_offline.pth" in message
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_the_command_line_says_so_without_a_traceback(tmp_path):
+    """main.py with a user's data and no way to fetch the weights: one clear message, exit status 1, nothing written."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    kr.data.make_shapes_dataset(tmp_path / "train", 4, seed=0, image_size=(64, 64), verbose=False)
+    kr.data.make_shapes_dataset(tmp_path / "val", 2, seed=1, image_size=(64, 64), verbose=False)
+    closed = "http://127.0.0.1:9"  # every download goes through a proxy that refuses: offline, even with a network
+    env = dict(os.environ, KERAS_RETINA_CACHE=str(tmp_path / "cache"), HTTPS_PROXY=closed, https_proxy=closed,
+               HTTP_PROXY=closed, http_proxy=closed)
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "main.py"), "--dataset=coco_json",
+         f"--train_annotations={tmp_path / 'train' / 'annotations.json'}", f"--train_images={tmp_path / 'train' / 'images'}",
+         f"--val_annotations={tmp_path / 'val' / 'annotations.json'}", f"--val_images={tmp_path / 'val' / 'images'}",
+         f"--model_dir={tmp_path / 'run'}"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1
+    assert "keras_retina: Could not download torchvision_v2_coco" in result.stderr
+    assert "--init_weights=PATH" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -20,6 +20,8 @@ from absl import app
 from keras_retina.cli import flags as cli_flags
 from keras_retina.cli import modes
 from keras_retina.cli.flags import config_from_flags
+from keras_retina.evaluation.preflight import PreflightError
+from keras_retina.pretrained.published import WeightsUnavailableError
 
 FLAGS = cli_flags.FLAGS
 
@@ -37,7 +39,11 @@ def main(argv) -> None:
     print(f"keras_retina --mode={FLAGS.mode} on {modes.machine()['summary']}", flush=True)
     flag_values = {name: FLAGS[name].value for name in FLAGS}
     config = config_from_flags(flag_values)
-    modes.run(FLAGS.mode, config, flag_values, strategy=strategy)
+    try:
+        modes.run(FLAGS.mode, config, flag_values, strategy=strategy)
+    except (WeightsUnavailableError, PreflightError) as error:
+        # Situations the message fully explains, with the flags that fix them: no traceback.
+        raise SystemExit(f"keras_retina: {error}") from None
 
 
 def run() -> None:
