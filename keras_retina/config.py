@@ -69,6 +69,8 @@ class ModelConfig:
     pre_nms_topk: int = 1000
     nms_iou_threshold: float = 0.5
     max_detections: int = 100
+    class_agnostic_nms: bool = False
+    soft_nms_sigma: float = 0.0  # Gaussian soft-NMS; 0: hard NMS
     fold_batchnorm: bool = True
     # Online hard example mining (the paper's Table 1d): None = off (focal loss on every anchor).
     ohem_batch_size: int | None = None

@@ -198,7 +198,10 @@ def test_decode_detections_accepts_float16_outputs():
 
 def test_settings_are_validated():
     settings = InferenceSettings()
-    assert settings.as_dict() == dict(score_threshold=0.05, pre_nms_topk=1000, nms_iou_threshold=0.5, max_detections=100)
+    assert settings.as_dict() == dict(
+        score_threshold=0.05, pre_nms_topk=1000, nms_iou_threshold=0.5, max_detections=100,
+        class_agnostic_nms=False, soft_nms_sigma=0.0,
+    )
     assert settings.replace(pre_nms_topk=np.int64(20)).pre_nms_topk == 20
     assert type(settings.replace(max_detections=30.0).max_detections) is int
     with pytest.raises(ValueError, match=r"^`score_threshold` must be a number in \[0, 1\], got nan\.$"):

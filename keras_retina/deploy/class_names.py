@@ -80,8 +80,12 @@ def write_class_names(path: str, class_names: Sequence[str], category_ids: Seque
 RESIZE_FILE = "resize.json"
 
 
+#: The inference settings frozen into a ``.tflite`` file (``InferenceSettings.as_dict()``), inside its zip.
+INFERENCE_FILE = "inference_settings.json"
+
+
 def class_names_zip(
-    class_names: Sequence[str], category_ids: Sequence[int], resize: dict | None = None
+    class_names: Sequence[str], category_ids: Sequence[int], resize: dict | None = None, inference: dict | None = None
 ) -> bytes:
     """A zip archive holding :data:`CLASS_NAMES_FILE` (and :data:`RESIZE_FILE`), to append to a ``.tflite`` flatbuffer.
 
@@ -94,6 +98,8 @@ def class_names_zip(
         archive.writestr(CLASS_NAMES_FILE, format_class_names(class_names, category_ids))
         if resize is not None:
             archive.writestr(RESIZE_FILE, json.dumps(resize))
+        if inference is not None:
+            archive.writestr(INFERENCE_FILE, json.dumps(inference))
     return buffer.getvalue()
 
 

@@ -134,7 +134,10 @@ def export_litert(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         f.write(flatbuffer)
-        f.write(class_names_zip(class_names, category_ids, {"min_size": min_size, "max_size": max_size}))
+        f.write(class_names_zip(
+            class_names, category_ids, {"min_size": min_size, "max_size": max_size},
+            inference=model.inference_settings.as_dict(),  # what the file's NMS was built with, for a reader
+        ))
     return path
 
 
@@ -192,19 +195,18 @@ class _LiteRTModule:
                 box_coder=model.box_coder,
             )
             boxes, scores, classes = boxes[0], scores[0], classes[0]  # (K, 4) xyxy pixels, (K,), (K,) contiguous
-            # Class-wise NMS as one NMS (torchvision's batched_nms trick): each
-            # class's boxes are moved to their own region, so boxes of different
-            # classes never overlap and never suppress each other.
-            offsets = tf.cast(classes, tf.float32) * float(size + 1)  # (K,)
+            # The NMS RetinaNet.predict runs with these settings' options (one NonMaxSuppressionV5).
             max_detections = model.max_detections
-            selected, selected_scores, valid = tf.raw_ops.NonMaxSuppressionV5(
-                boxes=boxes + offsets[:, None],
-                scores=scores,
-                max_output_size=max_detections,
-                iou_threshold=model.nms_iou_threshold,
-                score_threshold=model.score_threshold,
-                soft_nms_sigma=0.0,
-                pad_to_max_output_size=True,
+            settings = model.inference_settings
+            selected, selected_scores, valid = postprocess.single_image_nms(
+                boxes,
+                scores,
+                classes,
+                score_threshold=settings.score_threshold,
+                nms_iou_threshold=settings.nms_iou_threshold,
+                max_detections=max_detections,
+                class_agnostic_nms=settings.class_agnostic_nms,
+                soft_nms_sigma=settings.soft_nms_sigma,
             )  # (D,) indices, (D,) scores, () count
             keep = tf.range(max_detections) < valid  # (D,)
             category = tf.gather(tf.constant(self.category_ids), tf.gather(classes, selected))

@@ -203,6 +203,11 @@ class InferenceModule(tf.Module):
             "image_size": tf.constant(self.image_size, tf.int64),
             "min_size": tf.constant(self.min_size or 0, tf.int64),
             "max_size": tf.constant(self.max_size or 0, tf.int64),
+            # The NMS options frozen into the graph.
+            "class_agnostic_nms": tf.constant(self.model.class_agnostic_nms),
+            "soft_nms_sigma": tf.constant(self.model.soft_nms_sigma, tf.float32),
+            "nms_iou_threshold": tf.constant(self.model.nms_iou_threshold, tf.float32),
+            "score_threshold": tf.constant(self.model.score_threshold, tf.float32),
         }
 
 

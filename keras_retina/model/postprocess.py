@@ -38,11 +38,20 @@ class InferenceSettings:
             its class by more than this IoU is suppressed; in [0, 1] (0.5).
         max_detections: detections returned per image, ``D``; an integer
             >= 1 (100).
+        class_agnostic_nms: suppress overlapping boxes whatever their
+            classes (one object, one box), not only within a class (False).
+        soft_nms_sigma: Gaussian soft-NMS (Bodla et al. 2017): instead of
+            being removed, every box has its score multiplied by
+            ``exp(-IoU**2 / sigma)`` for each higher-scoring box it
+            overlaps, and is dropped once that score is at or below
+            ``score_threshold``; ``nms_iou_threshold`` is then unused.
+            ``sigma >= 0``; 0 is hard NMS (0.0; the paper's soft-NMS
+            uses 0.5).
 
     Example:
         >>> settings = InferenceSettings(score_threshold=0.3)
         >>> settings.replace(max_detections=10)
-        InferenceSettings(score_threshold=0.3, pre_nms_topk=1000, nms_iou_threshold=0.5, max_detections=10)
+        InferenceSettings(score_threshold=0.3, pre_nms_topk=1000, nms_iou_threshold=0.5, max_detections=10, class_agnostic_nms=False, soft_nms_sigma=0.0)
         >>> settings.replace(max_detections=0)
         Traceback (most recent call last):
         ...
@@ -53,19 +62,28 @@ class InferenceSettings:
     pre_nms_topk: int = 1000
     nms_iou_threshold: float = 0.5
     max_detections: int = 100
+    class_agnostic_nms: bool = False
+    soft_nms_sigma: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "score_threshold", _fraction("score_threshold", self.score_threshold))
         object.__setattr__(self, "pre_nms_topk", _positive_int("pre_nms_topk", self.pre_nms_topk))
         object.__setattr__(self, "nms_iou_threshold", _fraction("nms_iou_threshold", self.nms_iou_threshold))
         object.__setattr__(self, "max_detections", _positive_int("max_detections", self.max_detections))
+        if not isinstance(self.class_agnostic_nms, (bool, np.bool_)):
+            raise ValueError(f"`class_agnostic_nms` must be True or False, got {self.class_agnostic_nms!r}.")
+        object.__setattr__(self, "class_agnostic_nms", bool(self.class_agnostic_nms))
+        sigma = self.soft_nms_sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not 0.0 <= sigma < float("inf"):
+            raise ValueError(f"`soft_nms_sigma` must be a number >= 0 (0: hard NMS), got {sigma!r}.")
+        object.__setattr__(self, "soft_nms_sigma", float(sigma))
 
     def replace(self, **changes) -> "InferenceSettings":
         """A copy with ``changes`` (field names as keywords), validated."""
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict:
-        """The four fields as keyword arguments of :func:`decode_detections`."""
+        """The fields as keyword arguments of :func:`decode_detections`."""
         return dataclasses.asdict(self)
 
 
@@ -289,6 +307,64 @@ def class_wise_nms(
     }
 
 
+def single_image_nms(
+    boxes_xyxy,
+    scores,
+    classes,
+    *,
+    score_threshold: float = 0.05,
+    nms_iou_threshold: float = 0.5,
+    max_detections: int = 100,
+    class_agnostic_nms: bool = False,
+    soft_nms_sigma: float = 0.0,
+) -> tuple:
+    """NMS of one image's candidates with every option: class-wise or class-agnostic, hard or Gaussian soft.
+
+    One ``NonMaxSuppressionV5`` (``tf.image.non_max_suppression_with_scores``,
+    which has soft-NMS; ``combined_non_max_suppression`` has not): class-wise
+    by moving each class's boxes to a region of their own (torchvision's
+    ``batched_nms``), so boxes of different classes never overlap.
+
+    Args:
+        boxes_xyxy: ``(K, 4)`` float32 candidates, pixels (>= 0).
+        scores: ``(K,)`` float32 in [0, 1].
+        classes: ``(K,)`` int class ids.
+        score_threshold, nms_iou_threshold, max_detections,
+        class_agnostic_nms, soft_nms_sigma: see :class:`InferenceSettings`.
+
+    Returns:
+        ``(selected, selected_scores, count)``: int32 ``(D,)`` indices into
+        the candidates, float32 ``(D,)`` their (soft-NMS: decayed) scores in
+        descending order, int32 ``()`` how many are valid; ``D =
+        max_detections``, padded with index 0 and score 0.
+
+    Example:
+        Two overlapping boxes of different classes: class-wise NMS keeps
+        both, class-agnostic NMS the better one.
+        >>> boxes = np.array([[0., 0., 10., 10.], [1., 0., 11., 10.]], "float32")
+        >>> scores, classes = np.array([0.9, 0.8], "float32"), np.array([0, 1])
+        >>> [int(single_image_nms(boxes, scores, classes, max_detections=2, class_agnostic_nms=agnostic)[2])
+        ...  for agnostic in (False, True)]
+        [2, 1]
+    """
+    boxes_xyxy = tf.convert_to_tensor(boxes_xyxy, tf.float32)
+    if not class_agnostic_nms:
+        span = tf.reduce_max(boxes_xyxy) + 1.0 if boxes_xyxy.shape[0] != 0 else 1.0
+        boxes_xyxy = boxes_xyxy + (tf.cast(classes, tf.float32) * span)[:, None]  # (K, 4): a region per class
+    selected, selected_scores, count = tf.raw_ops.NonMaxSuppressionV5(
+        boxes=boxes_xyxy,
+        scores=tf.convert_to_tensor(scores, tf.float32),
+        max_output_size=max_detections,
+        # Soft-NMS as the paper's, on every overlap: no hard cut-off.
+        iou_threshold=1.0 if soft_nms_sigma > 0 else nms_iou_threshold,
+        score_threshold=score_threshold,
+        # TensorFlow's weight is exp(-0.5 * IoU**2 / s); the paper's exp(-IoU**2 / sigma): s = sigma / 2.
+        soft_nms_sigma=soft_nms_sigma / 2.0,
+        pad_to_max_output_size=True,
+    )
+    return selected, selected_scores, count
+
+
 def decode_detections(
     cls_logits,
     box_deltas,
@@ -302,6 +378,8 @@ def decode_detections(
     max_detections: int = 100,
     box_weights: Sequence[float] | None = None,
     box_coder: box_ops.BoxCoder | None = None,
+    class_agnostic_nms: bool = False,
+    soft_nms_sigma: float = 0.0,
 ) -> dict:
     """Turns raw head outputs into final detections (the paper's inference, Sec. 4).
 
@@ -324,6 +402,9 @@ def decode_detections(
             ``box_coder=BoxCoder(box_weights)``; default all 1.
         box_coder: the :class:`keras_retina.model.boxes.BoxCoder` used in training;
             give it or ``box_weights``, not both.
+        class_agnostic_nms, soft_nms_sigma: NMS options (see
+            :class:`InferenceSettings`); with either, each image runs
+            :func:`single_image_nms` instead of :func:`class_wise_nms`.
 
     Returns:
         dict of ``"boxes"`` float32 ``(B, max_detections, 4)`` xyxy pixels,
@@ -354,6 +435,8 @@ def decode_detections(
         pre_nms_topk=pre_nms_topk,
         nms_iou_threshold=nms_iou_threshold,
         max_detections=max_detections,
+        class_agnostic_nms=class_agnostic_nms,
+        soft_nms_sigma=soft_nms_sigma,
     )
     boxes, scores, classes = decode_levels(
         cls_logits,
@@ -364,6 +447,8 @@ def decode_detections(
         pre_nms_topk=settings.pre_nms_topk,
         box_coder=box_ops.BoxCoder.resolve(box_coder, box_weights),
     )  # (B, K, 4), (B, K), (B, K)
+    if settings.class_agnostic_nms or settings.soft_nms_sigma > 0:
+        return _nms_each_image(boxes, scores, classes, settings)
     return class_wise_nms(
         boxes,
         scores,
@@ -373,3 +458,36 @@ def decode_detections(
         nms_iou_threshold=settings.nms_iou_threshold,
         max_detections=settings.max_detections,
     )
+
+
+def _nms_each_image(boxes_xyxy, scores, classes, settings: InferenceSettings) -> dict:
+    """:func:`single_image_nms` on each image of a batch, in :func:`class_wise_nms`'s output format."""
+    options = dict(
+        score_threshold=settings.score_threshold,
+        nms_iou_threshold=settings.nms_iou_threshold,
+        max_detections=settings.max_detections,
+        class_agnostic_nms=settings.class_agnostic_nms,
+        soft_nms_sigma=settings.soft_nms_sigma,
+    )
+
+    def one_image(args):
+        image_boxes, image_scores, image_classes = args  # (K, 4), (K,), (K,)
+        selected, selected_scores, count = single_image_nms(image_boxes, image_scores, image_classes, **options)
+        valid = tf.range(settings.max_detections) < count  # (D,)
+        return (
+            tf.where(valid[:, None], tf.gather(image_boxes, selected), 0.0),
+            tf.where(valid, selected_scores, 0.0),
+            tf.where(valid, tf.gather(tf.cast(image_classes, tf.int32), selected), -1),
+            tf.cast(count, tf.int32),
+        )
+
+    spec = (
+        tf.TensorSpec((settings.max_detections, 4), tf.float32),
+        tf.TensorSpec((settings.max_detections,), tf.float32),
+        tf.TensorSpec((settings.max_detections,), tf.int32),
+        tf.TensorSpec((), tf.int32),
+    )
+    out_boxes, out_scores, out_classes, counts = tf.map_fn(
+        one_image, (boxes_xyxy, scores, classes), fn_output_signature=spec
+    )
+    return {"boxes": out_boxes, "scores": out_scores, "classes": out_classes, "num_detections": counts}

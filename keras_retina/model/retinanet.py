@@ -92,7 +92,8 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             see :func:`keras_retina.model.matching.assign_targets`.
         box_weights: ``(wx, wy, ww, wh)`` delta weights of the
             :class:`keras_retina.model.boxes.BoxCoder`.
-        score_threshold, pre_nms_topk, nms_iou_threshold, max_detections:
+        score_threshold, pre_nms_topk, nms_iou_threshold, max_detections,
+        class_agnostic_nms, soft_nms_sigma:
             inference, see :class:`keras_retina.model.postprocess.InferenceSettings`.
         fold_batchnorm: when the backbone's BatchNorms use their moving
             statistics (inference, or training with frozen BatchNorm), run a
@@ -157,6 +158,8 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         pre_nms_topk: int = 1000,
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
+        class_agnostic_nms: bool = False,
+        soft_nms_sigma: float = 0.0,
         fold_batchnorm: bool = True,
         ohem_batch_size: int | None = None,
         ohem_positive_fraction: float | None = None,
@@ -214,6 +217,8 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             pre_nms_topk=pre_nms_topk,
             nms_iou_threshold=nms_iou_threshold,
             max_detections=max_detections,
+            class_agnostic_nms=class_agnostic_nms,
+            soft_nms_sigma=soft_nms_sigma,
         )
         self.fold_batchnorm = bool(fold_batchnorm)
         self.ohem_batch_size = None if ohem_batch_size is None else int(ohem_batch_size)
@@ -620,7 +625,7 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             >>> model = RetinaNet(num_classes=3, backbone="tiny")
             >>> model.score_threshold = 0.3
             >>> model.inference_settings
-            InferenceSettings(score_threshold=0.3, pre_nms_topk=1000, nms_iou_threshold=0.5, max_detections=100)
+            InferenceSettings(score_threshold=0.3, pre_nms_topk=1000, nms_iou_threshold=0.5, max_detections=100, class_agnostic_nms=False, soft_nms_sigma=0.0)
             >>> model.max_detections = 0
             Traceback (most recent call last):
             ...
@@ -678,6 +683,24 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
         self.inference_settings = self.inference_settings.replace(max_detections=value)
 
     @property
+    def class_agnostic_nms(self) -> bool:
+        """NMS across classes, not only within each (see :attr:`inference_settings`)."""
+        return self.inference_settings.class_agnostic_nms
+
+    @class_agnostic_nms.setter
+    def class_agnostic_nms(self, value: bool):
+        self.inference_settings = self.inference_settings.replace(class_agnostic_nms=value)
+
+    @property
+    def soft_nms_sigma(self) -> float:
+        """Gaussian soft-NMS's sigma; 0 is hard NMS (see :attr:`inference_settings`)."""
+        return self.inference_settings.soft_nms_sigma
+
+    @soft_nms_sigma.setter
+    def soft_nms_sigma(self, value: float):
+        self.inference_settings = self.inference_settings.replace(soft_nms_sigma=value)
+
+    @property
     def box_weights(self) -> tuple:
         """``(wx, wy, ww, wh)`` of :attr:`box_coder` (read-only: a constructor argument)."""
         return self.box_coder.weights
@@ -728,6 +751,8 @@ class RetinaNet(compat.MultiWorkerFitFixes, keras.Model):
             pre_nms_topk=self.pre_nms_topk,
             nms_iou_threshold=self.nms_iou_threshold,
             max_detections=self.max_detections,
+            class_agnostic_nms=self.class_agnostic_nms,
+            soft_nms_sigma=self.soft_nms_sigma,
             fold_batchnorm=self.fold_batchnorm,
             ohem_batch_size=self.ohem_batch_size,
             ohem_positive_fraction=self.ohem_positive_fraction,
