@@ -3,7 +3,8 @@
 Loads ``<model_dir>/checkpoints/latest.keras`` and the run's data (its
 ``config.json``), then evaluates the validation split once per setting:
 the paper's class-wise hard NMS, class-agnostic NMS, Gaussian soft-NMS
-(sigma 0.5, the paper's) and both. Prints a markdown table (COCO AP, AP50,
+(sigma 0.5, the paper's) and both; and test-time augmentation (flip, with
+a few sets of scales, merged by the default NMS). Prints a markdown table (COCO AP, AP50,
 AR100 and seconds per image of the whole evaluation) with the machine, and
 writes it as JSON next to the run (``inference_options.json``).
 
@@ -23,14 +24,19 @@ import keras_retina as kr  # sets TensorFlow's environment before it loads
 from keras_retina.cli import modes
 from keras_retina.data import RunData
 from keras_retina.evaluation.detections import evaluate_model
+from keras_retina.model.tta import TestTimeAugmentation
 from keras_retina.training import rundir
 
-#: (name, settings changed from the model's own).
+#: (name, settings changed from the model's own, test-time augmentation scales or None).
 SETTINGS = (
-    ("class-wise hard NMS (the paper's, default)", {}),
-    ("class-agnostic hard NMS", {"class_agnostic_nms": True}),
-    ("class-wise soft-NMS, sigma 0.5", {"soft_nms_sigma": 0.5}),
-    ("class-agnostic soft-NMS, sigma 0.5", {"class_agnostic_nms": True, "soft_nms_sigma": 0.5}),
+    ("class-wise hard NMS (the paper's, default)", {}, None),
+    ("class-agnostic hard NMS", {"class_agnostic_nms": True}, None),
+    ("class-wise soft-NMS, sigma 0.5", {"soft_nms_sigma": 0.5}, None),
+    ("class-agnostic soft-NMS, sigma 0.5", {"class_agnostic_nms": True, "soft_nms_sigma": 0.5}, None),
+    ("TTA: flip", {}, (1.0,)),
+    ("TTA: flip, scales 0.8, 1.0, 1.2", {}, (0.8, 1.0, 1.2)),
+    ("TTA: flip, scales 1.0, 1.25", {}, (1.0, 1.25)),
+    ("TTA: flip, scales 1.0, 1.25, 1.5", {}, (1.0, 1.25, 1.5)),
 )
 
 
@@ -41,16 +47,17 @@ def measure(model_dir: str, repeats: int = 2) -> dict:
     data = RunData(config.data)
     base = model.inference_settings
     rows = []
-    for name, changes in SETTINGS:
+    for name, changes, tta_scales in SETTINGS:
         model.inference_settings = base.replace(**changes)
+        detector = model if tta_scales is None else TestTimeAugmentation(model, scales=tta_scales, flip=True)
         seconds = []
         for _ in range(repeats):
             start = time.perf_counter()
-            metrics = evaluate_model(model, data.pipeline("val"), data.coco_gt, data.category_ids, verbose=False)
+            metrics = evaluate_model(detector, data.pipeline("val"), data.coco_gt, data.category_ids, verbose=False)
             seconds.append(time.perf_counter() - start)
         num_images = len(data.coco_gt.getImgIds())
         rows.append({
-            "setting": name, **changes, "AP": metrics["AP"], "AP50": metrics["AP50"], "AR100": metrics["AR100"],
+            "setting": name, **changes, "tta_scales": tta_scales, "AP": metrics["AP"], "AP50": metrics["AP50"], "AR100": metrics["AR100"],
             "seconds_per_image": min(seconds) / num_images, "num_images": num_images,
         })
         print(f"{name}: AP {metrics['AP']:.3f}", flush=True)

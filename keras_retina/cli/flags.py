@@ -75,6 +75,13 @@ flags.DEFINE_string("model", None, "--mode=predict: a .tflite file to run with L
 flags.DEFINE_multi_string("image", [], "--mode=predict: an image file or a directory of images (repeatable).")
 flags.DEFINE_string("output_dir", None, "--mode=predict: where detections.json and PNGs go.")
 flags.DEFINE_string("split", "val", "--mode=analyze: train or val.")
+flags.DEFINE_bool(
+    "tta", False, "--mode=evaluate / predict: test-time augmentation, each image also flipped (and at --tta_scales), "
+    "the detections merged by the model's NMS (docs/TRAINING.md, Inference options).",
+)
+flags.DEFINE_list(
+    "tta_scales", ["1.0", "1.25", "1.5"], "--tta: factors on the input size (default: the best set measured, docs/BENCHMARKS.md)."
+)
 
 FLAGS = flags.FLAGS
 

@@ -24,6 +24,8 @@ from keras_retina.data import RunData
 from keras_retina.deploy import litert, saved_model
 from keras_retina.deploy import predict as predict_lib
 from keras_retina.evaluation import anchor_fit, preflight, report
+from keras_retina.model.tta import DEFAULT_SCALES as DEFAULT_TTA_SCALES
+from keras_retina.model.tta import TestTimeAugmentation
 from keras_retina.training import rundir, transfer
 
 
@@ -34,7 +36,7 @@ def run(mode: str, config: config_lib.ExperimentConfig, flags: dict, strategy=No
     elif mode == "train":
         training.train(config, strategy)
     elif mode == "evaluate":
-        evaluate(config)
+        evaluate(config, flags)
     elif mode == "export":
         export(config, flags)
     elif mode == "predict":
@@ -151,14 +153,23 @@ def machine() -> dict:
     }
 
 
-def evaluate(config: config_lib.ExperimentConfig) -> dict:
+def _with_tta(model, flags: dict | None):
+    """``model``, or with ``--tta`` the model wrapped to detect with test-time augmentation."""
+    if not (flags or {}).get("tta"):
+        return model
+    scales = [float(s) for s in flags.get("tta_scales") or DEFAULT_TTA_SCALES]
+    print(f"Test-time augmentation: scales {scales}, flipped and not.")
+    return TestTimeAugmentation(model, scales=scales, flip=True)
+
+
+def evaluate(config: config_lib.ExperimentConfig, flags: dict | None = None) -> dict:
     """Evaluates ``<model_dir>/checkpoints/latest.keras`` on the validation split: metrics.json and ``report/``.
 
     The report (:mod:`keras_retina.evaluation.report`) goes to ``<model_dir>/report/report.md`` and its PNGs, and to
     TensorBoard under ``<model_dir>/logs/report`` when the run has TensorBoard on.
     """
     model_dir = config.resolved_model_dir()
-    model = rundir.load_trained_model(model_dir)
+    model = _with_tta(rundir.load_trained_model(model_dir), flags)
     data = RunData(config.data)
     report_dir = os.path.join(model_dir, report.REPORT_DIR)
     metrics = report.write_report(
@@ -238,7 +249,7 @@ def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
         model = litert.LiteRTDetector(flags["model"])
         image_size, class_names, category_ids = model.image_size, model.class_names, model.category_ids
     else:
-        model = rundir.load_trained_model(model_dir)
+        model = _with_tta(rundir.load_trained_model(model_dir), flags)
         image_size = config.data.image_size
         class_names, category_ids = rundir.read_classes(model_dir)
     return predict_lib.predict_files(

@@ -11,6 +11,7 @@ arguments):
 * :mod:`~keras_retina.model.fpn`, :mod:`~keras_retina.model.heads`: the pyramid and the shared subnets;
 * :mod:`~keras_retina.model.losses`: :class:`FocalLoss` and the box losses;
 * :mod:`~keras_retina.model.postprocess`: :class:`InferenceSettings`, decoding, NMS (**a new inference option**);
+* :mod:`~keras_retina.model.tta`: test-time augmentation (``predict_tta``, ``TestTimeAugmentation``);
 * :mod:`~keras_retina.model.retinanet`: :class:`RetinaNet`, the ``keras.Model`` that joins them.
 
 Example:
@@ -28,6 +29,7 @@ from keras_retina.model.losses import FocalLoss, HuberLoss, SmoothL1Loss, focal_
 from keras_retina.model.matching import BACKGROUND, IGNORE, assign_targets
 from keras_retina.model.postprocess import InferenceSettings, decode_detections
 from keras_retina.model.retinanet import RetinaNet
+from keras_retina.model.tta import TestTimeAugmentation, predict_tta
 
 __all__ = [
     "AnchorGenerator",
@@ -43,9 +45,11 @@ __all__ = [
     "InferenceSettings",
     "RetinaNet",
     "SmoothL1Loss",
+    "TestTimeAugmentation",
     "assign_targets",
     "build_backbone",
     "decode_detections",
     "focal_loss",
     "get_box_loss",
+    "predict_tta",
 ]

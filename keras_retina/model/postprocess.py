@@ -447,13 +447,31 @@ def decode_detections(
         pre_nms_topk=settings.pre_nms_topk,
         box_coder=box_ops.BoxCoder.resolve(box_coder, box_weights),
     )  # (B, K, 4), (B, K), (B, K)
+    return select_detections(boxes, scores, classes, cls_logits.shape[-1], settings)
+
+
+def select_detections(boxes_xyxy, scores, classes, num_classes: int, settings: InferenceSettings) -> dict:
+    """The NMS ``settings`` ask for, on candidates ``(B, K, 4)``, ``(B, K)``, ``(B, K)``: :func:`decode_detections`' output.
+
+    :func:`class_wise_nms` for the paper's NMS; :func:`single_image_nms` on
+    each image with ``class_agnostic_nms`` or ``soft_nms_sigma``. Candidates
+    of class -1 (padding) are never selected.
+
+    Example:
+        >>> boxes = np.array([[[0., 0., 10., 10.], [1., 0., 11., 10.]]], "float32")
+        >>> out = select_detections(boxes, np.array([[0.9, 0.8]], "float32"), np.array([[0, 1]]), 2,
+        ...                         InferenceSettings(max_detections=2, class_agnostic_nms=True))
+        >>> ops.convert_to_numpy(out["num_detections"]), ops.convert_to_numpy(out["classes"])
+        (array([1], dtype=int32), array([[ 0, -1]], dtype=int32))
+    """
+    scores = ops.where(classes >= 0, scores, -1.0)  # padding rows: below any score threshold
     if settings.class_agnostic_nms or settings.soft_nms_sigma > 0:
-        return _nms_each_image(boxes, scores, classes, settings)
+        return _nms_each_image(boxes_xyxy, scores, ops.maximum(classes, 0), settings)
     return class_wise_nms(
-        boxes,
+        boxes_xyxy,
         scores,
-        classes,
-        cls_logits.shape[-1],
+        ops.maximum(classes, 0),
+        num_classes,
         score_threshold=settings.score_threshold,
         nms_iou_threshold=settings.nms_iou_threshold,
         max_detections=settings.max_detections,

@@ -1,0 +1,125 @@
+"""Test-time augmentation (kr.model.tta): flips and scales, mapped back, merged by the model's NMS."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_retina.model import postprocess
+from keras_retina.model.tta import TestTimeAugmentation, predict_tta
+from tests.helpers import small_model, toy_batch
+
+
+class _SymmetricDetector:
+    """A stand-in detector that is exactly flip-equivariant: one box around the bright pixels of each image."""
+
+    num_classes = 2
+    inference_settings = postprocess.InferenceSettings(max_detections=4)
+
+    def detect(self, images):
+        bright = tf.reduce_max(images, axis=-1) > 128  # (B, H, W)
+        rows = tf.where(tf.reduce_any(bright, axis=2), tf.range(images.shape[1])[None], -1)
+        cols = tf.where(tf.reduce_any(bright, axis=1), tf.range(images.shape[2])[None], -1)
+        y2 = tf.cast(tf.reduce_max(rows, axis=1) + 1, tf.float32)
+        x2 = tf.cast(tf.reduce_max(cols, axis=1) + 1, tf.float32)
+        y1 = tf.cast(tf.reduce_min(tf.where(rows >= 0, rows, 10**6), axis=1), tf.float32)
+        x1 = tf.cast(tf.reduce_min(tf.where(cols >= 0, cols, 10**6), axis=1), tf.float32)
+        boxes = tf.stack([x1, y1, x2, y2], axis=-1)[:, None]  # (B, 1, 4)
+        batch = tf.shape(images)[0]
+        pad = tf.zeros((batch, 3, 4))
+        return {
+            "boxes": tf.concat([boxes, pad], axis=1),
+            "scores": tf.concat([tf.fill((batch, 1), 0.9), tf.zeros((batch, 3))], axis=1),
+            "classes": tf.concat([tf.ones((batch, 1), tf.int32), -tf.ones((batch, 3), tf.int32)], axis=1),
+            "num_detections": tf.ones((batch,), tf.int32),
+        }
+
+
+def _symmetric_image():
+    image = np.zeros((1, 64, 96, 3), "float32")
+    image[0, 20:40, 30:66] = 255.0  # centred: columns 30..65 mirror onto themselves in a 96-wide image
+    return image
+
+
+def test_flip_of_a_symmetric_image_returns_the_plain_detections():
+    detector, image = _SymmetricDetector(), _symmetric_image()
+    plain = detector.detect(tf.constant(image))
+    merged = predict_tta(detector, image, scales=(1.0,), flip=True)
+    assert int(merged["num_detections"][0]) == 1
+    np.testing.assert_allclose(merged["boxes"][0, 0], plain["boxes"][0, 0])
+    assert int(merged["classes"][0, 0]) == 1 and float(merged["scores"][0, 0]) == pytest.approx(0.9)
+
+
+def test_boxes_of_flipped_and_rescaled_copies_map_back_to_the_input():
+    detector = _SymmetricDetector()
+    image = np.zeros((1, 64, 96, 3), "float32")
+    image[0, 10:30, 5:25] = 255.0  # off-centre: the flipped copy finds it mirrored
+    for scales in ((1.0,), (0.5,), (1.5,)):
+        merged = predict_tta(detector, image, scales=scales, flip=True)
+        assert int(merged["num_detections"][0]) == 1
+        np.testing.assert_allclose(merged["boxes"][0, 0], [5, 10, 25, 30], atol=1.5)
+
+
+def test_identity_augmentation_equals_predict_and_flip_adds_the_mirrored_copys_detections():
+    model = small_model(score_threshold=0.2, max_detections=20)
+    images, _ = toy_batch()
+    plain = model.predict(images, verbose=0)
+    same = predict_tta(model, images, scales=(1.0,), flip=False)
+    for key in ("boxes", "scores", "classes", "num_detections"):
+        np.testing.assert_allclose(np.asarray(same[key]), plain[key], atol=1e-4, err_msg=key)
+    flipped = model.detect(images[:, :, ::-1])
+    x1, y1, x2, y2 = np.moveaxis(np.asarray(flipped["boxes"]), -1, 0)
+    mirrored = np.stack([128 - x2, y1, 128 - x1, y2], axis=-1)
+    expected = postprocess.select_detections(
+        np.concatenate([plain["boxes"], mirrored], axis=1), np.concatenate([plain["scores"], flipped["scores"]], axis=1),
+        np.concatenate([plain["classes"], flipped["classes"]], axis=1), 3, model.inference_settings,
+    )
+    merged = predict_tta(model, images, scales=(1.0,), flip=True)
+    np.testing.assert_allclose(np.asarray(merged["scores"]), np.asarray(expected["scores"]), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(merged["num_detections"]), np.asarray(expected["num_detections"]))
+
+
+def test_wrapper_runs_where_a_model_is_expected_and_refuses_bad_arguments():
+    model = small_model(max_detections=7)
+    tta = TestTimeAugmentation(model, scales=(1.0, 1.25))
+    images, _ = toy_batch()
+    out = tta.detect_function()(images)
+    assert tuple(out["boxes"].shape) == (2, 7, 4) and tta.num_classes == model.num_classes
+    with pytest.raises(ValueError, match="scales"):
+        TestTimeAugmentation(model, scales=())
+    with pytest.raises(ValueError, match="scales"):
+        predict_tta(model, images, scales=(10.0,))
+
+
+def test_evaluate_and_predict_modes_with_tta(tmp_path, capsys):
+    """--mode=evaluate --tta writes the report from augmented detections; --mode=predict --tta its detections.json."""
+    import dataclasses
+    import json
+    import os
+
+    from PIL import Image
+
+    from keras_retina import recipes
+    from keras_retina.cli import modes
+    from keras_retina.config import override
+    from keras_retina.training import rundir
+
+    config = override(
+        recipes.load("shapes"),
+        [f"data.shapes_dir={tmp_path / 'shapes'}", "shapes_num_train=1", "shapes_num_val=4", "shapes_image_size=64",
+         "image_size=64", "batch_size=2", "tensorboard=false"],
+    )
+    config = dataclasses.replace(config, model_dir=str(tmp_path / "run"))
+    os.makedirs(tmp_path / "run" / "checkpoints")
+    model = small_model(num_classes=5, score_threshold=0.0)
+    model.build((None, 64, 64, 3))
+    model.save(str(tmp_path / "run" / rundir.LATEST_CHECKPOINT))
+    rundir.write_config(str(tmp_path / "run"), config)
+    rundir.write_classes(str(tmp_path / "run"), [f"c{i}" for i in range(5)], list(range(1, 6)))
+    flags = {"tta": True, "tta_scales": ["1.0", "1.5"]}
+    metrics = modes.evaluate(config, flags)
+    assert "Test-time augmentation: scales [1.0, 1.5]" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / rundir.METRICS_FILE).read_text())["AP"] == metrics["AP"]
+    Image.fromarray(np.full((50, 70, 3), 90, np.uint8)).save(tmp_path / "photo.png")
+    path = modes.predict(config, {**flags, "image": [str(tmp_path / "photo.png")], "output_dir": str(tmp_path / "out")})
+    results = json.loads(open(path).read())
+    assert results and all(0 <= r["bbox"][0] <= 70 and 0 <= r["bbox"][1] <= 50 for r in results)
