@@ -121,5 +121,6 @@ def test_evaluate_and_predict_modes_with_tta(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / rundir.METRICS_FILE).read_text())["AP"] == metrics["AP"]
     Image.fromarray(np.full((50, 70, 3), 90, np.uint8)).save(tmp_path / "photo.png")
     path = modes.predict(config, {**flags, "image": [str(tmp_path / "photo.png")], "output_dir": str(tmp_path / "out")})
-    results = json.loads(open(path).read())
+    with open(path) as f:
+        results = json.load(f)
     assert results and all(0 <= r["bbox"][0] <= 70 and 0 <= r["bbox"][1] <= 50 for r in results)
