@@ -171,8 +171,15 @@ def train_environment(environ: dict | None = None) -> dict:
     return environ
 
 
-#: Config fields that appeared after the study's runs were keyed; left out of the key while they are None.
-FIELDS_ADDED_SINCE = (("data", "data_yaml"), ("data", "min_size"), ("data", "max_size"))
+#: Config fields that appeared after the study's runs were keyed, with their defaults: left out of the key
+#: while they hold them (at their defaults they change nothing, so the kept records' keys stay valid).
+FIELDS_ADDED_SINCE = {
+    ("data", "data_yaml"): None,
+    ("data", "min_size"): None,
+    ("data", "max_size"): None,
+    ("model", "class_agnostic_nms"): False,
+    ("model", "soft_nms_sigma"): 0.0,
+}
 
 
 def run_key(table: Table, setting: Setting, seed: int, steps: int) -> str:
@@ -189,9 +196,9 @@ def run_key(table: Table, setting: Setting, seed: int, steps: int) -> str:
         False
     """
     resolved = kr.config.to_dict(kr.config.override(paper_dense.config(), setting.overrides))
-    for section, name in FIELDS_ADDED_SINCE:  # at their defaults they change nothing: kept keys stay valid
-        if resolved[section].get(name) is None:
-            resolved[section].pop(name, None)
+    for (section, name), default in FIELDS_ADDED_SINCE.items():
+        if name in resolved[section] and resolved[section][name] == default:
+            del resolved[section][name]
     schedule = {"seed": seed, "steps": steps, "steps_per_epoch": table.steps_per_epoch, "eval_every_epochs": table.eval_every_epochs}
     text = json.dumps({"config": resolved, **schedule}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
