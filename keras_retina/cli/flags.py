@@ -12,6 +12,7 @@ from absl import flags
 
 from keras_retina import config as config_lib
 from keras_retina import recipes
+from keras_retina.model import tta
 from keras_retina.training import rundir
 
 MODES = ("train_and_evaluate", "train", "evaluate", "export", "predict", "analyze", "convert")
@@ -80,7 +81,8 @@ flags.DEFINE_bool(
     "the detections merged by the model's NMS (docs/TRAINING.md, Inference options).",
 )
 flags.DEFINE_list(
-    "tta_scales", ["1.0", "1.25", "1.5"], "--tta: factors on the input size (default: the best set measured, docs/BENCHMARKS.md)."
+    "tta_scales", [str(s) for s in tta.DEFAULT_SCALES],
+    "--tta: factors on the input size (default: the best set measured, docs/BENCHMARKS.md).",
 )
 
 FLAGS = flags.FLAGS

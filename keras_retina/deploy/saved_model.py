@@ -94,13 +94,9 @@ class InferenceModule(tf.Module):
         self.category_ids = tf.constant(np.asarray(category_ids, np.int64))
         self.class_names = tf.constant(list(class_names))
 
-    def _detect(self, images, scales, image_shapes):
+    def _detect(self, images, scales, image_shapes, valid_shapes=None):
+        """``valid_shapes``: ``(B, 2)`` each image's extent on the canvas (the shorter-side rule), or None."""
         self._capture_model_variables()
-        valid_shapes = None
-        if self.min_size is not None:  # each image clipped to its own extent on the batch's canvas
-            valid_shapes = tf.stack(
-                shorter_side_size(image_shapes[:, 0], image_shapes[:, 1], self.min_size, self.max_size), axis=-1
-            )  # (B, 2)
         # An empty request skips the model (some CPU kernels reject a batch of 0).
         detections = tf.cond(
             tf.shape(images)[0] > 0,
@@ -151,11 +147,17 @@ class InferenceModule(tf.Module):
         )
         images, scales, image_shapes = tf.map_fn(images_uint8_list_fn, tf.range(count), fn_output_signature=spec)
         if self.min_size is None:
-            return images, scales, image_shapes
-        return self._batch_canvas(images, image_shapes), scales, image_shapes
+            return images, scales, image_shapes, None
+        canvas, valid_shapes = self._batch_canvas(images, image_shapes)
+        return canvas, scales, image_shapes, valid_shapes
 
     def _batch_canvas(self, images, image_shapes):
-        """The batch cut to its own canvas and padded with the backbone's zero pixel (the shorter-side rule)."""
+        """The batch cut to its own canvas and padded with the backbone's zero pixel (the shorter-side rule).
+
+        Returns:
+            ``(canvas, valid_shapes)``: float32 ``(B, canvas_h, canvas_w, 3)``
+            and each image's resized ``(height, width)`` on it, ``(B, 2)``.
+        """
         resized_h, resized_w = shorter_side_size(
             image_shapes[:, 0], image_shapes[:, 1], self.min_size, self.max_size
         )  # (B,) each
@@ -166,7 +168,7 @@ class InferenceModule(tf.Module):
         rows = tf.range(canvas_h)[None, :, None] < resized_h[:, None, None]  # (B, canvas_h, 1)
         cols = tf.range(canvas_w)[None, None, :] < resized_w[:, None, None]  # (B, 1, canvas_w)
         inside = tf.logical_and(rows, cols)[..., None]  # (B, canvas_h, canvas_w, 1)
-        return tf.where(inside, images, self.pad_pixel)
+        return tf.where(inside, images, self.pad_pixel), tf.stack([resized_h, resized_w], axis=-1)
 
     def serve_encoded(self, images):
         """``images``: tf.string ``(B,)`` encoded images → detections in original pixels.
