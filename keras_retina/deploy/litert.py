@@ -9,7 +9,8 @@ detections, ``num_detections`` int32 ``(1,)``). It uses only built-in ops of
 LiteRT: no Flex (Select TF) ops, which the LiteRT runtime on the package
 registry cannot run, and no custom op. The class names travel inside the
 file (:func:`keras_retina.deploy.class_names.read_class_names` reads them);
-:class:`LiteRTDetector` runs it and :func:`evaluate_litert` scores it.
+:class:`LiteRTDetector` runs it (one of :mod:`keras_retina.deploy.runners`' detectors) and
+:func:`evaluate_litert` scores it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import tensorflow as tf
 from keras_retina import compat
 from keras_retina.data.pipeline import check_resize_rule
 from keras_retina.deploy.class_names import class_names_zip, read_class_names, read_resize_rule, resolve_classes
+from keras_retina.deploy.onnx import check_image
+from keras_retina.deploy.runners import evaluate_detector
 from keras_retina.model import postprocess
 
 #: Quantization modes of :func:`export_litert`.
@@ -167,10 +170,16 @@ def _convert(saved_model_dir: str, quantization, representative_data, image_size
 
 
 class _LiteRTModule:
-    """The converted function: uint8 ``(1, S, S, 3)`` → detections, post-processing included."""
+    """The converted function: uint8 ``(1, S, S, 3)`` → detections, post-processing included.
 
-    def __init__(self, model, image_size: int, category_ids: Sequence[int]):
+    The ONNX export (:mod:`keras_retina.deploy.onnx`) converts this same
+    function; ``nms`` lets it swap in an NMS its runtime can run (the
+    signature and returns of :func:`keras_retina.model.postprocess.single_image_nms`).
+    """
+
+    def __init__(self, model, image_size: int, category_ids: Sequence[int], nms=postprocess.single_image_nms):
         self.model = model
+        self.nms = nms
         self.image_size = image_size
         self.category_ids = np.asarray(category_ids, np.int64)
         self.anchors = model.anchors((image_size, image_size))  # (A, 4) xyxy pixels
@@ -198,7 +207,7 @@ class _LiteRTModule:
             # The NMS RetinaNet.predict runs with these settings' options (one NonMaxSuppressionV5).
             max_detections = model.max_detections
             settings = model.inference_settings
-            selected, selected_scores, valid = postprocess.single_image_nms(
+            selected, selected_scores, valid = self.nms(
                 boxes,
                 scores,
                 classes,
@@ -240,12 +249,15 @@ def _calibration_images(representative_data, image_size: int, count: int) -> lis
 class LiteRTDetector:
     """Runs a ``.tflite`` file from :func:`export_litert` with LiteRT's interpreter (``ai_edge_litert``).
 
+    A :class:`keras_retina.deploy.runners.Detector`: ``path``, ``image_size``,
+    ``class_names``, ``category_ids``, ``min_size``, ``max_size``.
+
     Args:
         path: the ``.tflite`` file.
         num_threads: CPU threads (XNNPACK).
 
     Call args:
-        image: uint8 ``(S, S, 3)`` or ``(1, S, S, 3)`` at the file's input size.
+        image: uint8 ``(S, S, 3)`` or ``(1, S, S, 3)`` at the file's input size (else a ValueError).
 
     Returns:
         dict of NumPy arrays as the ``serving_default`` signature's outputs.
@@ -268,12 +280,7 @@ class LiteRTDetector:
         self.min_size, self.max_size = read_resize_rule(path)
 
     def __call__(self, image) -> dict:
-        image = np.asarray(image, np.uint8)
-        if image.ndim == 3:
-            image = image[None]
-        if image.shape != self.input_shape:
-            raise ValueError(f"LiteRTDetector: {self.path} takes images {self.input_shape}, got {image.shape}.")
-        return self.runner(images=image)
+        return self.runner(images=check_image(image, self.input_shape, self.path, "LiteRTDetector"))
 
     def op_names(self) -> list[str]:
         """The names of the file's ops (``CONV_2D``, ..., ``NON_MAX_SUPPRESSION_V5``)."""
@@ -281,34 +288,9 @@ class LiteRTDetector:
 
 
 def evaluate_litert(detector: "LiteRTDetector", dataset, coco_gt, verbose: bool = False) -> dict:
-    """COCO metrics of a ``.tflite`` file on an evaluation pipeline, one image at a time.
+    """COCO metrics of a ``.tflite`` file: :func:`keras_retina.deploy.runners.evaluate_detector`, kept by this name.
 
-    Args:
-        detector: a :class:`LiteRTDetector`.
-        dataset: a :func:`keras_retina.data.make_pipeline` evaluation pipeline
-            (``training=False``) at the file's input size.
-        coco_gt: the split's ground truth (``pycocotools.coco.COCO``).
-        verbose: COCOeval's printed summary.
-
-    Returns:
-        the metrics of :func:`keras_retina.evaluation.coco_evaluate`.
+    Example:
+        >>> evaluate_litert(LiteRTDetector("model.tflite"), data.pipeline("val"), data.coco_gt)  # doctest: +SKIP
     """
-    from keras_retina import evaluation  # noqa: PLC0415
-    from keras_retina.data import to_original_pixels  # noqa: PLC0415
-
-    contiguous = {cid: i for i, cid in enumerate(detector.category_ids)}
-    results, image_ids = [], []
-    for images, y in dataset:
-        images = np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)  # (B, S, S, 3)
-        outputs = [detector(image) for image in images]
-        boxes = np.concatenate([o["detection_boxes"] for o in outputs])  # (B, D, 4) input pixels
-        scores = np.concatenate([o["detection_scores"] for o in outputs])
-        counts = np.concatenate([o["num_detections"] for o in outputs])
-        classes = np.vectorize(lambda cid: contiguous.get(int(cid), 0))(
-            np.concatenate([o["detection_classes"] for o in outputs])
-        )
-        boxes = to_original_pixels(boxes, y["scale"], y["image_shape"]).numpy()
-        ids = y["image_id"].numpy()
-        image_ids.extend(int(i) for i in ids)
-        results.extend(evaluation.detections_to_coco(boxes, scores, classes, counts, ids, detector.category_ids))
-    return evaluation.coco_evaluate(coco_gt, results, image_ids=image_ids, verbose=verbose)
+    return evaluate_detector(detector, dataset, coco_gt, verbose=verbose)

@@ -1,0 +1,226 @@
+"""One detector interface for every exported file, one implementation per runtime, and their COCO evaluation.
+
+:class:`Detector` is the interface; :func:`open_detector` picks the
+implementation from the path:
+
+========================================  ====================================================
+path                                      detector
+========================================  ====================================================
+directory holding ``saved_model.pb``      :class:`SavedModelDetector` (TensorFlow)
+``*.tflite``                              :class:`keras_retina.deploy.litert.LiteRTDetector`
+``*.onnx``                                :class:`keras_retina.deploy.onnx.OnnxDetector`
+``*.xml``                                 ``keras_retina.deploy.openvino.OpenVINODetector``
+========================================  ====================================================
+
+:func:`evaluate_detector` scores any of them on an evaluation pipeline with
+the COCO metric, as ``main.py --mode=evaluate --model=FILE`` does.
+
+Example:
+    >>> detector = open_detector("runs/shapes/export/model.onnx")   # doctest: +SKIP
+    >>> out = detector(image)   # uint8 (S, S, 3), S = detector.image_size  # doctest: +SKIP
+    >>> out["detection_boxes"].shape, out["num_detections"]          # doctest: +SKIP
+    ((1, 100, 4), array([2], dtype=int32))
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from keras_retina.deploy.onnx import check_image
+
+#: What :func:`open_detector` accepts, for its error message.
+ACCEPTED_KINDS = (
+    "a SavedModel directory (saved_model.pb inside)",
+    "a .tflite file",
+    "a .onnx file",
+    "an OpenVINO .xml file",
+)
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """An exported detector: one image in, the exported model's detections out.
+
+    Attributes:
+        path: the file (or SavedModel directory) it runs.
+        image_size: ``S``, the square input size in pixels.
+        class_names, category_ids: per contiguous class (lists).
+        min_size, max_size: the shorter-side resize rule callers apply before
+            the ``S x S`` input (:func:`keras_retina.deploy.requests.prepare_image`),
+            or None (fit ``S``).
+
+    Call args:
+        image: uint8 ``(S, S, 3)`` or ``(1, S, S, 3)``; anything else is a ValueError.
+
+    Returns:
+        dict of NumPy arrays: ``detection_boxes`` float32 ``(1, D, 4)`` xyxy
+        input pixels, ``detection_scores`` float32 ``(1, D)``,
+        ``detection_classes`` int64 ``(1, D)`` dataset category ids (-1 past
+        the detections), ``num_detections`` int32 ``(1,)``.
+
+    Example:
+        >>> isinstance(open_detector("model.onnx"), Detector)   # doctest: +SKIP
+        True
+    """
+
+    path: str
+    image_size: int
+    class_names: list
+    category_ids: list
+    min_size: int | None
+    max_size: int | None
+
+    def __call__(self, image) -> dict: ...
+
+
+def open_detector(path: str, num_threads: int = 2) -> Detector:
+    """The detector for an exported file, chosen by its kind.
+
+    Args:
+        path: a SavedModel version directory, a ``.tflite``, a ``.onnx`` or an
+            OpenVINO ``.xml`` file.
+        num_threads: CPU threads of the runtime (LiteRT, ONNX Runtime,
+            OpenVINO; a SavedModel uses TensorFlow's own pools).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is none of the accepted kinds (named in the message).
+
+    Example:
+        >>> open_detector("model.pt")
+        Traceback (most recent call last):
+        ...
+        ValueError: open_detector: model.pt is not a model this project exports; accepted: a SavedModel directory (saved_model.pb inside), a .tflite file, a .onnx file, an OpenVINO .xml file.
+    """
+    path = os.fspath(path)
+    kind = _kind(path)
+    if kind is None:
+        raise ValueError(
+            f"open_detector: {path} is not a model this project exports; accepted: {', '.join(ACCEPTED_KINDS)}."
+        )
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"open_detector: no such file or directory: {path}")
+    if kind == "saved_model":
+        return SavedModelDetector(path)
+    if kind == "tflite":
+        from keras_retina.deploy.litert import LiteRTDetector  # noqa: PLC0415
+
+        return LiteRTDetector(path, num_threads=num_threads)
+    if kind == "onnx":
+        from keras_retina.deploy.onnx import OnnxDetector  # noqa: PLC0415
+
+        return OnnxDetector(path, num_threads=num_threads)
+    from keras_retina.deploy.openvino import OpenVINODetector  # noqa: PLC0415
+
+    return OpenVINODetector(path, num_threads=num_threads)
+
+
+def _kind(path: str) -> str | None:
+    if os.path.isdir(path):
+        return "saved_model" if os.path.exists(os.path.join(path, "saved_model.pb")) else None
+    return {".tflite": "tflite", ".onnx": "onnx", ".xml": "openvino"}.get(os.path.splitext(path)[1].lower())
+
+
+class SavedModelDetector:
+    """Runs a SavedModel from :func:`keras_retina.deploy.saved_model.export_saved_model` with TensorFlow.
+
+    It calls the SavedModel's ``serving_images`` signature (uint8 pixels;
+    ``serving_default`` takes encoded bytes, :meth:`detect_encoded`). That
+    graph resizes every image itself: an ``S x S`` image is kept as it is,
+    so the boxes are in the input's pixels as for the other detectors. A
+    SavedModel exported with a shorter-side rule (``min_size``) would resize
+    the caller's canvas once more, so such a one refuses ``__call__``; use
+    :meth:`detect_encoded` (what TF Serving runs) or :meth:`detect_original`.
+
+    Args:
+        path: the SavedModel's version directory (``saved_model.pb`` inside).
+
+    Attributes:
+        path, image_size, class_names, category_ids, min_size, max_size:
+        from its ``metadata`` signature.
+
+    Example:
+        >>> detector = SavedModelDetector("runs/shapes/export/1")   # doctest: +SKIP
+        >>> detector(np.zeros((detector.image_size,) * 2 + (3,), np.uint8))["num_detections"]   # doctest: +SKIP
+        array([0], dtype=int32)
+    """
+
+    def __init__(self, path: str):
+        import tensorflow as tf  # noqa: PLC0415
+
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise FileNotFoundError(f"SavedModelDetector: {path} holds no saved_model.pb.")
+        self.path = path
+        self._tf = tf
+        self.loaded = tf.saved_model.load(path)
+        missing = [name for name in ("serving_default", "serving_images", "metadata") if name not in self.loaded.signatures]
+        if missing:
+            raise ValueError(
+                f"SavedModelDetector: {path} has no signature(s) {missing} (a SavedModel written by export_saved_model)."
+            )
+        meta = {key: value.numpy() for key, value in self.loaded.signatures["metadata"]().items()}
+        self.class_names = [name.decode("utf-8") for name in meta["class_names"]]
+        self.category_ids = [int(c) for c in meta["category_ids"]]
+        self.image_size = int(meta["image_size"])
+        self.min_size = int(meta["min_size"]) or None
+        self.max_size = int(meta["max_size"]) or None
+        self.input_shape = (1, self.image_size, self.image_size, 3)
+
+    def __call__(self, image) -> dict:
+        image = check_image(image, self.input_shape, self.path, "SavedModelDetector")
+        if self.min_size is not None:
+            raise ValueError(
+                f"SavedModelDetector: {self.path} resizes images by its own rule (min_size={self.min_size}, "
+                f"max_size={self.max_size}), so it takes original images: use detect_original or detect_encoded."
+            )
+        return self.detect_original(image)
+
+    def detect_original(self, images) -> dict:
+        """uint8 ``(B, H, W, 3)`` images of any size → detections in their pixels (``serving_images``)."""
+        out = self.loaded.signatures["serving_images"](images=self._tf.constant(np.asarray(images, np.uint8)))
+        return {key: value.numpy() for key, value in out.items()}
+
+    def detect_encoded(self, encoded) -> dict:
+        """``(B,)`` encoded JPEG/PNG/... bytes → detections in the original pixels (``serving_default``)."""
+        out = self.loaded.signatures["serving_default"](images=self._tf.constant(encoded, self._tf.string))
+        return {key: value.numpy() for key, value in out.items()}
+
+
+def evaluate_detector(detector: Detector, dataset, coco_gt, verbose: bool = False) -> dict:
+    """COCO metrics of an exported detector on an evaluation pipeline, one image at a time.
+
+    Args:
+        detector: any :class:`Detector`.
+        dataset: a :func:`keras_retina.data.make_pipeline` evaluation pipeline
+            (``training=False``) at the detector's ``image_size`` and resize rule.
+        coco_gt: the split's ground truth (``pycocotools.coco.COCO``).
+        verbose: COCOeval's printed summary.
+
+    Returns:
+        the metrics of :func:`keras_retina.evaluation.coco_evaluate` (``AP``, ``AP50``, ...).
+
+    Example:
+        >>> metrics = evaluate_detector(open_detector("model.onnx"), data.pipeline("val"), data.coco_gt)  # doctest: +SKIP
+    """
+    from keras_retina import evaluation  # noqa: PLC0415
+    from keras_retina.data import to_original_pixels  # noqa: PLC0415
+
+    contiguous = {cid: i for i, cid in enumerate(detector.category_ids)}
+    results, image_ids = [], []
+    for images, y in dataset:
+        images = np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)  # (B, S, S, 3)
+        outputs = [detector(image) for image in images]
+        boxes = np.concatenate([o["detection_boxes"] for o in outputs])  # (B, D, 4) input pixels
+        scores = np.concatenate([o["detection_scores"] for o in outputs])
+        counts = np.concatenate([o["num_detections"] for o in outputs])
+        classes = np.vectorize(lambda cid: contiguous.get(int(cid), 0))(
+            np.concatenate([o["detection_classes"] for o in outputs])
+        )
+        boxes = to_original_pixels(boxes, y["scale"], y["image_shape"]).numpy()
+        ids = y["image_id"].numpy()
+        image_ids.extend(int(i) for i in ids)
+        results.extend(evaluation.detections_to_coco(boxes, scores, classes, counts, ids, detector.category_ids))
+    return evaluation.coco_evaluate(coco_gt, results, image_ids=image_ids, verbose=verbose)
