@@ -145,26 +145,44 @@ class MultiWorkerFitFixes:
 
 # ------------------------------------------------------------------- callbacks
 class AtomicBackupSave:
-    """Mixin for ``keras.callbacks.BackupAndRestore``: each backup replaces the last one whole.
+    """Mixin for ``keras.callbacks.BackupAndRestore``: each backup replaces the last one whole, which is kept.
 
     Keras 3.15's ``BackupAndRestore._save_model`` writes the weights file in
-    place: a process killed mid-write leaves an unreadable
+    place: a process killed mid-write (or a full disk) leaves an unreadable
     ``latest.weights.h5`` from which the run cannot resume. On a local disk
-    the backup is written beside the old one and renamed over it
-    (``os.replace`` is atomic); remote paths (``gs://``…) keep Keras' own step.
-    Uses the private ``_save_model``, ``_weights_path``,
+    the backup is written beside the old one (``incoming.weights.h5``, its
+    epoch stored in the file as the ``keras_retina_epoch`` attribute), the
+    old one renamed to ``latest.weights.h5.bkp`` (Keras' name for the
+    previous backup) and the new one renamed into place (``os.replace`` is
+    atomic); a failed write removes the partial file. Every state a kill
+    can leave holds a readable backup whose epoch is known:
+    :func:`keras_retina.training.rundir.check_backup` picks it before
+    resuming. Remote paths (``gs://``…) keep Keras' own step. Uses the
+    private ``_save_model``, ``_weights_path``, ``_prev_weights_path``,
     ``_training_metadata_path``, ``_current_epoch`` and ``_last_batch_seen``.
     """
 
     def _save_model(self):
         if "://" in self.backup_dir:
             return super()._save_model()
+        import h5py  # noqa: PLC0415 (Keras' own dependency)
+
         os.makedirs(self.backup_dir, exist_ok=True)
         incoming_weights = os.path.join(self.backup_dir, "incoming.weights.h5")
         incoming_metadata = self._training_metadata_path + ".incoming"
-        self.model.save_weights(incoming_weights, overwrite=True)
-        with open(incoming_metadata, "w") as f:
-            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+        try:
+            self.model.save_weights(incoming_weights, overwrite=True)
+            with h5py.File(incoming_weights, "a") as f:
+                f.attrs["keras_retina_epoch"] = int(self._current_epoch)
+            with open(incoming_metadata, "w") as f:
+                json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+        except BaseException:
+            for path in (incoming_weights, incoming_metadata):
+                if os.path.exists(path):
+                    os.remove(path)
+            raise
+        if os.path.exists(self._weights_path):
+            os.replace(self._weights_path, self._prev_weights_path)
         os.replace(incoming_weights, self._weights_path)
         os.replace(incoming_metadata, self._training_metadata_path)
 

@@ -90,7 +90,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
                 tf.summary.image("val_detections", grid[None], step=epoch + 1)
         if self.best_path and metrics["AP"] > self.best_ap:
             self.best_ap = metrics["AP"]
-            self.model.save(self.best_path)
+            rundir.save_checkpoint(self.model, self.best_path)  # whole or not at all
             rundir.write_best_ap(self.best_path, epoch + 1, metrics["AP"])
 
 
@@ -182,8 +182,41 @@ class _SaveOnlyFiniteEpochs:
         super().on_epoch_end(epoch, logs)
 
 
-class FiniteModelCheckpoint(_SaveOnlyFiniteEpochs, keras.callbacks.ModelCheckpoint):
-    """``keras.callbacks.ModelCheckpoint`` that never saves a NaN/inf epoch."""
+class AtomicModelCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (``.keras``) at the end of every epoch, whole or not at all, keeping the epoch before.
+
+    Keras' ``ModelCheckpoint`` writes the file in place, so a process killed
+    or a disk filling up mid-save leaves a truncated ``latest.keras``; here
+    each save goes through :func:`keras_retina.training.rundir.save_checkpoint`
+    (a file beside it, renamed over it), and the file it replaces is
+    renamed to ``previous_path``.
+
+    Args:
+        filepath: the ``.keras`` file written every epoch.
+        previous_path: where the epoch before's file is kept; None: not kept.
+
+    Example:
+        >>> import os, tempfile
+        >>> run = tempfile.mkdtemp()
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> saver = AtomicModelCheckpoint(f"{run}/latest.keras", previous_path=f"{run}/previous.keras")
+        >>> _ = model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=2, verbose=0, callbacks=[saver])
+        >>> sorted(os.listdir(run))
+        ['latest.keras', 'previous.keras']
+    """
+
+    def __init__(self, filepath: str, previous_path: str | None = None):
+        super().__init__()
+        self.filepath = filepath
+        self.previous_path = previous_path
+
+    def on_epoch_end(self, epoch, logs=None):
+        rundir.save_checkpoint(self.model, self.filepath, previous=self.previous_path)
+
+
+class FiniteModelCheckpoint(_SaveOnlyFiniteEpochs, AtomicModelCheckpoint):
+    """:class:`AtomicModelCheckpoint` that never saves a NaN/inf epoch."""
 
 
 class FiniteBackupAndRestore(_SaveOnlyFiniteEpochs, compat.AtomicBackupSave, keras.callbacks.BackupAndRestore):

@@ -5,8 +5,8 @@
     <model_dir>/
       config.json                 the resolved ExperimentConfig
       classes.json                contiguous class -> dataset category id, name
-      checkpoints/latest.keras    every epoch; best.keras (+ .json) best val_AP
-      backup/                     BackupAndRestore state while a run is unfinished
+      checkpoints/latest.keras    every epoch; previous.keras the epoch before; best.keras (+ .json) best val_AP
+      backup/                     BackupAndRestore state while a run is unfinished (and the epoch before's)
       train_log.csv               one row per epoch
       logs/                       TensorBoard
       metrics.json                the last COCO evaluation
@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import socket
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -34,6 +35,7 @@ CONFIG_FILE = "config.json"
 CLASSES_FILE = "classes.json"
 LATEST_CHECKPOINT = "checkpoints/latest.keras"
 BEST_CHECKPOINT = "checkpoints/best.keras"
+PREVIOUS_CHECKPOINT = "checkpoints/previous.keras"
 BACKUP_DIR = "backup"
 TRAIN_LOG = "train_log.csv"
 METRICS_FILE = "metrics.json"
@@ -43,6 +45,10 @@ LOCK_FILE = ".lock"
 
 class RunDirInUseError(RuntimeError):
     """Another process is training into this run directory."""
+
+
+class UnreadableCheckpointError(ValueError):
+    """No readable checkpoint (or backup) is left in a run directory; the message names each file tried and why."""
 
 
 @contextlib.contextmanager
@@ -195,12 +201,111 @@ def read_classes(model_dir: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     return tuple(values["class_names"]), tuple(int(c) for c in values["category_ids"])
 
 
-def load_trained_model(model_dir: str, which: str = "latest") -> keras.Model:
-    """Loads ``checkpoints/<which>.keras`` (``"latest"`` or ``"best"``) from a run directory."""
-    path = os.path.join(model_dir, LATEST_CHECKPOINT if which == "latest" else BEST_CHECKPOINT)
+def save_checkpoint(model: keras.Model, path: str, previous: str | None = None) -> None:
+    """Saves ``model`` to the ``.keras`` file ``path`` whole or not at all; the file it replaces becomes ``previous``.
+
+    Keras writes a ``.keras`` zip in place: a process killed or a disk full
+    mid-save would leave a truncated ``path``. Here the model is written to
+    ``.incoming-<name>`` beside it and renamed over ``path``
+    (``os.replace`` is atomic on one file system); a failed write removes
+    the partial file and leaves ``path`` as it was. With ``previous``, the
+    old ``path`` is renamed there first (no copy), so the epoch before is
+    kept as well: :func:`load_trained_model` falls back to it. Remote paths
+    (``gs://``...) are written by Keras directly.
+
+    Example:
+        >>> import tempfile
+        >>> run = tempfile.mkdtemp()
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> save_checkpoint(model, os.path.join(run, "latest.keras"), previous=os.path.join(run, "previous.keras"))
+        >>> save_checkpoint(model, os.path.join(run, "latest.keras"), previous=os.path.join(run, "previous.keras"))
+        >>> sorted(os.listdir(run))
+        ['latest.keras', 'previous.keras']
+    """
+    if "://" in path:
+        model.save(path, overwrite=True)
+        return
+    directory, name = os.path.split(path)
+    incoming = os.path.join(directory, f".incoming-{name}")  # still ends in .keras, as Keras requires
+    try:
+        model.save(incoming, overwrite=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(incoming)
+        raise
+    if previous and os.path.exists(path):
+        os.replace(path, previous)
+    os.replace(incoming, path)
+
+
+def keras_file_problem(path: str) -> str | None:
+    """Why the ``.keras`` file ``path`` cannot be loaded (a short reason), or ``None`` if it is a whole zip archive.
+
+    Checks the archive (every member's CRC), not the model inside: Keras
+    itself says only "File not found" for a truncated or corrupt file.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "latest.keras")
+        >>> open(path, "wb").close(); keras_file_problem(path)
+        'empty file (0 bytes)'
+    """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No checkpoint at {path}: train first (--mode=train) or check --model_dir.")
-    return keras.saving.load_model(path)
+        return "missing"
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        return f"not a whole .keras zip archive ({size} bytes; {error})"
+    if bad is not None:
+        return f"corrupt member {bad} in the .keras zip archive"
+    return None
+
+
+def load_trained_model(model_dir: str, which: str = "latest") -> keras.Model:
+    """Loads ``checkpoints/<which>.keras`` (``"latest"`` or ``"best"``) from a run directory, or the last good one.
+
+    A checkpoint that cannot be loaded (truncated, empty, overwritten with
+    other bytes) is skipped with a warning that names it, why, and the file
+    used instead; the order tried is ``latest.keras``, ``previous.keras``
+    (the epoch before), ``best.keras`` for ``"latest"``, and ``best.keras``
+    first for ``"best"``.
+
+    Raises:
+        FileNotFoundError: the run directory has no checkpoint at all.
+        UnreadableCheckpointError: none of its checkpoints can be loaded
+            (the message names each file tried and why).
+    """
+    first = LATEST_CHECKPOINT if which == "latest" else BEST_CHECKPOINT
+    order = [first] + [name for name in (LATEST_CHECKPOINT, PREVIOUS_CHECKPOINT, BEST_CHECKPOINT) if name != first]
+    paths = [os.path.join(model_dir, name) for name in order]
+    if not any(os.path.exists(path) for path in paths):
+        raise FileNotFoundError(f"No checkpoint at {paths[0]}: train first (--mode=train) or check --model_dir.")
+    tried = []
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        problem = keras_file_problem(path)
+        if problem is None:
+            try:
+                model = keras.saving.load_model(path)
+            except Exception as error:  # noqa: BLE001 (any failure: try the next checkpoint, the reason is reported)
+                problem = f"{type(error).__name__}: {error}"
+        if problem is not None:
+            logging.warning("Checkpoint %s cannot be loaded: %s.", path, problem)
+            tried.append(f"{path}: {problem}")
+            continue
+        if path != paths[0]:
+            skipped = "; ".join(tried) if tried else f"{paths[0]}: missing"
+            logging.warning("Using %s instead of %s (%s).", path, paths[0], skipped)
+        return model
+    raise UnreadableCheckpointError(
+        f"No readable checkpoint in {model_dir}: " + "; ".join(tried) + ". Train again (--mode=train) into a new "
+        "--model_dir, or copy a good .keras file to " + paths[0] + "."
+    )
 
 
 def read_best_ap(best_path: str | None) -> float:
@@ -224,6 +329,94 @@ def backup_epoch(backup_dir: str) -> int:
         return 0
     with open(path) as f:
         return int(json.load(f).get("epoch", 0))
+
+
+BACKUP_WEIGHTS = "latest.weights.h5"
+BACKUP_METADATA = "training_metadata.json"
+#: The attribute of a backup weights file that holds its epoch
+#: (written by :class:`keras_retina.compat.AtomicBackupSave`).
+BACKUP_EPOCH_ATTRIBUTE = "keras_retina_epoch"
+
+
+def _backup_weights_problem(path: str) -> str | None:
+    """Why the HDF5 weights file ``path`` is unreadable (every dataset is read), or ``None``."""
+    import h5py  # noqa: PLC0415 (Keras' own dependency; only needed here)
+
+    if os.path.getsize(path) == 0:
+        return "empty file (0 bytes)"
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    except Exception as error:  # noqa: BLE001 (h5py raises OSError, KeyError, ValueError... for damaged files)
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _backup_epoch_of(weights: str, metadata: str) -> int | None:
+    """The epoch of a backup weights file: its own attribute, else its metadata file's (older backups), else None."""
+    import h5py  # noqa: PLC0415
+
+    with h5py.File(weights, "r") as f:
+        if BACKUP_EPOCH_ATTRIBUTE in f.attrs:
+            return int(f.attrs[BACKUP_EPOCH_ATTRIBUTE])
+    try:
+        with open(metadata) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_backup(backup_dir: str) -> int:
+    """Makes ``backup_dir`` resumable from its last readable backup; returns the epochs it holds (0: none).
+
+    :class:`keras_retina.compat.AtomicBackupSave` keeps the last backup
+    (``latest.weights.h5``) and the one before (``latest.weights.h5.bkp``),
+    each weights file carrying its epoch. If the last is unreadable
+    (truncated, empty, other bytes) or lacks its metadata, the one before
+    takes its place, with a warning naming the bad file: the run repeats
+    one epoch rather than failing with an HDF5 traceback. The metadata file
+    Keras reads (``training_metadata.json``) is rewritten to match the
+    weights used.
+
+    Raises:
+        UnreadableCheckpointError: backup files exist but none is readable
+            (the message names each and why, and how to start afresh).
+
+    Example:
+        >>> import tempfile
+        >>> check_backup(tempfile.mkdtemp())   # no backup: a fresh start
+        0
+    """
+    weights = os.path.join(backup_dir, BACKUP_WEIGHTS)
+    metadata = os.path.join(backup_dir, BACKUP_METADATA)
+    candidates = [(weights, metadata), (weights + ".bkp", metadata + ".bkp")]
+    if not any(os.path.exists(path) for pair in candidates for path in pair):
+        return 0
+    tried = []
+    for path, path_metadata in candidates:
+        if not os.path.exists(path):
+            tried.append(f"{path}: missing")
+            continue
+        problem = _backup_weights_problem(path)
+        epoch = None if problem else _backup_epoch_of(path, path_metadata)
+        if problem is None and epoch is None:
+            problem = f"its epoch is unknown ({path_metadata} missing or unreadable)"
+        if problem is not None:
+            logging.warning("Backup %s cannot be resumed from: %s.", path, problem)
+            tried.append(f"{path}: {problem}")
+            continue
+        if path != weights:
+            logging.warning("Resuming from %s (after epoch %d) instead of %s.", path, epoch, weights)
+            os.replace(path, weights)
+        incoming = metadata + ".incoming"
+        with open(incoming, "w") as f:
+            json.dump({"epoch": epoch, "batch": 0}, f)
+        os.replace(incoming, metadata)
+        return epoch
+    raise UnreadableCheckpointError(
+        f"No readable backup to resume from in {backup_dir}: " + "; ".join(tried) + f". Remove {backup_dir} to "
+        "start the run afresh (the last finished epoch's model is checkpoints/latest.keras beside it)."
+    )
 
 
 def trim_log(path: str, resume_epoch: int) -> None:

@@ -113,7 +113,8 @@ def train(
 
     Writes the run directory (:mod:`keras_retina.training.rundir`) under
     ``config.resolved_model_dir()``: ``config.json``, ``classes.json``,
-    ``checkpoints/latest.keras`` (every epoch), ``checkpoints/best.keras``
+    ``checkpoints/latest.keras`` (every epoch; the epoch before as
+    ``previous.keras``; each written whole or not at all), ``checkpoints/best.keras``
     (best ``val_AP``), ``backup/`` (BackupAndRestore state), ``train_log.csv``,
     ``logs/`` (TensorBoard), ``metrics.json`` (the last evaluation) and
     ``val_detections.json`` (its detections).
@@ -189,7 +190,8 @@ def _train_in(model_dir, config, strategy, init_source, callbacks):
     rundir.write_config(model_dir, config)
     keras.utils.set_random_seed(config.train.seed)
     backup_dir = os.path.join(model_dir, rundir.BACKUP_DIR)
-    resume_epoch = rundir.backup_epoch(backup_dir)
+    # An unreadable last backup gives way to the one before, with a warning naming it.
+    resume_epoch = rundir.check_backup(backup_dir)
     if resume_epoch:
         logging.info("Resuming %s after epoch %d.", model_dir, resume_epoch)
     # Rows of epochs that run (again) now go: a fresh start, or a process
@@ -233,7 +235,7 @@ def _train_in(model_dir, config, strategy, init_source, callbacks):
     run_callbacks = [
         evaluator,
         *callbacks,
-        callbacks_lib.FiniteModelCheckpoint(latest),
+        callbacks_lib.FiniteModelCheckpoint(latest, previous_path=os.path.join(model_dir, rundir.PREVIOUS_CHECKPOINT)),
         nan_stopper,
         callbacks_lib.ResumableCSVLogger(
             os.path.join(model_dir, rundir.TRAIN_LOG), columns=callbacks_lib.CocoEvaluationCallback.LOG_NAMES, append=True
