@@ -12,7 +12,7 @@ from absl import flags
 
 from keras_retina import config as config_lib
 from keras_retina import recipes
-from keras_retina.model import tta
+from keras_retina.model import slicing, tta
 from keras_retina.training import rundir
 
 MODES = ("train_and_evaluate", "train", "evaluate", "export", "predict", "analyze", "convert")
@@ -83,6 +83,20 @@ flags.DEFINE_bool(
 flags.DEFINE_list(
     "tta_scales", [str(s) for s in tta.DEFAULT_SCALES],
     "--tta: factors on the input size (default: the best set measured, docs/BENCHMARKS.md).",
+)
+flags.DEFINE_integer(
+    "slice_size", None, "--mode=evaluate / predict: sliced inference for large images: each image cut, at its own "
+    "resolution, into overlapping tiles of this many pixels, each resized onto the model's input, plus one "
+    "whole-image pass; the detections merged (default: off; docs/TRAINING.md, Inference options).", lower_bound=1,
+)
+flags.DEFINE_float(
+    "slice_overlap", slicing.DEFAULT_OVERLAP, "--slice_size: fraction of a tile shared with its neighbour, in [0, 1).",
+    lower_bound=0.0, upper_bound=0.99,
+)
+flags.DEFINE_enum(
+    "slice_merge", slicing.DEFAULT_MERGE, list(slicing.MERGES),
+    "--slice_size: how the tiles' detections are merged: the model's NMS, or greedy non-maximum merging "
+    "(SAHI's GREEDYNMM; default: the one with the higher AP measured, docs/BENCHMARKS.md).",
 )
 
 FLAGS = flags.FLAGS

@@ -20,10 +20,12 @@ from PIL import Image
 
 from keras_retina import config as config_lib
 from keras_retina import evaluation, pretrained, training
-from keras_retina.data import RunData
+from keras_retina.data import RunData, original_size_pipeline
 from keras_retina.deploy import litert, saved_model
 from keras_retina.deploy import predict as predict_lib
 from keras_retina.evaluation import anchor_fit, preflight, report
+from keras_retina.model import slicing
+from keras_retina.model.slicing import SlicedInference
 from keras_retina.model.tta import DEFAULT_SCALES as DEFAULT_TTA_SCALES
 from keras_retina.model.tta import TestTimeAugmentation
 from keras_retina.training import rundir, transfer
@@ -162,6 +164,19 @@ def _with_tta(model, flags: dict | None):
     return TestTimeAugmentation(model, scales=scales, flip=True)
 
 
+def _with_slicing(model, flags: dict | None, image_size: int):
+    """``model``, or with ``--slice_size`` the model wrapped to detect tile by tile (each image at its own resolution)."""
+    slice_size = (flags or {}).get("slice_size")
+    if not slice_size:
+        return model
+    overlap = flags.get("slice_overlap")
+    overlap = slicing.DEFAULT_OVERLAP if overlap is None else float(overlap)
+    merge = flags.get("slice_merge") or slicing.DEFAULT_MERGE
+    print(f"Sliced inference: tiles of {slice_size} px overlapping by {overlap:g}, each resized to {image_size} px, "
+          f"plus the whole image; merged by {merge}.")
+    return SlicedInference(model, slice_size=int(slice_size), slice_overlap=overlap, image_size=image_size, merge=merge)
+
+
 def evaluate(config: config_lib.ExperimentConfig, flags: dict | None = None) -> dict:
     """Evaluates ``<model_dir>/checkpoints/latest.keras`` on the validation split: metrics.json and ``report/``.
 
@@ -169,11 +184,13 @@ def evaluate(config: config_lib.ExperimentConfig, flags: dict | None = None) -> 
     TensorBoard under ``<model_dir>/logs/report`` when the run has TensorBoard on.
     """
     model_dir = config.resolved_model_dir()
-    model = _with_tta(rundir.load_trained_model(model_dir), flags)
+    model = _with_slicing(_with_tta(rundir.load_trained_model(model_dir), flags), flags, config.data.image_size)
     data = RunData(config.data)
     report_dir = os.path.join(model_dir, report.REPORT_DIR)
+    # Sliced inference sizes each image itself: the images come at their own resolution.
+    pipeline = original_size_pipeline(data.raw("val")) if isinstance(model, SlicedInference) else data.pipeline("val")
     metrics = report.write_report(
-        model, data.pipeline("val"), data.coco_gt, data.class_names, data.category_ids, report_dir,
+        model, pipeline, data.coco_gt, data.class_names, data.category_ids, report_dir,
         tensorboard_dir=os.path.join(model_dir, "logs", "report") if config.train.tensorboard else None,
     ).metrics  # evaluation.evaluate_model's
     evaluation.write_metrics(metrics, os.path.join(model_dir, rundir.METRICS_FILE))
@@ -249,8 +266,8 @@ def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
         model = litert.LiteRTDetector(flags["model"])
         image_size, class_names, category_ids = model.image_size, model.class_names, model.category_ids
     else:
-        model = _with_tta(rundir.load_trained_model(model_dir), flags)
         image_size = config.data.image_size
+        model = _with_slicing(_with_tta(rundir.load_trained_model(model_dir), flags), flags, image_size)
         class_names, category_ids = rundir.read_classes(model_dir)
     return predict_lib.predict_files(
         model,

@@ -19,6 +19,7 @@ from keras_retina.data.coco_json import CocoFormatError, CocoJsonSource, coco_js
 from keras_retina.data.orientation import decode_upright, exif_orientation, upright
 from keras_retina.data.pipeline import (
     make_pipeline,
+    original_size_pipeline,
     output_image_size,
     summarize_box_counts,
     to_original_pixels,
@@ -26,11 +27,12 @@ from keras_retina.data.pipeline import (
 )
 from keras_retina.data.run_data import RunData
 from keras_retina.data.shapes import SHAPE_CLASSES, make_shapes_dataset, make_shapes_splits
-from keras_retina.data.shapes import SMALL_OBJECTS_IN_CLUTTER, WIDE_OBJECTS_IN_CLUTTER
+from keras_retina.data.shapes import LARGE_IMAGES_SMALL_OBJECTS, SMALL_OBJECTS_IN_CLUTTER, WIDE_OBJECTS_IN_CLUTTER
 from keras_retina.data.tfds_source import coco_from_raw_dataset, tfds_class_names, tfds_dataset
 from keras_retina.data.yolo import YoloFormatError, YoloSource, write_yolo_dataset, yolo_dataset
 
 __all__ = [
+    "LARGE_IMAGES_SMALL_OBJECTS",
     "SHAPE_CLASSES",
     "SMALL_OBJECTS_IN_CLUTTER",
     "WIDE_OBJECTS_IN_CLUTTER",
@@ -44,6 +46,7 @@ __all__ = [
     "decode_upright",
     "exif_orientation",
     "make_pipeline",
+    "original_size_pipeline",
     "make_shapes_dataset",
     "make_shapes_splits",
     "output_image_size",

@@ -593,6 +593,40 @@ def make_pipeline(
     return dataset.prefetch(prefetch)
 
 
+def original_size_pipeline(raw: tf.data.Dataset) -> tf.data.Dataset:
+    """One image a batch at its own resolution, in an evaluation pipeline's ``(images, y)`` format.
+
+    For inference that sizes each image itself (sliced inference,
+    :class:`keras_retina.model.slicing.SlicedInference`): ``images`` is
+    float32 ``(1, H, W, 3)`` with ``H, W`` the image's own, ``y`` has
+    ``image_id`` ``(1,)``, ``scale`` ``(1, 2)`` of ones, ``image_shape``
+    ``(1, 2)`` ``(H, W)``, ``boxes`` ``(1, N, 4)`` xyxy pixels and
+    ``classes`` ``(1, N)``, so :func:`to_original_pixels` leaves boxes as they are.
+
+    Example:
+        >>> raw = tf.data.Dataset.from_tensor_slices({
+        ...     "image": np.zeros((2, 48, 80, 3), "uint8"), "boxes": np.zeros((2, 1, 4), "float32"),
+        ...     "classes": np.zeros((2, 1), "int32"), "image_id": np.array([7, 8], "int64")})
+        >>> images, y = next(iter(original_size_pipeline(raw)))
+        >>> images.shape, y["scale"].numpy().tolist(), y["image_shape"].numpy().tolist()
+        (TensorShape([1, 48, 80, 3]), [[1.0, 1.0]], [[48, 80]])
+    """
+    _check_raw_spec(raw, training=False)
+
+    def to_pair(example):
+        image = tf.cast(example["image"], tf.float32)
+        y = {
+            "image_id": tf.cast(example["image_id"], tf.int64),
+            "scale": tf.ones((2,), tf.float32),
+            "image_shape": tf.shape(image)[:2],
+            "boxes": tf.cast(example["boxes"], tf.float32),
+            "classes": tf.cast(example["classes"], tf.int32),
+        }
+        return image, y
+
+    return raw.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(1).prefetch(1)
+
+
 def to_original_pixels(boxes_xyxy: Any, scale: Any, image_shape: Any | None = None) -> tf.Tensor:
     """Maps boxes from the padded, resized image back to original pixels.
 

@@ -17,6 +17,7 @@ from keras_retina.data.orientation import decode_upright
 from keras_retina.deploy.class_names import CLASS_NAMES_FILE, write_class_names
 from keras_retina.deploy.requests import check_encoded_images, decode_image, prepare_image
 from keras_retina.deploy.saved_model import InferenceModule
+from keras_retina.model.slicing import SlicedInference
 
 #: File extensions read from a directory given as ``--image``.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -117,6 +118,8 @@ def predict_files(
     with tempfile.TemporaryDirectory() as scratch:
         if hasattr(model, "runner"):  # a keras_retina.deploy.litert.LiteRTDetector
             serve = _litert_serve(model)
+        elif isinstance(model, SlicedInference):  # each image at its own resolution, tile by tile
+            serve = _sliced_serve(model, category_ids)
         else:
             asset = write_class_names(os.path.join(scratch, CLASS_NAMES_FILE), class_names, category_ids)
             module = InferenceModule(
@@ -194,6 +197,24 @@ def _litert_serve(detector):
         out = detector(np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8))
         boxes = to_original_pixels(out["detection_boxes"], scale[None], image_shape[None])
         return {**{key: tf.constant(value) for key, value in out.items()}, "detection_boxes": boxes}
+
+    return serve
+
+
+def _sliced_serve(sliced: SlicedInference, category_ids: Sequence[int]):
+    """``serve_encoded``'s contract for sliced inference: the request checks and decoding, then the tiles."""
+    ids = tf.constant([int(c) for c in category_ids], tf.int64)
+
+    def serve(encoded):  # (1,) tf.string
+        encoded = check_encoded_images(encoded)  # decompression bombs refused before decoding, as served
+        image = tf.cast(decode_image(encoded[0], tf.constant(0)), tf.float32)
+        out = sliced.detect(image[None])
+        return {
+            "detection_boxes": out["boxes"],
+            "detection_scores": out["scores"],
+            "detection_classes": tf.gather(ids, tf.maximum(out["classes"], 0)),
+            "num_detections": out["num_detections"],
+        }
 
     return serve
 
