@@ -220,7 +220,7 @@ def test_export_and_predict_modes_with_litert(trained, tmp_path):
     results = json.load(open(detections))
     assert results and {r["category_id"] for r in results} <= set(data.category_ids)
     assert (tmp_path / "out" / "shapes.png").exists()
-    with pytest.raises(ValueError, match="must be a .tflite file"):
+    with pytest.raises(ValueError, match=r"latest\.keras is not a model this project exports; accepted:"):
         modes.predict(config, {"model": os.path.join(config.resolved_model_dir(), rundir.LATEST_CHECKPOINT)})
 
 

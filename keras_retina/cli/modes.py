@@ -21,7 +21,7 @@ from PIL import Image
 from keras_retina import config as config_lib
 from keras_retina import evaluation, pretrained, training
 from keras_retina.data import RunData, original_size_pipeline
-from keras_retina.deploy import litert, saved_model
+from keras_retina.deploy import litert, runners, saved_model
 from keras_retina.deploy import predict as predict_lib
 from keras_retina.evaluation import anchor_fit, preflight, report
 from keras_retina.model import slicing
@@ -181,8 +181,11 @@ def evaluate(config: config_lib.ExperimentConfig, flags: dict | None = None) -> 
     """Evaluates ``<model_dir>/checkpoints/latest.keras`` on the validation split: metrics.json and ``report/``.
 
     The report (:mod:`keras_retina.evaluation.report`) goes to ``<model_dir>/report/report.md`` and its PNGs, and to
-    TensorBoard under ``<model_dir>/logs/report`` when the run has TensorBoard on.
+    TensorBoard under ``<model_dir>/logs/report`` when the run has TensorBoard on. With ``--model=FILE`` it
+    evaluates that exported file instead (:func:`evaluate_exported`).
     """
+    if (flags or {}).get("model"):
+        return evaluate_exported(config, flags)
     model_dir = config.resolved_model_dir()
     model = _with_slicing(_with_tta(rundir.load_trained_model(model_dir), flags), flags, config.data.image_size)
     data = RunData(config.data)
@@ -196,6 +199,34 @@ def evaluate(config: config_lib.ExperimentConfig, flags: dict | None = None) -> 
     evaluation.write_metrics(metrics, os.path.join(model_dir, rundir.METRICS_FILE))
     print(evaluation.format_metrics(metrics))
     print(f"\nReport: {os.path.join(report_dir, report.REPORT_FILE)}")
+    return metrics
+
+
+def evaluate_exported(config: config_lib.ExperimentConfig, flags: dict) -> dict:
+    """``--mode=evaluate --model=FILE``: COCO metrics of an exported file on the run's validation split.
+
+    ``FILE`` is anything :func:`keras_retina.deploy.runners.open_detector`
+    opens (a SavedModel directory, ``.tflite``, ``.onnx``, OpenVINO ``.xml``);
+    the validation images are resized to the file's input size and resize
+    rule. Prints the metrics table of the Keras model's evaluation and writes
+    the metrics beside the file: ``<FILE>.metrics.json``, or
+    ``<SavedModel dir>/metrics.json``.
+    """
+    path = flags["model"]
+    detector = runners.open_detector(path)
+    data_config = dataclasses.replace(
+        config.data, image_size=detector.image_size, min_size=detector.min_size, max_size=detector.max_size
+    )
+    data = RunData(data_config)
+    if list(data.category_ids) != list(detector.category_ids):
+        print(f"Note: {path} has category ids {list(detector.category_ids)}, the data {list(data.category_ids)}.")
+    metrics = runners.evaluate_detector(detector, data.pipeline("val"), data.coco_gt)
+    metrics_path = (
+        os.path.join(path, rundir.METRICS_FILE) if os.path.isdir(path) else f"{path}.{rundir.METRICS_FILE}"
+    )
+    evaluation.write_metrics(metrics, metrics_path)
+    print(evaluation.format_metrics(metrics))
+    print(f"\nMetrics of {path}: {metrics_path}")
     return metrics
 
 
@@ -220,50 +251,77 @@ def _export(model, flags, model_dir, config, class_names, category_ids) -> str:
     )
 
 
-def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
-    """Exports ``<model_dir>/checkpoints/latest.keras`` as a SavedModel or, ``--format=litert``, a ``.tflite`` file.
+#: ``--format`` values of ``--mode=export``.
+EXPORT_FORMATS = ("saved_model", "litert", "onnx", "openvino")
 
-    LiteRT files go to ``--export_dir`` (default ``<model_dir>/export``) as
-    ``model.tflite``, ``model_float16.tflite`` or ``model_int8.tflite``; int8
-    calibrates on 100 images of the run's training pipeline.
+
+def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
+    """Exports ``<model_dir>/checkpoints/latest.keras`` in ``--format`` (:data:`EXPORT_FORMATS`).
+
+    ``saved_model`` (default): a version directory for TF Serving. The other
+    formats write one file to ``--export_dir`` (default ``<model_dir>/export``):
+    ``litert``: ``model.tflite``, ``model_float16.tflite`` or ``model_int8.tflite``;
+    ``onnx``: ``model.onnx``; ``openvino``: ``model.xml`` (or ``model_int8.xml``)
+    and its ``.bin``. int8 calibrates on 100 images of the run's training pipeline.
     """
     model_dir = config.resolved_model_dir()
+    fmt = flags.get("format") or "saved_model"
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"--format must be one of {EXPORT_FORMATS}, got {fmt!r}.")
     model = rundir.load_trained_model(model_dir)
     class_names, category_ids = rundir.read_classes(model_dir)
-    if flags.get("format", "saved_model") == "saved_model":
+    if fmt == "saved_model":
         path = _export(model, flags, model_dir, config, class_names, category_ids)
         print(f"SavedModel written to {path}")
         return path
     quantization = flags.get("quantization")
     export_dir = flags.get("export_dir") or os.path.join(model_dir, "export")
-    path = os.path.join(export_dir, f"model{'_' + quantization if quantization else ''}.tflite")
-    representative = None
-    if quantization == "int8":
-        batches = RunData(config.data, seed=config.train.seed).pipeline("train")
-        representative = (images.numpy() for images, _ in batches)
-    litert.export_litert(
-        model,
-        path,
-        quantization=quantization,
-        representative_data=representative,
+    common = dict(
         class_names=class_names,
         category_ids=category_ids,
         image_size=config.data.image_size,
         min_size=config.data.min_size,
         max_size=config.data.max_size,
     )
+    representative = None
+    if quantization == "int8":
+        batches = RunData(config.data, seed=config.train.seed).pipeline("train")
+        representative = (images.numpy() for images, _ in batches)
+    if fmt == "onnx":
+        if quantization:
+            raise ValueError(f"--format=onnx writes float32 only; --quantization={quantization} is for litert and "
+                             "openvino.")
+        from keras_retina.deploy import onnx  # noqa: PLC0415  (tf2onnx is an extra: imported when asked for)
+
+        path = onnx.export_onnx(model, os.path.join(export_dir, "model.onnx"), **common)
+        print(f"ONNX model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+        return path
+    if fmt == "openvino":
+        from keras_retina.deploy import openvino  # noqa: PLC0415  (openvino is an extra: imported when asked for)
+
+        path = os.path.join(export_dir, f"model{'_' + quantization if quantization else ''}.xml")
+        openvino.export_openvino(
+            model, path, quantization=quantization, representative_data=representative, **common
+        )
+        print(f"OpenVINO model written to {path}")
+        return path
+    path = os.path.join(export_dir, f"model{'_' + quantization if quantization else ''}.tflite")
+    litert.export_litert(model, path, quantization=quantization, representative_data=representative, **common)
     print(f"LiteRT model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     return path
 
 
 def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
-    """Detections on ``--image`` files with ``<model_dir>``'s model: detections.json and drawn PNGs."""
+    """Detections on ``--image`` files with ``<model_dir>``'s model: detections.json and drawn PNGs.
+
+    ``--model=FILE``: an exported file instead (anything
+    :func:`keras_retina.deploy.runners.open_detector` opens), with its own
+    classes, input size and resize rule.
+    """
     model_dir = config.resolved_model_dir()
     output_dir = flags.get("output_dir") or os.path.join(model_dir, "predictions")
-    if flags.get("model"):  # a .tflite file, with its own classes and input size
-        if not flags["model"].endswith(".tflite"):
-            raise ValueError(f"--model must be a .tflite file (from --mode=export --format=litert), got {flags['model']!r}.")
-        model = litert.LiteRTDetector(flags["model"])
+    if flags.get("model"):  # an exported file, with its own classes, input size and resize rule
+        model = runners.open_detector(flags["model"])
         image_size, class_names, category_ids = model.image_size, model.class_names, model.category_ids
     else:
         image_size = config.data.image_size

@@ -16,6 +16,7 @@ from keras_retina.data import to_original_pixels
 from keras_retina.data.orientation import decode_upright
 from keras_retina.deploy.class_names import CLASS_NAMES_FILE, write_class_names
 from keras_retina.deploy.requests import check_encoded_images, decode_image, prepare_image
+from keras_retina.deploy.runners import Detector, SavedModelDetector
 from keras_retina.deploy.saved_model import InferenceModule
 from keras_retina.model.slicing import SlicedInference
 
@@ -82,16 +83,17 @@ def predict_files(
     the image.
 
     Args:
-        model: a :class:`keras_retina.RetinaNet`, or a
-            :class:`keras_retina.deploy.litert.LiteRTDetector` (a ``.tflite`` file:
-            the same decoding and resizing, then LiteRT).
+        model: a :class:`keras_retina.RetinaNet`, or an exported file's
+            :class:`keras_retina.deploy.runners.Detector` (``.tflite``,
+            ``.onnx``, OpenVINO: the same decoding and resizing, then its
+            runtime; a SavedModel: its ``serving_default`` on the file's bytes).
         paths: image files and/or directories of images.
         output_dir: created if missing.
         image_size: the model's square input size.
         class_names, category_ids: per contiguous class.
         draw_score_threshold: lowest score drawn (all go to the JSON).
         min_size, max_size: the model's shorter-side resize rule, if it has
-            one (a ``.tflite`` file brings its own).
+            one (an exported file brings its own).
 
     Returns:
         the path of ``detections.json``.
@@ -116,8 +118,10 @@ def predict_files(
     os.makedirs(output_dir, exist_ok=True)
     names_by_id = dict(zip((int(c) for c in category_ids), class_names))
     with tempfile.TemporaryDirectory() as scratch:
-        if hasattr(model, "runner"):  # a keras_retina.deploy.litert.LiteRTDetector
-            serve = _litert_serve(model)
+        if isinstance(model, SavedModelDetector):  # the file's own serving_default, as TF Serving runs it
+            serve = lambda encoded: {k: tf.constant(v) for k, v in model.detect_encoded(encoded).items()}  # noqa: E731
+        elif isinstance(model, Detector):  # .tflite, .onnx, OpenVINO: the SavedModel's decoding and resizing first
+            serve = _detector_serve(model)
         elif isinstance(model, SlicedInference):  # each image at its own resolution, tile by tile
             serve = _sliced_serve(model, category_ids)
         else:
@@ -186,8 +190,8 @@ def header_font_size(width: int) -> int:
     return max(visualize.CAPTION_FONT_SIZE, int(width) // 60)
 
 
-def _litert_serve(detector):
-    """``serve_encoded``'s contract for a ``.tflite`` file: the SavedModel's decoding and resizing, then LiteRT."""
+def _detector_serve(detector):
+    """``serve_encoded``'s contract for an exported file: the SavedModel's decoding and resizing, then its runtime."""
 
     def serve(encoded):  # (1,) tf.string
         encoded = check_encoded_images(encoded)  # decompression bombs refused before decoding, as served
