@@ -67,12 +67,21 @@ flags.DEFINE_bool("jit_compile", None, "Compile the train step with XLA.")
 flags.DEFINE_integer("seed", None, "Random seed.")
 flags.DEFINE_multi_string("override", [], "section.field=value for any config field (repeatable).")
 flags.DEFINE_bool("skip_invalid", None, "Skip and count bad images/annotations instead of failing.")
-flags.DEFINE_string("export_dir", None, "SavedModel export directory (default <model_dir>/export).")
-flags.DEFINE_enum("format", "saved_model", ["saved_model", "litert"], "--mode=export: TF Serving SavedModel or LiteRT .tflite.")
+flags.DEFINE_string("export_dir", None, "--mode=export: where the export goes (default <model_dir>/export).")
 flags.DEFINE_enum(
-    "quantization", None, ["float16", "int8"], "--mode=export --format=litert: float16 weights or int8 (default float32)."
+    "format", "saved_model", ["saved_model", "litert", "onnx", "openvino"],
+    "--mode=export: TF Serving SavedModel (a version directory), LiteRT model.tflite, ONNX model.onnx or "
+    "OpenVINO model.xml (docs/SERVING.md).",
 )
-flags.DEFINE_string("model", None, "--mode=predict: a .tflite file to run with LiteRT (default: the run's checkpoint).")
+flags.DEFINE_enum(
+    "quantization", None, ["float16", "int8"],
+    "--mode=export --format=litert|openvino: float16 weights or int8 (default float32).",
+)
+flags.DEFINE_string(
+    "model", None, "--mode=evaluate / predict: an exported model to run instead of the run's checkpoint: a "
+    "SavedModel version directory, a .tflite, a .onnx or an OpenVINO .xml file (evaluate writes its metrics beside "
+    "it: FILE.metrics.json, or metrics.json in the SavedModel directory).",
+)
 flags.DEFINE_multi_string("image", [], "--mode=predict: an image file or a directory of images (repeatable).")
 flags.DEFINE_string("output_dir", None, "--mode=predict: where detections.json and PNGs go.")
 flags.DEFINE_string("split", "val", "--mode=analyze: train or val.")
