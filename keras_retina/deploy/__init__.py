@@ -3,6 +3,8 @@
 * :mod:`~keras_retina.deploy.saved_model`: the SavedModel for TF Serving (:func:`export_saved_model`);
 * :mod:`~keras_retina.deploy.litert`: LiteRT ``.tflite`` with NMS on the device (:func:`export_litert`,
   :class:`LiteRTDetector`);
+* :mod:`~keras_retina.deploy.openvino`: an OpenVINO IR, float32 or int8, with NMS inside
+  (:func:`export_openvino`, :class:`OpenVINODetector`, which runs without TensorFlow);
 * :mod:`~keras_retina.deploy.onnx`: ONNX with NMS inside (:func:`export_onnx`), run by
   :class:`OnnxDetector` with ONNX Runtime alone (no TensorFlow);
 * :mod:`~keras_retina.deploy.runners`: one detector interface (:class:`Detector`) for every exported
@@ -24,9 +26,10 @@ Example:
     (None, 'float16', 'int8')
 """
 
-from keras_retina.deploy import class_names, litert, onnx, predict, requests, runners, saved_model
+from keras_retina.deploy import class_names, litert, onnx, openvino, predict, requests, runners, saved_model
 from keras_retina.deploy.class_names import read_class_names
 from keras_retina.deploy.litert import LiteRTDetector, export_litert
+from keras_retina.deploy.openvino import OpenVINODetector, export_openvino
 from keras_retina.deploy.onnx import OnnxDetector, export_onnx
 from keras_retina.deploy.predict import predict_files
 from keras_retina.deploy.runners import Detector, SavedModelDetector, evaluate_detector, open_detector
@@ -37,14 +40,17 @@ __all__ = [
     "LiteRTDetector",
     "OnnxDetector",
     "SavedModelDetector",
+    "OpenVINODetector",
     "class_names",
     "evaluate_detector",
     "export_litert",
     "export_onnx",
+    "export_openvino",
     "export_saved_model",
     "litert",
     "onnx",
     "open_detector",
+    "openvino",
     "predict",
     "predict_files",
     "read_class_names",
