@@ -252,6 +252,15 @@ class LiteRTDetector:
     A :class:`keras_retina.deploy.runners.Detector`: ``path``, ``image_size``,
     ``class_names``, ``category_ids``, ``min_size``, ``max_size``.
 
+    Not thread-safe: the interpreter holds one set of input and output
+    tensors and LiteRT's ``Interpreter`` must not run in two threads at
+    once (wrong outputs or a crash). Give each serving thread its own detector
+    (``threading.local()``; each holds its own copy of the file's weights)
+    or hold a lock around each call (one request at a time).
+    ``benchmarks/load_test.py`` serves with one a thread: answers bit for bit
+    those of one request at a time, and resident memory flat over thousands
+    of requests (docs/RELIABILITY.md, "Serving under load").
+
     Args:
         path: the ``.tflite`` file.
         num_threads: CPU threads (XNNPACK).
