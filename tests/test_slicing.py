@@ -1,6 +1,7 @@
 """Sliced inference (kr.model.slicing): the tile grid, greedy merging, tiles mapped back, the CLI flags."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 
@@ -205,3 +206,65 @@ def test_evaluate_and_predict_modes_with_slicing(tmp_path, capsys):
     # Boxes in the photo's own pixels: beyond a 64-pixel input's reach, within the photo.
     assert max(r["bbox"][0] + r["bbox"][2] for r in results) > 64
     assert all(r["bbox"][0] + r["bbox"][2] <= 200.01 and r["bbox"][1] + r["bbox"][3] <= 150.01 for r in results)
+
+    # The same through an exported file and its own runtime (--model=FILE).
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        return
+    import keras_retina as kr
+
+    tflite = kr.export_litert(model, str(tmp_path / "model.tflite"), image_size=64, category_ids=list(range(1, 6)))
+    file_flags = {**flags, "model": tflite, "tta": True, "tta_scales": ["1.0"]}
+    file_metrics = modes.evaluate(config, file_flags)
+    assert "Sliced inference" in capsys.readouterr().out
+    assert json.loads(open(f"{tflite}.{rundir.METRICS_FILE}").read())["AP"] == file_metrics["AP"]
+    path = modes.predict(config, {**file_flags, "image": [str(tmp_path / "photo.png")],
+                                  "output_dir": str(tmp_path / "out_file")})
+    with open(path) as f:
+        file_results = json.load(f)
+    assert file_results and max(r["bbox"][0] + r["bbox"][2] for r in file_results) > 64
+
+
+def _detections(out, n=None):
+    """``[(class, score, x1, y1, x2, y2)]`` of the first image of a detect-style dict, by score."""
+    count = int(np.asarray(out["num_detections"])[0])
+    rows = zip(np.asarray(out["classes"])[0, :count], np.asarray(out["scores"])[0, :count],
+               np.asarray(out["boxes"])[0, :count])
+    return [(int(c), float(s), *np.asarray(b, float)) for c, s, b in rows]
+
+
+@pytest.mark.slow
+def test_sliced_inference_and_flip_tta_through_an_exported_file_equal_the_keras_models(tmp_path):
+    """The options survive export: a .tflite file run by LiteRT gives the Keras model's sliced and TTA detections."""
+    pytest.importorskip("ai_edge_litert")
+    import keras_retina as kr
+    from keras_retina.deploy import runners
+    from keras_retina.deploy.exported_model import ExportedModel
+    from keras_retina.model.tta import TestTimeAugmentation
+
+    model = small_model(num_classes=3, score_threshold=0.05, max_detections=20, soft_nms_sigma=0.5)
+    model(np.zeros((1, 64, 64, 3), "float32"))
+    # Random weights score every anchor near the prior (0.01): spread the class logits so that a few anchors score
+    # well apart, and both runtimes rank them alike.
+    head = model.classification_head.output_conv
+    head.kernel.assign(head.kernel * 300.0)
+    head.bias.assign(tf.fill(head.bias.shape, -2.0))
+    path = kr.export_litert(model, str(tmp_path / "model.tflite"), image_size=64, category_ids=[4, 7, 9])
+    exported = ExportedModel(runners.open_detector(path))
+    assert exported.num_classes == 3 and exported.inference_settings == model.inference_settings  # read from the file
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (100, 150, 3)).astype("float32")
+    for wrap in (lambda m: SlicedInference(m, slice_size=64, image_size=64),
+                 lambda m: SlicedInference(TestTimeAugmentation(m, scales=(1.0,), merge="wbf"), slice_size=64)):
+        keras_out = _detections(wrap(model).detect(image[None].round()))
+        file_out = _detections(wrap(exported).detect(image[None].round()))
+        assert len(file_out) == len(keras_out) > 0
+        file_out, keras_out = np.array(file_out), np.array(keras_out)
+        # Each of the 10 best of one has a twin among the other's (both ways; the tail near the 20-detection cut
+        # may differ where scores tie).
+        for ours, theirs in ((file_out, keras_out), (keras_out, file_out)):
+            for row in ours[:10]:
+                twins = ((theirs[:, 0] == row[0]) & (np.abs(theirs[:, 1] - row[1]) <= 2e-3)  # class, score
+                         & (np.abs(theirs[:, 2:] - row[2:]).max(axis=1) <= 0.5))  # box, image pixels
+                assert twins.any(), row
+    with pytest.raises(ValueError, match="can only flip"):
+        TestTimeAugmentation(exported, scales=(1.5,)).detect(np.zeros((1, 64, 64, 3)))

@@ -87,7 +87,12 @@ flags.DEFINE_string("output_dir", None, "--mode=predict: where detections.json a
 flags.DEFINE_string("split", "val", "--mode=analyze: train or val.")
 flags.DEFINE_bool(
     "tta", False, "--mode=evaluate / predict: test-time augmentation, each image also flipped (and at --tta_scales), "
-    "the detections merged by the model's NMS (docs/TRAINING.md, Inference options).",
+    "the detections merged (--tta_merge; docs/TRAINING.md, Inference options).",
+)
+flags.DEFINE_enum(
+    "tta_merge", tta.DEFAULT_MERGE, list(tta.MERGES),
+    "--tta: how the copies' detections are merged: weighted box fusion or the model's NMS (default: the one with "
+    "the higher AP measured, docs/BENCHMARKS.md).",
 )
 flags.DEFINE_list(
     "tta_scales", [str(s) for s in tta.DEFAULT_SCALES],

@@ -23,9 +23,11 @@ from keras_retina import evaluation, pretrained, training
 from keras_retina.data import RunData, original_size_pipeline
 from keras_retina.deploy import litert, runners, saved_model
 from keras_retina.deploy import predict as predict_lib
+from keras_retina.deploy.exported_model import ExportedModel
 from keras_retina.evaluation import anchor_fit, preflight, report
 from keras_retina.model import slicing
 from keras_retina.model.slicing import SlicedInference
+from keras_retina.model.tta import DEFAULT_MERGE as DEFAULT_TTA_MERGE
 from keras_retina.model.tta import DEFAULT_SCALES as DEFAULT_TTA_SCALES
 from keras_retina.model.tta import TestTimeAugmentation
 from keras_retina.training import rundir, transfer
@@ -160,8 +162,9 @@ def _with_tta(model, flags: dict | None):
     if not (flags or {}).get("tta"):
         return model
     scales = [float(s) for s in flags.get("tta_scales") or DEFAULT_TTA_SCALES]
-    print(f"Test-time augmentation: scales {scales}, flipped and not.")
-    return TestTimeAugmentation(model, scales=scales, flip=True)
+    merge = flags.get("tta_merge") or DEFAULT_TTA_MERGE
+    print(f"Test-time augmentation: scales {scales}, flipped and not, merged by {merge}.")
+    return TestTimeAugmentation(model, scales=scales, flip=True, merge=merge)
 
 
 def _with_slicing(model, flags: dict | None, image_size: int):
@@ -220,7 +223,12 @@ def evaluate_exported(config: config_lib.ExperimentConfig, flags: dict) -> dict:
     data = RunData(data_config)
     if list(data.category_ids) != list(detector.category_ids):
         print(f"Note: {path} has category ids {list(detector.category_ids)}, the data {list(data.category_ids)}.")
-    metrics = runners.evaluate_detector(detector, data.pipeline("val"), data.coco_gt)
+    wrapped = _with_slicing(_with_tta(ExportedModel(detector), flags), flags, detector.image_size)
+    if isinstance(wrapped, ExportedModel):
+        metrics = runners.evaluate_detector(detector, data.pipeline("val"), data.coco_gt)
+    else:  # --tta / --slice_size through the file's own runtime
+        pipeline = original_size_pipeline(data.raw("val")) if isinstance(wrapped, SlicedInference) else data.pipeline("val")
+        metrics = evaluation.evaluate_model(wrapped, pipeline, data.coco_gt, detector.category_ids, verbose=False)
     metrics_path = (
         os.path.join(path, rundir.METRICS_FILE) if os.path.isdir(path) else f"{path}.{rundir.METRICS_FILE}"
     )
@@ -323,6 +331,8 @@ def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
     if flags.get("model"):  # an exported file, with its own classes, input size and resize rule
         model = runners.open_detector(flags["model"])
         image_size, class_names, category_ids = model.image_size, model.class_names, model.category_ids
+        if flags.get("tta") or flags.get("slice_size"):  # through the file's own runtime
+            model = _with_slicing(_with_tta(ExportedModel(model), flags), flags, image_size)
     else:
         image_size = config.data.image_size
         model = _with_slicing(_with_tta(rundir.load_trained_model(model_dir), flags), flags, image_size)
@@ -334,8 +344,8 @@ def predict(config: config_lib.ExperimentConfig, flags: dict) -> str:
         image_size=image_size,
         class_names=class_names,
         category_ids=category_ids,
-        min_size=None if flags.get("model") else config.data.min_size,
-        max_size=None if flags.get("model") else config.data.max_size,
+        min_size=getattr(model, "min_size", None) if flags.get("model") else config.data.min_size,
+        max_size=getattr(model, "max_size", None) if flags.get("model") else config.data.max_size,
     )
 
 

@@ -124,6 +124,23 @@ def read_resize_rule(path: str) -> tuple[int | None, int | None]:
     return values[0], values[1]
 
 
+def read_inference_settings(path: str) -> dict:
+    """The inference settings recorded in a ``.tflite`` file by ``export_litert`` (a dict; ``{}`` when none are).
+
+    A file whose record is not a JSON object raises a ValueError naming the file.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if INFERENCE_FILE not in archive.namelist():
+                return {}
+            settings = json.loads(archive.read(INFERENCE_FILE).decode("utf-8"))
+    except (zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: unreadable {INFERENCE_FILE} ({error}).") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: {INFERENCE_FILE} must hold a JSON object, got {type(settings).__name__}.")
+    return settings
+
+
 def read_class_names(path: str) -> tuple[list[str], list[int]]:
     """``(class_names, category_ids)`` of an exported model.
 

@@ -25,7 +25,9 @@ import tensorflow as tf
 
 from keras_retina import compat
 from keras_retina.data.pipeline import check_resize_rule
-from keras_retina.deploy.class_names import class_names_zip, read_class_names, read_resize_rule, resolve_classes
+from keras_retina.deploy.class_names import (
+    class_names_zip, read_class_names, read_inference_settings, read_resize_rule, resolve_classes,
+)
 from keras_retina.deploy.onnx import check_image
 from keras_retina.deploy.runners import evaluate_detector
 from keras_retina.model import postprocess
@@ -287,6 +289,8 @@ class LiteRTDetector:
         self.class_names, self.category_ids = read_class_names(path)
         # How a caller resizes an image onto the file's square input (prepare_image's min_size, max_size).
         self.min_size, self.max_size = read_resize_rule(path)
+        # The settings the file's NMS was built with (a dict of InferenceSettings' fields).
+        self.inference_settings = read_inference_settings(path)
 
     def __call__(self, image) -> dict:
         return self.runner(images=check_image(image, self.input_shape, self.path, "LiteRTDetector"))

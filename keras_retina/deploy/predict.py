@@ -18,6 +18,7 @@ from keras_retina.deploy.class_names import CLASS_NAMES_FILE, write_class_names
 from keras_retina.deploy.requests import check_encoded_images, decode_image, prepare_image
 from keras_retina.deploy.runners import Detector, SavedModelDetector
 from keras_retina.deploy.saved_model import InferenceModule
+from keras_retina.deploy.exported_model import ExportedModel
 from keras_retina.model.slicing import SlicedInference
 
 #: File extensions read from a directory given as ``--image``.
@@ -122,8 +123,8 @@ def predict_files(
             serve = lambda encoded: {k: tf.constant(v) for k, v in model.detect_encoded(encoded).items()}  # noqa: E731
         elif isinstance(model, Detector):  # .tflite, .onnx, OpenVINO: the SavedModel's decoding and resizing first
             serve = _detector_serve(model)
-        elif isinstance(model, SlicedInference):  # each image at its own resolution, tile by tile
-            serve = _sliced_serve(model, category_ids)
+        elif _runs_eagerly(model):  # sliced inference (each image at its own resolution), or an exported file's TTA
+            serve = _eager_serve(model, category_ids, image_size, min_size, max_size)
         else:
             asset = write_class_names(os.path.join(scratch, CLASS_NAMES_FILE), class_names, category_ids)
             module = InferenceModule(
@@ -205,16 +206,32 @@ def _detector_serve(detector):
     return serve
 
 
-def _sliced_serve(sliced: SlicedInference, category_ids: Sequence[int]):
-    """``serve_encoded``'s contract for sliced inference: the request checks and decoding, then the tiles."""
+def _runs_eagerly(model) -> bool:
+    """Sliced inference, and anything wrapping an exported file, run outside a traced graph."""
+    while model is not None:
+        if isinstance(model, (SlicedInference, ExportedModel)):
+            return True
+        model = vars(model).get("model") if hasattr(model, "__dict__") else None  # a wrapper's wrapped model
+    return False
+
+
+def _eager_serve(model, category_ids: Sequence[int], image_size: int, min_size, max_size):
+    """``serve_encoded``'s contract, run eagerly: the request checks and decoding, then sliced inference on the
+    image as it is, or ``model.detect`` on it resized and padded as the SavedModel does."""
     ids = tf.constant([int(c) for c in category_ids], tf.int64)
 
     def serve(encoded):  # (1,) tf.string
         encoded = check_encoded_images(encoded)  # decompression bombs refused before decoding, as served
-        image = tf.cast(decode_image(encoded[0], tf.constant(0)), tf.float32)
-        out = sliced.detect(image[None])
+        image = decode_image(encoded[0], tf.constant(0))
+        if isinstance(model, SlicedInference):
+            out = model.detect(tf.cast(image, tf.float32)[None])
+            boxes = out["boxes"]
+        else:
+            prepared, scale, image_shape = prepare_image(image, image_size, min_size, max_size)
+            out = model.detect(prepared[None])
+            boxes = to_original_pixels(out["boxes"], scale[None], image_shape[None])
         return {
-            "detection_boxes": out["boxes"],
+            "detection_boxes": boxes,
             "detection_scores": out["scores"],
             "detection_classes": tf.gather(ids, tf.maximum(out["classes"], 0)),
             "num_detections": out["num_detections"],

@@ -168,6 +168,11 @@ class SavedModelDetector:
         self.min_size = int(meta["min_size"]) or None
         self.max_size = int(meta["max_size"]) or None
         self.input_shape = (1, self.image_size, self.image_size, 3)
+        # The NMS settings its graph was built with, as the other runtimes' files record them.
+        self.inference_settings = {
+            key: meta[key].item() for key in ("score_threshold", "nms_iou_threshold", "class_agnostic_nms",
+                                               "soft_nms_sigma") if key in meta
+        }
 
     def __call__(self, image) -> dict:
         image = check_image(image, self.input_shape, self.path, "SavedModelDetector")

@@ -12,6 +12,7 @@ arguments):
 * :mod:`~keras_retina.model.losses`: :class:`FocalLoss` and the box losses;
 * :mod:`~keras_retina.model.postprocess`: :class:`InferenceSettings`, decoding, NMS (**a new inference option**);
 * :mod:`~keras_retina.model.tta`: test-time augmentation (``predict_tta``, ``TestTimeAugmentation``);
+* :mod:`~keras_retina.model.slicing`: sliced inference for large images (``predict_sliced``, ``SlicedInference``);
 * :mod:`~keras_retina.model.retinanet`: :class:`RetinaNet`, the ``keras.Model`` that joins them.
 
 Example:
@@ -29,6 +30,7 @@ from keras_retina.model.losses import FocalLoss, HuberLoss, SmoothL1Loss, focal_
 from keras_retina.model.matching import BACKGROUND, IGNORE, assign_targets
 from keras_retina.model.postprocess import InferenceSettings, decode_detections
 from keras_retina.model.retinanet import RetinaNet
+from keras_retina.model.slicing import SlicedInference, predict_sliced
 from keras_retina.model.tta import TestTimeAugmentation, predict_tta
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "IGNORE",
     "InferenceSettings",
     "RetinaNet",
+    "SlicedInference",
     "SmoothL1Loss",
     "TestTimeAugmentation",
     "assign_targets",
@@ -51,5 +54,6 @@ __all__ = [
     "decode_detections",
     "focal_loss",
     "get_box_loss",
+    "predict_sliced",
     "predict_tta",
 ]

@@ -267,13 +267,16 @@ def predict_sliced(
         boxes.append(out["boxes"][:n] / scale + np.array([dx, dy, dx, dy], np.float32))
         scores.append(out["scores"][:n])
         classes.append(out["classes"][:n])
-    boxes = np.clip(np.concatenate(boxes), 0.0, [width, height, width, height]).astype(np.float32)  # (K, 4)
-    scores, classes = np.concatenate(scores).astype(np.float32), np.concatenate(classes).astype(np.int32)
+    # One padding row (class -1, never selected), so that NMS never sees an empty candidate list.
+    boxes = np.clip(np.concatenate(boxes + [np.zeros((1, 4))]), 0.0, [width, height, width, height]).astype(np.float32)
+    scores = np.concatenate(scores + [np.zeros(1)]).astype(np.float32)  # (K,)
+    classes = np.concatenate(classes + [np.full(1, -1)]).astype(np.int32)
     settings = model.inference_settings
     if merge == "nms":
         merged = postprocess.select_detections(boxes[None], scores[None], classes[None], model.num_classes, settings)
         return {key: np.asarray(value) for key, value in merged.items()}
-    boxes, scores, classes = greedy_nmm(boxes, scores, classes, class_agnostic=settings.class_agnostic_nms)
+    real = classes >= 0
+    boxes, scores, classes = greedy_nmm(boxes[real], scores[real], classes[real], class_agnostic=settings.class_agnostic_nms)
     count = min(len(scores), settings.max_detections)
     padding = settings.max_detections - count
     return {
