@@ -22,7 +22,7 @@ pytest.importorskip("nncf")
 import keras_retina as kr
 from keras_retina import recipes, training
 from keras_retina.config import override
-from keras_retina.deploy import litert
+from keras_retina.deploy import litert, runners
 from keras_retina.deploy import openvino as kov
 
 IMAGE_SIZE = 128
@@ -136,7 +136,8 @@ def test_ir_signature_and_metadata(small):
     assert (metadata["class_names"], metadata["category_ids"]) == (["cat", "dog"], [3, 7])
     assert (metadata["min_size"], metadata["max_size"]) == (48, 64)
     assert metadata["quantization"] is None and metadata["inference_precision"] == "f32"
-    detector = kov.OpenVINODetector(path)
+    detector = runners.open_detector(path)  # the project's one entry point for exported files
+    assert isinstance(detector, kov.OpenVINODetector) and isinstance(detector, runners.Detector)
     assert (detector.image_size, detector.min_size, detector.max_size) == (64, 48, 64)
     assert detector.inference_precision == "f32"  # not the plugin's bf16 default on AVX512_BF16/AMX CPUs
     out = detector(np.zeros((64, 64, 3), np.uint8))
