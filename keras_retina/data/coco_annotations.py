@@ -45,6 +45,7 @@ _REQUIRED_IMAGE_FIELDS = ("id", "file_name", "height", "width")
 _REQUIRED_CATEGORY_FIELDS = ("id", "name")
 _REQUIRED_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox")
 _NUMBER_TYPES = (int, float)  # as json.loads makes them; bool excluded on purpose
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # ids and sizes become int64 arrays
 
 
 class CocoFormatError(ValueError):
@@ -386,7 +387,7 @@ class CocoAnnotations:
                 self.stats.invalid_annotations += 1
                 self._fail(parsed)
                 image_id = annotation.get("image_id")
-                if image_id in images:
+                if type(image_id) is int and image_id in images:  # any JSON value: a list is unhashable
                     bad_images.add(image_id)
                 continue
             per_image[parsed[0]].append(parsed[1:])
@@ -438,7 +439,12 @@ class CocoAnnotations:
         """
         annotation_id = annotation["id"]
         image_id = annotation["image_id"]
-        image = images.get(image_id) if isinstance(image_id, int) else None
+        if type(annotation_id) is not int or not _INT64_MIN <= annotation_id <= _INT64_MAX:
+            return (
+                f"annotation id {annotation_id!r} (image_id {image_id!r}): field 'id' = {annotation_id!r}; "
+                "expected an integer (64-bit)."
+            )
+        image = images.get(image_id) if type(image_id) is int else None
         if image is None:
             return (
                 f"annotation id {annotation_id!r} (image_id {image_id!r}): field 'image_id' "
@@ -449,7 +455,7 @@ class CocoAnnotations:
             return f"annotation id {annotation_id!r} (image_id {image_id}, file {image['path']})"
 
         category_id = annotation["category_id"]
-        class_id = self._class_of_category.get(category_id) if isinstance(category_id, int) else None
+        class_id = self._class_of_category.get(category_id) if type(category_id) is int else None
         if class_id is None:
             return (
                 f"{where()}: field 'category_id' = {category_id!r} is not an id in "
@@ -460,7 +466,7 @@ class CocoAnnotations:
             type(bbox) in (list, tuple)
             and len(bbox) == 4
             and all(type(v) in _NUMBER_TYPES for v in bbox)
-            and math.isfinite(bbox[0] + bbox[1] + bbox[2] + bbox[3])  # nan or inf propagate
+            and _finite_sum(bbox)
         ):
             return (
                 f"{where()}: field 'bbox' = {bbox!r}; expected 4 finite numbers "
@@ -551,6 +557,11 @@ def load_coco_json(annotation_file: str | os.PathLike) -> dict:
             f"annotation_file={annotation_file!r} is not valid JSON ({error}); expected a COCO "
             "instances JSON object with 'images', 'annotations' and 'categories'."
         ) from None
+    except RecursionError:  # json.loads' own recursion limit: lists or objects nested ~1000 deep
+        raise CocoFormatError(
+            f"annotation_file={annotation_file!r} nests lists or objects deeper than Python's JSON reader "
+            "goes; expected a COCO instances JSON object with 'images', 'annotations' and 'categories'."
+        ) from None
     if not isinstance(coco, dict):
         hint = " (a list looks like a detection results file)" if isinstance(coco, list) else ""
         raise CocoFormatError(
@@ -585,7 +596,18 @@ def _require_fields(annotation_file: str, where: str, entry: Any, fields: Sequen
 
 
 def _as_int(annotation_file: str, where: str, value) -> int:
-    # json.loads reads Infinity and NaN as floats, which int() refuses with its own errors.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
-        raise CocoFormatError(f"{annotation_file}: {where} is {value!r}; expected an integer.")
-    return int(value)
+    # json.loads reads Infinity and NaN as floats, which int() refuses with its own errors, and
+    # integers of any size, which math.isfinite refuses past 1e308 (ids become int64 tensors).
+    if type(value) is float and math.isfinite(value) and value == int(value):
+        value = int(value)
+    if type(value) is not int or not _INT64_MIN <= value <= _INT64_MAX:
+        raise CocoFormatError(f"{annotation_file}: {where} is {value!r}; expected an integer (64-bit).")
+    return value
+
+
+def _finite_sum(numbers: Sequence) -> bool:
+    """True if the sum of ``numbers`` (ints or floats) is a finite float: nan and inf propagate, huge ints overflow."""
+    try:
+        return math.isfinite(float(sum(numbers)))
+    except OverflowError:
+        return False

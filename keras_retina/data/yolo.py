@@ -494,6 +494,9 @@ def _read_data_yaml(data_yaml: str, split: str) -> tuple[str, tuple[str, ...], l
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or error
         raise YoloFormatError(f"{data_yaml}{line}: not YAML ({problem}).") from None
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting
+        raise YoloFormatError(f"{data_yaml}: nests lists or mappings deeper than the YAML reader goes; "
+                              "expected a mapping with 'train', 'val' and 'names'.") from None
     if not isinstance(content, dict):
         raise YoloFormatError(f"{data_yaml}: holds a YAML {type(content).__name__}; expected a mapping with "
                               "'train', 'val' and 'names' (and optionally 'path' and 'nc').")

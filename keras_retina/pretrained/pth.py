@@ -208,7 +208,11 @@ class _Reader:
         """Unpickles one pickle from ``data_file`` through the allow-list."""
         reader = self
 
-        class _Unpickler(pickle.Unpickler):
+        # The pure-Python unpickler, not the C one: the C one allocates the length a BINBYTES or
+        # BYTEARRAY8 opcode declares before reading (a 1 KB pickle can ask for gigabytes), while this
+        # one reads what the stream holds and only then finds it truncated. A state dict's pickle
+        # holds names and shapes, not tensor bytes, so the slower unpickler costs little.
+        class _Unpickler(pickle._Unpickler):
             def find_class(self, module, name):
                 return reader.find_class(module, name)
 
@@ -226,9 +230,11 @@ class _Reader:
         except CheckpointError:
             raise
         except Exception as error:  # any malformed pickle: truncated, bad opcode, bad BUILD...
+            # The pure-Python unpickler says EOFError, with no message, where the data ends too soon.
+            detail = "truncated: it ends before its last opcode" if isinstance(error, EOFError) else error
             raise CheckpointError(
                 f"{self.path}: not a readable PyTorch checkpoint: the {where} pickle is malformed "
-                f"({type(error).__name__}: {error})"
+                f"({type(error).__name__}: {detail})"
             ) from error
 
     def _storage_from_pid(self, pid, legacy: bool) -> _StorageRef:
@@ -282,7 +288,8 @@ class _Reader:
     def _read_zip(self) -> dict[str, np.ndarray]:
         try:
             archive = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError, ValueError) as error:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
+            # NotImplementedError: zipfile's word for an unknown "version needed to extract".
             raise CheckpointError(f"{self.path}: a broken zip archive, not a readable checkpoint ({error})") from error
         with archive:
             names = archive.namelist()
@@ -341,6 +348,8 @@ class _Reader:
             info = archive.getinfo(entry)
         except KeyError:
             raise CheckpointError(f"{self.path}: {what} has no entry {entry} in the archive") from None
+        if info.flag_bits & 0x1:  # zipfile would raise RuntimeError("... password required ...")
+            raise CheckpointError(f"{self.path}: entry {entry} is encrypted; torch.save writes no encrypted entries")
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(
                 f"{self.path}: entry {entry} is compressed (zip method {info.compress_type}); torch.save "
@@ -361,7 +370,7 @@ class _Reader:
             )
         try:
             return archive.read(info)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
             raise CheckpointError(f"{self.path}: entry {entry} cannot be read ({error})") from error
 
     def _read_legacy(self) -> dict[str, np.ndarray]:
