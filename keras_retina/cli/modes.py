@@ -376,7 +376,7 @@ def convert(config: config_lib.ExperimentConfig) -> str:
     class_names = source.class_names or tuple(f"class_{i}" for i in range(model.num_classes))
     rundir.write_classes(model_dir, class_names, source.category_ids or tuple(range(model.num_classes)))
     rundir.write_config(model_dir, config)
-    model.save(os.path.join(model_dir, rundir.LATEST_CHECKPOINT))
+    rundir.save_checkpoint(model, os.path.join(model_dir, rundir.LATEST_CHECKPOINT))  # whole or not at all
     print(f"{source.description} written to {model_dir} ({model.num_classes} classes). Next:")
     if config.data.min_size is not None:
         print(f"  Images are resized as the source was tested: shorter side {config.data.min_size}, longer at most "
