@@ -147,6 +147,26 @@ def test_int8_ap_is_within_0_02_of_float(files, trained):
     assert os.path.getsize(files["int8"]) < 0.4 * os.path.getsize(files[None])
 
 
+def test_onnx_int8_ap_is_within_0_02_of_float(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    from keras_retina.deploy import onnx as onnx_export
+    from keras_retina.deploy.runners import evaluate_detector
+
+    model, data, _, _ = trained
+    classes = dict(class_names=data.class_names, category_ids=data.category_ids)
+    float_path = onnx_export.export_onnx(model, str(tmp_path / "model.onnx"), **classes)
+    representative = (images.numpy() for images, _ in data.pipeline("train").take(13))
+    int8_path = onnx_export.export_onnx(
+        model, str(tmp_path / "model_int8.onnx"), quantization="int8", representative_data=representative, **classes
+    )
+    float_ap = evaluate_detector(onnx_export.OnnxDetector(float_path), data.pipeline("val"), data.coco_gt)["AP"]
+    int8_ap = evaluate_detector(onnx_export.OnnxDetector(int8_path), data.pipeline("val"), data.coco_gt)["AP"]
+    print(f"COCO AP: ONNX float32 {float_ap:.4f}, int8 {int8_ap:.4f}")
+    assert float_ap > 0.05
+    assert abs(int8_ap - float_ap) <= 0.02
+
+
 def test_only_builtin_ops(files):
     for path in files.values():
         ops = set(litert.LiteRTDetector(path).op_names())

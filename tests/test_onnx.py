@@ -156,6 +156,34 @@ def test_nms_options_survive_the_export(settings, path, tmp_path):
     )
 
 
+def test_int8_file_quantizes_the_convolutions_only(path, model, tmp_path):
+    quantized = onnx_export.export_onnx(
+        model, str(tmp_path / "model_int8.onnx"), class_names=CLASS_NAMES, category_ids=CATEGORY_IDS,
+        quantization="int8", representative_data=noise_images(8, seed=5),
+    )
+    proto = onnx.load(quantized)
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("DequantizeLinear") >= ops.count("Conv") > 0  # every convolution's weights and input
+    assert "NonMaxSuppression" in ops
+    nms_inputs = {name for node in proto.graph.node if node.op_type == "NonMaxSuppression" for name in node.input}
+    assert not any(node.op_type == "DequantizeLinear" and set(node.output) & nms_inputs for node in proto.graph.node)
+    assert os.path.getsize(quantized) < 0.5 * os.path.getsize(path)
+    detector = onnx_export.OnnxDetector(quantized)
+    assert (detector.class_names, detector.category_ids) == (CLASS_NAMES, CATEGORY_IDS)  # metadata kept
+    image = noise_images(1)[0]
+    ours, theirs = onnx_export.OnnxDetector(path)(image), detector(image)
+    # int8 moves this random model's scores and boxes (its accuracy on a trained model: test_litert.py's AP
+    # check): its three best detections are objects of the float file, same class, IoU >= 0.5.
+    count = int(ours["num_detections"][0])
+    for box, category in zip(theirs["detection_boxes"][0, :3], theirs["detection_classes"][0, :3]):
+        same = ours["detection_classes"][0, :count] == category
+        assert same.any() and iou(box[None], ours["detection_boxes"][0, :count][same]).max() >= 0.5
+    with pytest.raises(ValueError, match="quantization"):
+        onnx_export.export_onnx(model, str(tmp_path / "m.onnx"), quantization="int4")
+    with pytest.raises(ValueError, match="representative_data"):
+        onnx_export.export_onnx(model, str(tmp_path / "m.onnx"), quantization="int8")
+
+
 def test_soft_nms_loop_equals_tensorflows_soft_nms():
     from keras_retina.model import postprocess
 

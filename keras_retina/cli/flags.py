@@ -75,7 +75,7 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_enum(
     "quantization", None, ["float16", "int8"],
-    "--mode=export --format=litert|openvino: float16 weights or int8 (default float32).",
+    "--mode=export --format=litert|onnx|openvino: float16 weights (litert) or int8 (default float32).",
 )
 flags.DEFINE_string(
     "model", None, "--mode=evaluate / predict: an exported model to run instead of the run's checkpoint: a "

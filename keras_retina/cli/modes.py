@@ -269,7 +269,7 @@ def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
     ``saved_model`` (default): a version directory for TF Serving. The other
     formats write one file to ``--export_dir`` (default ``<model_dir>/export``):
     ``litert``: ``model.tflite``, ``model_float16.tflite`` or ``model_int8.tflite``;
-    ``onnx``: ``model.onnx``; ``openvino``: ``model.xml`` (or ``model_int8.xml``)
+    ``onnx``: ``model.onnx`` or ``model_int8.onnx``; ``openvino``: ``model.xml`` (or ``model_int8.xml``)
     and its ``.bin``. int8 calibrates on 100 images of the run's training pipeline.
     """
     model_dir = config.resolved_model_dir()
@@ -296,12 +296,12 @@ def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
         batches = RunData(config.data, seed=config.train.seed).pipeline("train")
         representative = (images.numpy() for images, _ in batches)
     if fmt == "onnx":
-        if quantization:
-            raise ValueError(f"--format=onnx writes float32 only; --quantization={quantization} is for litert and "
-                             "openvino.")
+        if quantization == "float16":
+            raise ValueError("--format=onnx --quantization=float16: ONNX is written float32 or int8.")
         from keras_retina.deploy import onnx  # noqa: PLC0415  (tf2onnx is an extra: imported when asked for)
 
-        path = onnx.export_onnx(model, os.path.join(export_dir, "model.onnx"), **common)
+        path = os.path.join(export_dir, f"model{'_' + quantization if quantization else ''}.onnx")
+        onnx.export_onnx(model, path, quantization=quantization, representative_data=representative, **common)
         print(f"ONNX model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
         return path
     if fmt == "openvino":

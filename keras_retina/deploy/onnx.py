@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -42,6 +43,8 @@ OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num
 #: ``metadata_props`` keys: the class table (``category_id<TAB>name`` lines, the SavedModel asset's format),
 #: the resize rule (JSON ``{"min_size", "max_size"}``), the inference settings (JSON), the input size.
 METADATA_KEYS = ("class_names", "resize", "inference_settings", "image_size")
+#: Quantization modes of :func:`export_onnx`.
+QUANTIZATIONS = (None, "int8")
 
 
 def export_onnx(
@@ -52,6 +55,9 @@ def export_onnx(
     image_size: int | None = None,
     min_size: int | None = None,
     max_size: int | None = None,
+    quantization: str | None = None,
+    representative_data=None,
+    num_calibration_images: int = 100,
 ) -> str:
     """Writes ``model`` as an ONNX file with decoding and class-wise NMS inside.
 
@@ -82,12 +88,22 @@ def export_onnx(
         min_size, max_size: the resize rule callers apply before the file's
             square input (see :func:`keras_retina.deploy.litert.export_litert`);
             None fits ``S``.
+        quantization: one of :data:`QUANTIZATIONS`. ``"int8"``: ONNX
+            Runtime's static quantization (QDQ; int8 weights per channel,
+            uint8 activations) of every convolution, calibrated on
+            ``representative_data``; the post-processing (decoding, NMS) has
+            no convolution and stays float32.
+        representative_data: for ``"int8"``, images the model will see
+            (uint8 ``(S, S, 3)``, or batches ``(B, S, S, 3)``); the first
+            ``num_calibration_images`` are used.
+        num_calibration_images: images drawn from ``representative_data``.
 
     Returns:
         ``path``.
 
     Raises:
         ImportError: tf2onnx or onnx is not installed (``pip install 'keras_retina[onnx]'``).
+        ValueError: an unknown ``quantization``, or ``"int8"`` without ``representative_data``.
     """
     import tensorflow as tf  # noqa: PLC0415  (not needed to run a file: see the module's docstring)
 
@@ -97,6 +113,13 @@ def export_onnx(
     from keras_retina.deploy.litert import _LiteRTModule  # noqa: PLC0415
     from keras_retina.model import postprocess  # noqa: PLC0415
 
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"export_onnx: `quantization` must be one of {QUANTIZATIONS}, got {quantization!r}.")
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "export_onnx: int8 quantization needs `representative_data` (images the model will see) to calibrate "
+            "its ranges."
+        )
     try:
         import onnx  # noqa: PLC0415
         import tf2onnx  # noqa: PLC0415
@@ -123,8 +146,40 @@ def export_onnx(
     }
     onnx.helper.set_model_props(proto, metadata)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    onnx.save(proto, path)
+    if quantization is None:
+        onnx.save(proto, path)
+        return path
+    from keras_retina.deploy.litert import _calibration_images  # noqa: PLC0415
+
+    images = _calibration_images(representative_data, int(image_size), num_calibration_images)
+    with tempfile.TemporaryDirectory() as scratch:
+        float_path = os.path.join(scratch, "float.onnx")
+        onnx.save(proto, float_path)
+        _quantize_int8(float_path, path, images)
     return path
+
+
+def _quantize_int8(float_path: str, path: str, images) -> None:
+    """ONNX Runtime's static quantization of the convolutions, calibrated on uint8 ``(S, S, 3)`` ``images``."""
+    from onnxruntime import quantization as ort_quantization  # noqa: PLC0415
+
+    class Reader(ort_quantization.CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{INPUT_NAME: image[None]} for image in images])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    ort_quantization.quantize_static(
+        float_path,
+        path,
+        Reader(),
+        quant_format=ort_quantization.QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],  # the network; decoding and NMS have none and stay float32
+        per_channel=True,
+        activation_type=ort_quantization.QuantType.QUInt8,
+        weight_type=ort_quantization.QuantType.QInt8,
+    )
 
 
 def soft_nms_loop(
