@@ -119,3 +119,30 @@ def pil_bytes(image, fmt, **options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def untrained_shapes_run(tmp_path, shapes_image_size=64, image_size=64, num_val=4):
+    """A run directory holding an untrained 5-class ``small_model`` on a few shapes images; returns its config.
+
+    For tests of the evaluate and predict modes, which need a run directory but no trained model.
+    """
+    import dataclasses  # noqa: PLC0415
+
+    from keras_retina import recipes  # noqa: PLC0415
+    from keras_retina.config import override  # noqa: PLC0415
+    from keras_retina.training import rundir  # noqa: PLC0415
+
+    config = override(
+        recipes.load("shapes"),
+        [f"data.shapes_dir={tmp_path / 'shapes'}", "shapes_num_train=1", f"shapes_num_val={num_val}",
+         f"shapes_image_size={shapes_image_size}", f"image_size={image_size}", "batch_size=2", "tensorboard=false"],
+    )
+    run = tmp_path / "run"
+    config = dataclasses.replace(config, model_dir=str(run))
+    (run / "checkpoints").mkdir(parents=True)
+    model = small_model(num_classes=5, score_threshold=0.0)
+    model.build((None, image_size, image_size, 3))
+    model.save(str(run / rundir.LATEST_CHECKPOINT))
+    rundir.write_config(str(run), config)
+    rundir.write_classes(str(run), [f"c{i}" for i in range(5)], list(range(1, 6)))
+    return config

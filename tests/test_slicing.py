@@ -1,9 +1,7 @@
 """Sliced inference (kr.model.slicing): the tile grid, greedy merging, tiles mapped back, the CLI flags."""
 
-import dataclasses
 import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from PIL import Image
 
 from keras_retina.model import postprocess
 from keras_retina.model.slicing import SlicedInference, greedy_nmm, predict_sliced, slice_grid
-from tests.helpers import small_model
+from tests.helpers import small_model, untrained_shapes_run
 
 
 @pytest.mark.parametrize("height,width,size,overlap", [
@@ -177,23 +175,11 @@ def test_wrapper_runs_where_a_model_is_expected_and_refuses_bad_arguments():
 
 def test_evaluate_and_predict_modes_with_slicing(tmp_path, capsys):
     """--mode=evaluate --slice_size scores sliced detections on full-size images; --mode=predict writes them."""
-    from keras_retina import recipes
     from keras_retina.cli import modes
-    from keras_retina.config import override
     from keras_retina.training import rundir
 
-    config = override(
-        recipes.load("shapes"),
-        [f"data.shapes_dir={tmp_path / 'shapes'}", "shapes_num_train=1", "shapes_num_val=3", "shapes_image_size=96",
-         "image_size=64", "batch_size=2", "tensorboard=false"],
-    )
-    config = dataclasses.replace(config, model_dir=str(tmp_path / "run"))
-    os.makedirs(tmp_path / "run" / "checkpoints")
-    model = small_model(num_classes=5, score_threshold=0.0)
-    model.build((None, 64, 64, 3))
-    model.save(str(tmp_path / "run" / rundir.LATEST_CHECKPOINT))
-    rundir.write_config(str(tmp_path / "run"), config)
-    rundir.write_classes(str(tmp_path / "run"), [f"c{i}" for i in range(5)], list(range(1, 6)))
+    config = untrained_shapes_run(tmp_path, shapes_image_size=96, num_val=3)
+    model = rundir.load_trained_model(config.model_dir)
     flags = {"slice_size": 64, "slice_overlap": 0.25, "slice_merge": "nms"}
     metrics = modes.evaluate(config, flags)
     assert "Sliced inference: tiles of 64 px overlapping by 0.25" in capsys.readouterr().out

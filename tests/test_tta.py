@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from keras_retina.model import postprocess
 from keras_retina.model.tta import TestTimeAugmentation, predict_tta, weighted_box_fusion
-from tests.helpers import small_model, toy_batch
+from tests.helpers import small_model, toy_batch, untrained_shapes_run
 
 
 class _SymmetricDetector:
@@ -98,29 +98,14 @@ def test_wrapper_runs_where_a_model_is_expected_and_refuses_bad_arguments():
 
 def test_evaluate_and_predict_modes_with_tta(tmp_path, capsys):
     """--mode=evaluate --tta writes the report from augmented detections; --mode=predict --tta its detections.json."""
-    import dataclasses
     import json
-    import os
 
     from PIL import Image
 
-    from keras_retina import recipes
     from keras_retina.cli import modes
-    from keras_retina.config import override
     from keras_retina.training import rundir
 
-    config = override(
-        recipes.load("shapes"),
-        [f"data.shapes_dir={tmp_path / 'shapes'}", "shapes_num_train=1", "shapes_num_val=4", "shapes_image_size=64",
-         "image_size=64", "batch_size=2", "tensorboard=false"],
-    )
-    config = dataclasses.replace(config, model_dir=str(tmp_path / "run"))
-    os.makedirs(tmp_path / "run" / "checkpoints")
-    model = small_model(num_classes=5, score_threshold=0.0)
-    model.build((None, 64, 64, 3))
-    model.save(str(tmp_path / "run" / rundir.LATEST_CHECKPOINT))
-    rundir.write_config(str(tmp_path / "run"), config)
-    rundir.write_classes(str(tmp_path / "run"), [f"c{i}" for i in range(5)], list(range(1, 6)))
+    config = untrained_shapes_run(tmp_path)
     flags = {"tta": True, "tta_scales": ["1.0", "1.5"]}
     metrics = modes.evaluate(config, flags)
     assert "Test-time augmentation: scales [1.0, 1.5]" in capsys.readouterr().out
