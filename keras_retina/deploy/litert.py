@@ -28,8 +28,6 @@ from keras_retina.data.pipeline import check_resize_rule
 from keras_retina.deploy.class_names import (
     class_names_zip, read_class_names, read_inference_settings, read_resize_rule, resolve_classes,
 )
-from keras_retina.deploy.onnx import check_image
-from keras_retina.deploy.runners import evaluate_detector
 from keras_retina.model import postprocess
 
 #: Quantization modes of :func:`export_litert`.
@@ -300,8 +298,75 @@ class LiteRTDetector:
         return [op["op_name"] for op in self.interpreter._get_ops_details()]  # noqa: SLF001 (no public listing)
 
 
-def evaluate_litert(detector: "LiteRTDetector", dataset, coco_gt, verbose: bool = False) -> dict:
-    """COCO metrics of a ``.tflite`` file: :func:`keras_retina.deploy.runners.evaluate_detector`, kept by this name.
+def check_image(image, input_shape: tuple, path: str, who: str) -> np.ndarray:
+    """``image`` as uint8 ``(1, S, S, 3)``, the input every exported file's detector takes; a ValueError otherwise.
+
+    Args:
+        image: uint8 ``(S, S, 3)`` or ``(1, S, S, 3)`` (a NumPy array or anything ``np.asarray`` takes).
+        input_shape: ``(1, S, S, 3)``.
+        path, who: the model file and the detector's class, named in the error.
+
+    Example:
+        >>> check_image(np.zeros((4, 4, 3), np.uint8), (1, 4, 4, 3), "m.tflite", "LiteRTDetector").shape
+        (1, 4, 4, 3)
+        >>> check_image(np.zeros((4, 4, 3), np.float32), (1, 4, 4, 3), "m.tflite", "LiteRTDetector")
+        Traceback (most recent call last):
+        ...
+        ValueError: LiteRTDetector: m.tflite takes uint8 images (1, 4, 4, 3) or (4, 4, 3), got float32 (4, 4, 3).
+    """
+    image = np.asarray(image)
+    batched = image[None] if image.ndim == 3 else image
+    if image.dtype != np.uint8 or batched.shape != tuple(input_shape):
+        raise ValueError(
+            f"{who}: {path} takes uint8 images {tuple(input_shape)} or {tuple(input_shape[1:])}, "
+            f"got {image.dtype} {image.shape}."
+        )
+    return batched
+
+
+def evaluate_detector(detector, dataset, coco_gt, verbose: bool = False) -> dict:
+    """COCO metrics of an exported file's detector on an evaluation pipeline, one image at a time.
+
+    Any :class:`keras_retina.deploy.runners.Detector` (a ``.tflite``, ``.onnx``,
+    OpenVINO or SavedModel detector); :mod:`keras_retina.deploy.runners`
+    exports it under this name, :func:`evaluate_litert` is its first name.
+
+    Args:
+        detector: a detector: ``category_ids`` and a call on uint8 ``(S, S, 3)``.
+        dataset: a :func:`keras_retina.data.make_pipeline` evaluation pipeline
+            (``training=False``) at the detector's ``image_size`` and resize rule.
+        coco_gt: the split's ground truth (``pycocotools.coco.COCO``).
+        verbose: COCOeval's printed summary.
+
+    Returns:
+        the metrics of :func:`keras_retina.evaluation.coco_evaluate` (``AP``, ``AP50``, ...).
+
+    Example:
+        >>> evaluate_detector(LiteRTDetector("model.tflite"), data.pipeline("val"), data.coco_gt)  # doctest: +SKIP
+    """
+    from keras_retina import evaluation  # noqa: PLC0415
+    from keras_retina.data import to_original_pixels  # noqa: PLC0415
+
+    contiguous = {cid: i for i, cid in enumerate(detector.category_ids)}
+    results, image_ids = [], []
+    for images, y in dataset:
+        images = np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)  # (B, S, S, 3)
+        outputs = [detector(image) for image in images]
+        boxes = np.concatenate([o["detection_boxes"] for o in outputs])  # (B, D, 4) input pixels
+        scores = np.concatenate([o["detection_scores"] for o in outputs])
+        counts = np.concatenate([o["num_detections"] for o in outputs])
+        classes = np.vectorize(lambda cid: contiguous.get(int(cid), 0))(
+            np.concatenate([o["detection_classes"] for o in outputs])
+        )
+        boxes = to_original_pixels(boxes, y["scale"], y["image_shape"]).numpy()
+        ids = y["image_id"].numpy()
+        image_ids.extend(int(i) for i in ids)
+        results.extend(evaluation.detections_to_coco(boxes, scores, classes, counts, ids, detector.category_ids))
+    return evaluation.coco_evaluate(coco_gt, results, image_ids=image_ids, verbose=verbose)
+
+
+def evaluate_litert(detector, dataset, coco_gt, verbose: bool = False) -> dict:
+    """COCO metrics of a ``.tflite`` file (or any detector): :func:`evaluate_detector`, kept by this name.
 
     Example:
         >>> evaluate_litert(LiteRTDetector("model.tflite"), data.pipeline("val"), data.coco_gt)  # doctest: +SKIP

@@ -263,30 +263,17 @@ def soft_nms_loop(
     return selected, selected_scores, count
 
 
-def check_image(image, input_shape: tuple, path: str, who: str) -> np.ndarray:
-    """``image`` as uint8 ``(1, S, S, 3)``, the input every detector takes; a clear ValueError otherwise.
+def _check_image(image, input_shape: tuple, path: str) -> np.ndarray:
+    """``image`` as uint8 ``(1, S, S, 3)``, else a ValueError: :func:`keras_retina.deploy.litert.check_image`'s rule.
 
-    Args:
-        image: uint8 ``(S, S, 3)`` or ``(1, S, S, 3)`` (a NumPy array or anything ``np.asarray`` takes).
-        input_shape: ``(1, S, S, 3)``.
-        path, who: the model file and the detector's class, named in the error.
-
-    Example:
-        >>> check_image(np.zeros((4, 4, 3), np.uint8), (1, 4, 4, 3), "m.onnx", "OnnxDetector").shape
-        (1, 4, 4, 3)
-        >>> check_image(np.zeros((4, 4, 3), np.float32), (1, 4, 4, 3), "m.onnx", "OnnxDetector")
-        Traceback (most recent call last):
-        ...
-        ValueError: OnnxDetector: m.onnx takes uint8 images (1, 4, 4, 3) or (4, 4, 3), got float32 (4, 4, 3).
+    Repeated here (ten lines) so that this file runs without the keras_retina package, whose
+    ``__init__`` imports TensorFlow.
     """
     image = np.asarray(image)
-    if image.ndim == 3:
-        batched = image[None]
-    else:
-        batched = image
+    batched = image[None] if image.ndim == 3 else image
     if image.dtype != np.uint8 or batched.shape != tuple(input_shape):
         raise ValueError(
-            f"{who}: {path} takes uint8 images {tuple(input_shape)} or {tuple(input_shape[1:])}, "
+            f"OnnxDetector: {path} takes uint8 images {tuple(input_shape)} or {tuple(input_shape[1:])}, "
             f"got {image.dtype} {image.shape}."
         )
     return batched
@@ -362,6 +349,6 @@ class OnnxDetector:
         self.inference_settings = json.loads(meta.get("inference_settings", "{}"))
 
     def __call__(self, image) -> dict:
-        image = check_image(image, self.input_shape, self.path, "OnnxDetector")
+        image = _check_image(image, self.input_shape, self.path)
         values = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: image})
         return dict(zip(OUTPUT_NAMES, values))

@@ -13,7 +13,10 @@ directory holding ``saved_model.pb``      :class:`SavedModelDetector` (TensorFlo
 ========================================  ====================================================
 
 :func:`evaluate_detector` scores any of them on an evaluation pipeline with
-the COCO metric, as ``main.py --mode=evaluate --model=FILE`` does.
+the COCO metric, as ``main.py --mode=evaluate --model=FILE`` does (it and
+:func:`check_image`, the input check every detector runs, live in
+:mod:`keras_retina.deploy.litert`, the first file runtime, and are
+exported here).
 
 Example:
     >>> detector = open_detector("runs/shapes/export/model.onnx")   # doctest: +SKIP
@@ -29,7 +32,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from keras_retina.deploy.onnx import check_image
+from keras_retina.deploy.litert import LiteRTDetector, check_image, evaluate_detector
+from keras_retina.deploy.onnx import OnnxDetector
 
 #: What :func:`open_detector` accepts, for its error message.
 ACCEPTED_KINDS = (
@@ -106,12 +110,8 @@ def open_detector(path: str, num_threads: int = 2) -> Detector:
     if kind == "saved_model":
         return SavedModelDetector(path)
     if kind == "tflite":
-        from keras_retina.deploy.litert import LiteRTDetector  # noqa: PLC0415
-
         return LiteRTDetector(path, num_threads=num_threads)
     if kind == "onnx":
-        from keras_retina.deploy.onnx import OnnxDetector  # noqa: PLC0415
-
         return OnnxDetector(path, num_threads=num_threads)
     from keras_retina.deploy.openvino import OpenVINODetector  # noqa: PLC0415
 
@@ -194,38 +194,13 @@ class SavedModelDetector:
         return {key: value.numpy() for key, value in out.items()}
 
 
-def evaluate_detector(detector: Detector, dataset, coco_gt, verbose: bool = False) -> dict:
-    """COCO metrics of an exported detector on an evaluation pipeline, one image at a time.
-
-    Args:
-        detector: any :class:`Detector`.
-        dataset: a :func:`keras_retina.data.make_pipeline` evaluation pipeline
-            (``training=False``) at the detector's ``image_size`` and resize rule.
-        coco_gt: the split's ground truth (``pycocotools.coco.COCO``).
-        verbose: COCOeval's printed summary.
-
-    Returns:
-        the metrics of :func:`keras_retina.evaluation.coco_evaluate` (``AP``, ``AP50``, ...).
-
-    Example:
-        >>> metrics = evaluate_detector(open_detector("model.onnx"), data.pipeline("val"), data.coco_gt)  # doctest: +SKIP
-    """
-    from keras_retina import evaluation  # noqa: PLC0415
-    from keras_retina.data import to_original_pixels  # noqa: PLC0415
-
-    contiguous = {cid: i for i, cid in enumerate(detector.category_ids)}
-    results, image_ids = [], []
-    for images, y in dataset:
-        images = np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)  # (B, S, S, 3)
-        outputs = [detector(image) for image in images]
-        boxes = np.concatenate([o["detection_boxes"] for o in outputs])  # (B, D, 4) input pixels
-        scores = np.concatenate([o["detection_scores"] for o in outputs])
-        counts = np.concatenate([o["num_detections"] for o in outputs])
-        classes = np.vectorize(lambda cid: contiguous.get(int(cid), 0))(
-            np.concatenate([o["detection_classes"] for o in outputs])
-        )
-        boxes = to_original_pixels(boxes, y["scale"], y["image_shape"]).numpy()
-        ids = y["image_id"].numpy()
-        image_ids.extend(int(i) for i in ids)
-        results.extend(evaluation.detections_to_coco(boxes, scores, classes, counts, ids, detector.category_ids))
-    return evaluation.coco_evaluate(coco_gt, results, image_ids=image_ids, verbose=verbose)
+__all__ = [
+    "ACCEPTED_KINDS",
+    "Detector",
+    "LiteRTDetector",
+    "OnnxDetector",
+    "SavedModelDetector",
+    "check_image",
+    "evaluate_detector",
+    "open_detector",
+]
