@@ -21,7 +21,7 @@ from PIL import Image
 from keras_retina import config as config_lib
 from keras_retina import evaluation, pretrained, training
 from keras_retina.data import RunData, original_size_pipeline
-from keras_retina.deploy import litert, runners, saved_model
+from keras_retina.deploy import litert, onnx, runners, saved_model  # onnx: tf2onnx only when exporting
 from keras_retina.deploy import predict as predict_lib
 from keras_retina.deploy.exported_model import ExportedModel
 from keras_retina.evaluation import anchor_fit, preflight, report
@@ -298,8 +298,6 @@ def export(config: config_lib.ExperimentConfig, flags: dict) -> str:
     if fmt == "onnx":
         if quantization == "float16":
             raise ValueError("--format=onnx --quantization=float16: ONNX is written float32 or int8.")
-        from keras_retina.deploy import onnx  # noqa: PLC0415  (tf2onnx is an extra: imported when asked for)
-
         path = os.path.join(export_dir, f"model{'_' + quantization if quantization else ''}.onnx")
         onnx.export_onnx(model, path, quantization=quantization, representative_data=representative, **common)
         print(f"ONNX model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
