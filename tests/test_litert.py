@@ -167,6 +167,21 @@ def test_onnx_int8_ap_is_within_0_02_of_float(trained, tmp_path):
     assert abs(int8_ap - float_ap) <= 0.02
 
 
+def test_export_and_evaluate_modes_with_onnx(trained, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    _, _, metrics, config = trained
+    path = modes.export(config, {"format": "onnx", "export_dir": str(tmp_path)})
+    assert path == str(tmp_path / "model.onnx")
+    evaluated = modes.evaluate(config, {"model": path})
+    assert evaluated["AP"] == pytest.approx(metrics["AP"], abs=0.005)  # the Keras model's AP after training
+    with open(path + ".metrics.json") as f:
+        assert json.load(f)["AP"] == evaluated["AP"]
+    assert f"AP      {evaluated['AP']:.4f}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="float16"):
+        modes.export(config, {"format": "onnx", "quantization": "float16", "export_dir": str(tmp_path)})
+
+
 def test_only_builtin_ops(files):
     for path in files.values():
         ops = set(litert.LiteRTDetector(path).op_names())

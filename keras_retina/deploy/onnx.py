@@ -5,8 +5,9 @@ images ``images`` ``(1, S, S, 3)`` in, the LiteRT file's outputs out
 (``detection_boxes`` float32 ``(1, D, 4)`` xyxy in input pixels,
 ``detection_scores`` float32 ``(1, D)``, ``detection_classes`` int64 ``(1, D)``
 dataset category ids, -1 past the detections, ``num_detections`` int32
-``(1,)``). The class names, the resize rule and the inference settings travel
-in the model's ``metadata_props`` (:data:`METADATA_KEYS`).
+``(1,)``), float32 or (``quantization="int8"``) with int8 convolutions. The
+class names, the resize rule and the inference settings travel in the
+model's ``metadata_props`` (:data:`METADATA_KEYS`).
 
 This module imports only the standard library and NumPy at the top (and
 ``onnxruntime`` when a detector is made): :class:`OnnxDetector` runs where
