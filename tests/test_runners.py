@@ -115,6 +115,27 @@ def test_evaluate_mode_with_each_exported_file(setup, capsys):
     assert results["onnx"] == runners.evaluate_detector(OnnxDetector(paths["onnx"]), data.pipeline("val"), data.coco_gt)
 
 
+@pytest.mark.slow
+def test_saved_model_with_a_resize_rule_takes_images_at_their_own_size(setup, tmp_path, capsys):
+    config, data, model, _ = setup
+    path = export_saved_model(
+        model, str(tmp_path / "rule"), class_names=data.class_names, category_ids=data.category_ids,
+        image_size=IMAGE_SIZE, min_size=64, max_size=IMAGE_SIZE,
+    )
+    detector = runners.open_detector(path)
+    assert detector.resizes_itself and (detector.min_size, detector.max_size) == (64, IMAGE_SIZE)
+    image = noise_images(1)[0][:60, :80]  # 80 x 60: resized by the rule to 85 x 64 inside the SavedModel
+    out = detector(image)
+    count = int(out["num_detections"][0])
+    boxes = out["detection_boxes"][0, :count]
+    assert count > 0 and (boxes[:, [0, 2]] <= 80).all() and (boxes[:, [1, 3]] <= 60).all()  # the image's pixels
+    with pytest.raises(ValueError, match=r"takes one uint8 image \(H, W, 3\).*got float32"):
+        detector(image.astype(np.float32))
+    metrics = modes.evaluate(config, {"model": path})
+    assert os.path.exists(os.path.join(path, "metrics.json")) and 0.0 <= metrics["AP"] <= 1.0
+    assert f"AP      {metrics['AP']:.4f}" in capsys.readouterr().out
+
+
 @pytest.mark.slow  # the module's exports take about 45 s on a 2-core machine
 def test_predict_mode_with_each_exported_file(setup, tmp_path):
     config, data, _, paths = setup

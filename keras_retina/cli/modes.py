@@ -225,7 +225,10 @@ def evaluate_exported(config: config_lib.ExperimentConfig, flags: dict) -> dict:
         print(f"Note: {path} has category ids {list(detector.category_ids)}, the data {list(data.category_ids)}.")
     wrapped = _with_slicing(_with_tta(ExportedModel(detector), flags), flags, detector.image_size)
     if isinstance(wrapped, ExportedModel):
-        metrics = runners.evaluate_detector(detector, data.pipeline("val"), data.coco_gt)
+        # A SavedModel with a shorter-side rule resizes each image itself: it gets them at their own size.
+        resizes_itself = getattr(detector, "resizes_itself", False)
+        pipeline = original_size_pipeline(data.raw("val")) if resizes_itself else data.pipeline("val")
+        metrics = runners.evaluate_detector(detector, pipeline, data.coco_gt)
     else:  # --tta / --slice_size through the file's own runtime
         pipeline = original_size_pipeline(data.raw("val")) if isinstance(wrapped, SlicedInference) else data.pipeline("val")
         metrics = evaluation.evaluate_model(wrapped, pipeline, data.coco_gt, detector.category_ids, verbose=False)

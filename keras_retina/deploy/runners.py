@@ -131,9 +131,12 @@ class SavedModelDetector:
     ``serving_default`` takes encoded bytes, :meth:`detect_encoded`). That
     graph resizes every image itself: an ``S x S`` image is kept as it is,
     so the boxes are in the input's pixels as for the other detectors. A
-    SavedModel exported with a shorter-side rule (``min_size``) would resize
-    the caller's canvas once more, so such a one refuses ``__call__``; use
-    :meth:`detect_encoded` (what TF Serving runs) or :meth:`detect_original`.
+    SavedModel exported with a shorter-side rule (``min_size``, e.g.
+    converted torchvision weights) would resize a prepared canvas once
+    more, so it takes each image at its own size instead, uint8 ``(H, W,
+    3)`` or ``(1, H, W, 3)``, and answers in that image's pixels:
+    ``resizes_itself`` is then True (``--mode=evaluate`` feeds it the
+    validation images unresized).
 
     Args:
         path: the SavedModel's version directory (``saved_model.pb`` inside).
@@ -174,14 +177,22 @@ class SavedModelDetector:
                                                "soft_nms_sigma") if key in meta
         }
 
+    @property
+    def resizes_itself(self) -> bool:
+        """True when the SavedModel resizes by a shorter-side rule: it then takes images at their own size."""
+        return self.min_size is not None
+
     def __call__(self, image) -> dict:
-        image = check_image(image, self.input_shape, self.path, "SavedModelDetector")
-        if self.min_size is not None:
+        if not self.resizes_itself:
+            return self.detect_original(check_image(image, self.input_shape, self.path, "SavedModelDetector"))
+        image = np.asarray(image)
+        batched = image[None] if image.ndim == 3 else image
+        if image.dtype != np.uint8 or batched.ndim != 4 or batched.shape[0] != 1 or batched.shape[-1] != 3:
             raise ValueError(
-                f"SavedModelDetector: {self.path} resizes images by its own rule (min_size={self.min_size}, "
-                f"max_size={self.max_size}), so it takes original images: use detect_original or detect_encoded."
+                f"SavedModelDetector: {self.path} (resize rule {self.min_size}, {self.max_size}) takes one uint8 "
+                f"image (H, W, 3) or (1, H, W, 3) at its own size, got {image.dtype} {image.shape}."
             )
-        return self.detect_original(image)
+        return self.detect_original(batched)
 
     def detect_original(self, images) -> dict:
         """uint8 ``(B, H, W, 3)`` images of any size → detections in their pixels (``serving_images``)."""
