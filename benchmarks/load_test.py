@@ -14,7 +14,7 @@ Two runtimes, each called in-process from ``--threads`` threads:
 The requests (:func:`make_requests`) mix valid PNG and JPEG images of
 different sizes with bad bytes (truncated files, random bytes, wrong magic
 bytes) and decompression bombs (headers announcing 18000 x 18000 pixels).
-Each outcome is checked (:func:`check_outcomes`): every valid request
+Each outcome is checked as it arrives (:func:`check_outcome`): every valid request
 answered; every bad one refused with InvalidArgumentError and the message
 its kind documents; every answer for a given image equal to that image's
 reference answer (computed alone before the load), bit for bit. Resident
@@ -180,35 +180,42 @@ def litert_server(tflite_path: str):
 
 
 # ------------------------------------------------------------------ the load
-def run_load(serve, requests, pool: ThreadPoolExecutor) -> dict:
-    """Sends ``requests`` to ``serve`` from ``pool``'s threads; returns what happened to each, and the RSS samples.
+def run_load(serve, requests, pool: ThreadPoolExecutor, reference: dict | None = None) -> dict:
+    """Sends ``requests`` to ``serve`` from ``pool``'s threads; returns their problems, latencies and RSS samples.
+
+    Each outcome is checked (:func:`check_outcome`, against ``reference``)
+    as it arrives and then dropped: keeping thousands of answers (2.8 KB
+    each) would itself grow RSS by tens of MB, which is how a first version
+    of this test mistook its own bookkeeping for a leak.
 
     Returns:
-        dict: ``outcomes`` (per request, in request order: ``("ok", outputs)``
-        or ``("error", exception type name, message)``), ``latency_s``
+        dict: ``problems`` (strings, in completion order), ``latency_s``
         (per request), ``rss_mb`` (after each completed request, in
         completion order), ``seconds`` (wall time).
     """
-    outcomes = [None] * len(requests)
     latency = np.zeros(len(requests))
-    rss, lock = [], threading.Lock()
+    rss = np.full(len(requests), np.nan)
+    problems, lock, done = [], threading.Lock(), [0]
 
     def one(index):
-        _, _, contents = requests[index]
+        kind, key, contents = requests[index]
         start = time.perf_counter()
         try:
             outcome = ("ok", serve(contents))
         except Exception as error:  # noqa: BLE001 (every outcome is recorded and checked)
             outcome = ("error", type(error).__name__, getattr(error, "message", str(error)))
         latency[index] = time.perf_counter() - start
-        outcomes[index] = outcome
+        problem = check_outcome(index, kind, key, outcome, reference) if reference is not None else None
         sample = rss_mb()
         with lock:
-            rss.append(sample)
+            rss[done[0]] = sample
+            done[0] += 1
+            if problem:
+                problems.append(problem)
 
     start = time.perf_counter()
     list(pool.map(one, range(len(requests))))
-    return {"outcomes": outcomes, "latency_s": latency, "rss_mb": np.array(rss), "seconds": time.perf_counter() - start}
+    return {"problems": problems, "latency_s": latency, "rss_mb": rss, "seconds": time.perf_counter() - start}
 
 
 def references(serve, requests) -> dict:
@@ -220,29 +227,36 @@ def references(serve, requests) -> dict:
     return answers
 
 
-def check_outcomes(requests, outcomes, reference: dict) -> list[str]:
-    """The problems of a load run (empty when every outcome is as documented).
+def check_outcome(index: int, kind: str, key: str, outcome: tuple, reference: dict) -> str | None:
+    """The problem with one request's outcome, or None when it is as documented.
 
     A valid request must be answered with exactly its image's reference
     outputs (bit for bit); a bad one must fail with InvalidArgumentError
     whose message matches its kind's :data:`EXPECTED_ERRORS` pattern.
+    ``outcome`` is ``("ok", outputs)`` or ``("error", type name, message)``.
     """
-    problems = []
-    for index, ((kind, key, _), outcome) in enumerate(zip(requests, outcomes)):
-        if kind == "valid":
-            if outcome[0] != "ok":
-                problems.append(f"request {index} ({key}): {outcome[1]}: {outcome[2][:300]}")
-                continue
-            want = reference[key]
-            for name, value in want.items():
-                if not np.array_equal(outcome[1][name], value):
-                    diff = np.abs(np.asarray(outcome[1][name], np.float64) - np.asarray(value, np.float64)).max()
-                    problems.append(f"request {index} ({key}): {name} differs from the reference by up to {diff}")
-        elif outcome[0] != "error" or outcome[1] != "InvalidArgumentError":
-            problems.append(f"request {index} ({kind}): expected InvalidArgumentError, got {outcome[:2]}")
-        elif not re.search(EXPECTED_ERRORS[kind], outcome[2]):
-            problems.append(f"request {index} ({kind}): unexpected message {outcome[2][:300]!r}")
-    return problems
+    if kind == "valid":
+        if outcome[0] != "ok":
+            return f"request {index} ({key}): {outcome[1]}: {outcome[2][:300]}"
+        for name, value in reference[key].items():
+            if not np.array_equal(outcome[1][name], value):
+                diff = np.abs(np.asarray(outcome[1][name], np.float64) - np.asarray(value, np.float64)).max()
+                return f"request {index} ({key}): {name} differs from the reference by up to {diff}"
+        return None
+    if outcome[0] != "error" or outcome[1] != "InvalidArgumentError":
+        return f"request {index} ({kind}): expected InvalidArgumentError, got {outcome[:2]}"
+    if not re.search(EXPECTED_ERRORS[kind], outcome[2]):
+        return f"request {index} ({kind}): unexpected message {outcome[2][:300]!r}"
+    return None
+
+
+def check_outcomes(requests, outcomes, reference: dict) -> list[str]:
+    """The problems of a list of outcomes, one per request (:func:`check_outcome`); empty when all are as documented."""
+    problems = [
+        check_outcome(index, kind, key, outcome, reference)
+        for index, ((kind, key, _), outcome) in enumerate(zip(requests, outcomes))
+    ]
+    return [problem for problem in problems if problem]
 
 
 def rss_growth_mb(rss) -> float:
@@ -272,6 +286,8 @@ def summary(result: dict, requests) -> dict:
         "rss_mb_last_quarter": round(float(np.median(rss[-max(len(rss) // 4, 1) :])), 1),
         "rss_growth_mb": round(rss_growth_mb(rss), 1),
         "rss_mb_max": round(float(rss.max()), 1),
+        # Median RSS of each tenth of the run: a leak climbs steadily, an allocator settling flattens out.
+        "rss_mb_by_tenth": [round(float(np.median(part)), 1) for part in np.array_split(rss, 10) if len(part)],
     }
 
 
@@ -285,9 +301,9 @@ def load_test(serve, requests, threads: int) -> dict:
     """
     reference = references(serve, requests)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        run_load(serve, requests[: 8 * threads], pool)
-        result = run_load(serve, requests, pool)
-    return {**summary(result, requests), "problems": check_outcomes(requests, result["outcomes"], reference)}
+        warmup = run_load(serve, requests[: 8 * threads], pool, reference)
+        result = run_load(serve, requests, pool, reference)
+    return {**summary(result, requests), "problems": warmup["problems"] + result["problems"]}
 
 
 # ------------------------------------------------------------------ models
