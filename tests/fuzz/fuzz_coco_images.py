@@ -43,7 +43,7 @@ from keras_retina.data import make_shapes_dataset
 from keras_retina.data.coco_json import CocoJsonSource
 from keras_retina.data.image_headers import clamped_area, read_image_size
 
-GROUP = 25
+GROUP = 100
 HARNESS_MAX_PIXELS = 4_000_000
 
 
