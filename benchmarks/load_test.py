@@ -357,7 +357,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     runtimes = [name for name in args.runtimes.split(",") if name]
     requests = make_requests(args.requests, args.bad_fraction)
-    report = {"machine": _machine(), "threads": args.threads, "runtimes": {}}
+    report = {"machine": _machine(), "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "runtimes": {}}
     with tempfile.TemporaryDirectory() as directory:
         paths = build_exports(directory, runtimes=runtimes)
         for name in runtimes:
