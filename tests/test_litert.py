@@ -147,6 +147,7 @@ def test_int8_ap_is_within_0_02_of_float(files, trained):
     assert os.path.getsize(files["int8"]) < 0.4 * os.path.getsize(files[None])
 
 
+@pytest.mark.slow  # two ONNX exports, one calibrated, and two evaluations: about 30 s
 def test_onnx_int8_ap_is_within_0_02_of_float(trained, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
