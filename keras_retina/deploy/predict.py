@@ -15,10 +15,10 @@ from keras_retina import visualize
 from keras_retina.data import to_original_pixels
 from keras_retina.data.orientation import decode_upright
 from keras_retina.deploy.class_names import CLASS_NAMES_FILE, write_class_names
+from keras_retina.deploy.exported_model import ExportedModel
 from keras_retina.deploy.requests import check_encoded_images, decode_image, prepare_image
 from keras_retina.deploy.runners import Detector, SavedModelDetector
 from keras_retina.deploy.saved_model import InferenceModule
-from keras_retina.deploy.exported_model import ExportedModel
 from keras_retina.model.slicing import SlicedInference
 
 #: File extensions read from a directory given as ``--image``.
