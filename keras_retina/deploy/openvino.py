@@ -69,7 +69,9 @@ def export_openvino(
     inference settings → category ids), traced once and converted by
     ``openvino.convert_model`` from its concrete function (a SavedModel of
     it fails to convert on its ``VarHandleOp`` variables; the concrete
-    function's variables are frozen into constants). Weights are stored in
+    function's variables are frozen into constants); its ``TopK`` nodes are
+    made unstable (:func:`_unstable_topk`: 200x faster on OpenVINO's CPU
+    plugin). Weights are stored in
     float32 (``save_model(compress_to_fp16=False)``: OpenVINO's default
     would halve them to float16).
 
@@ -146,6 +148,7 @@ def export_openvino(
     module = _LiteRTModule(model, image_size, category_ids)  # the LiteRT file's serving function, shared
     function = tf.function(module.serve_fn, input_signature=[module.input_spec], autograph=False)
     ov_model = ov.convert_model(function.get_concrete_function())
+    _unstable_topk(ov_model)
     if quantization == "int8":
         ov_model = _quantize_int8(ov_model, calibration)
     metadata = {
@@ -163,6 +166,37 @@ def export_openvino(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     ov.save_model(ov_model, path, compress_to_fp16=False)
     return path
+
+
+def _unstable_topk(ov_model) -> int:
+    """Makes the graph's stable ``TopK`` nodes unstable, in place; returns how many changed.
+
+    TensorFlow's ``TopKV2`` converts to a *stable* ``TopK`` (ties in the
+    order of their indices), and for a stable ``TopK`` OpenVINO's CPU plugin
+    takes its O(N·K) bubble sort (``nodes/topk.cpp``: "bubble sort ... the
+    only stable ones"): the per-level top 1000 of 46,080 (anchor, class)
+    scores took 670 ms of an 800 ms call on the 256-px default model. An
+    unstable ``TopK`` takes the heap sort, 3 ms. Only the order of exactly
+    equal scores may change; a check of the IR against ``predict`` found the
+    same detections.
+    """
+    from openvino import opset11
+
+    changed = 0
+    for node in ov_model.get_ordered_ops():
+        if node.get_type_name() != "TopK" or not node.get_attributes().get("stable"):
+            continue
+        attributes = node.get_attributes()
+        replacement = opset11.topk(
+            node.input_value(0), node.input_value(1), attributes["axis"], attributes["mode"], attributes["sort"],
+            attributes["index_element_type"], stable=False,
+        )
+        replacement.set_friendly_name(node.get_friendly_name())  # keeps it in the post-processing scope
+        for index in range(node.get_output_size()):
+            node.output(index).replace(replacement.output(index))
+        changed += 1
+    ov_model.validate_nodes_and_infer_types()
+    return changed
 
 
 def _quantize_int8(ov_model, images: list):
