@@ -522,18 +522,29 @@ def _read_data_yaml(data_yaml: str, split: str) -> tuple[str, tuple[str, ...], l
         raise YoloFormatError(f"{where('nc')}: nc = {nc!r} but 'names' has {len(names)} names.")
     root = os.path.dirname(data_yaml)
     if content.get("path"):
-        root = _absolute(os.path.normpath(os.path.join(root, str(content["path"]))))
+        root = _absolute(os.path.normpath(os.path.join(root, _path_text(content["path"], where("path")))))
         if not tf.io.gfile.isdir(root):
             raise FileNotFoundError(f"{where('path')}: the dataset root {root} is not a directory.")
     entries = content[split] if isinstance(content[split], list) else [content[split]]
     resolved = []
     for entry in entries:
-        path = str(entry) if _is_absolute(str(entry)) else os.path.normpath(os.path.join(root, str(entry)))
+        text = _path_text(entry, where(split))
+        path = text if _is_absolute(text) else os.path.normpath(os.path.join(root, text))
         if not (tf.io.gfile.isdir(path) or (path.endswith(".txt") and tf.io.gfile.exists(path))):
             raise FileNotFoundError(f"{where(split)}: {entry!r} ({path}) is neither a folder of images nor a "
                                     ".txt list of images.")
         resolved.append((path, where(split)))
     return root, tuple(str(n) for n in names), resolved
+
+
+def _path_text(value, where: str) -> str:
+    """``str(value)``, a path TensorFlow's file system can take; ``YoloFormatError`` naming ``where`` otherwise."""
+    text = str(value)
+    try:
+        text.encode("utf-8")  # YAML's "\ud800" escapes make lone surrogates, which no path can hold
+    except UnicodeEncodeError as error:
+        raise YoloFormatError(f"{where}: {text!r} is not a path ({error.reason}).") from None
+    return text
 
 
 @functools.cache

@@ -154,3 +154,15 @@ def test_zip_of_an_unknown_version(tmp_path):
     with pytest.raises(CheckpointError, match=r"model\.pth: a broken zip archive.*zip file version"):
         read_pth(path)
     assert zipfile.is_zipfile(path)
+
+
+@pytest.mark.parametrize("field", ["path", "train"])
+def test_data_yaml_path_with_a_lone_surrogate(shapes, tmp_path, field):
+    """Was UnicodeEncodeError out of tf.io.gfile.isdir: YAML's "\\ud800" escape makes a string no path can hold."""
+    data_yaml = write_yolo_dataset(str(tmp_path / "yolo"), {"train": shapes, "val": shapes})
+    with open(data_yaml) as f:
+        text = f.read()
+    with open(data_yaml, "w") as f:
+        f.write(text.replace(f"{field}: ", f'{field}: "x\\ud800"\nold_{field}: ', 1))
+    with pytest.raises(YoloFormatError, match=rf"data\.yaml line \d+ field '{field}': 'x\\ud800' is not a path"):
+        YoloSource(data_yaml, "train")
