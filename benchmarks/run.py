@@ -16,18 +16,25 @@ The ``litert`` group times keras_retina's model exported to LiteRT
 (float32, float16, int8; XNNPACK, 2 threads, batch 1) beside its TF
 ``model.predict`` and keras-hub's ``predict``, both at batch 1.
 
+The ``deploy`` group (:mod:`benchmarks.bench_deploy`) runs every export
+format (Keras, SavedModel, LiteRT, ONNX Runtime, OpenVINO) of the default
+run's model (``--deploy_model_dir``: COCO AP on the shapes validation split
+and speed) and of ResNet-50-FPN at 512 px (speed), each in its own process;
+it writes ``docs/benchmarks_deploy.json`` and its section of the doc.
+
 With ``--write_docs`` the tables replace the generated sections of
 ``docs/BENCHMARKS.md`` whose groups ran (the peer comparison, the first
 run, LiteRT), and the raw figures go to ``docs/benchmarks.json``,
 ``docs/benchmarks_first_run.json`` and ``docs/benchmarks_litert.json``.
 
 Examples:
-    python -m benchmarks.run                  # everything: about 25 min on 2 cores, plus ~10 for the first run
+    python -m benchmarks.run                  # everything: about 25 min on 2 cores, plus ~10 for the first run, 10-20 for deploy
     python -m benchmarks.run --only=loss,predict --steps=3
     python -m benchmarks.run --write_docs
     python -m benchmarks.run --only=first_step,time_to_accuracy --nopeers --write_docs
     python -m benchmarks.run --only=litert --write_docs   # about 5 minutes on 2 cores
     python -m benchmarks.run --only=kernels --nopeers --write_docs   # the train step per kernel path, 4 minutes
+    python -m benchmarks.run --only=deploy --write_docs   # every export format, 10-20 min (after python main.py)
 """
 
 from __future__ import annotations
@@ -44,10 +51,12 @@ from pathlib import Path
 
 from absl import app, flags
 
+from benchmarks import bench_deploy
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
     "only", [], "Groups to run (default all): flops, loss, input, predict, train, bf16, first_step, "
-    "time_to_accuracy, litert (a prefix selects every group it starts: 'train' runs train_all, train_frozen, "
+    "time_to_accuracy, litert, deploy (a prefix selects every group it starts: 'train' runs train_all, train_frozen, "
     "train_xla, train_nofold)."
 )
 flags.DEFINE_integer("steps", 5, "Timed training steps per case (prediction times 2x as many batches).")
@@ -56,12 +65,16 @@ flags.DEFINE_float(
 )
 flags.DEFINE_bool("write_docs", False, "Write docs/benchmarks.json and the table in docs/BENCHMARKS.md.")
 flags.DEFINE_bool("peers", True, "Also measure keras-hub and Keras' BinaryFocalCrossentropy.")
+flags.DEFINE_string("deploy_model_dir", "runs/shapes", "deploy: the default run's directory (python main.py's).")
+flags.DEFINE_integer("deploy_calls", 50, "deploy: timed calls per format, default model (batch 1).")
+flags.DEFINE_integer("deploy_resnet_calls", 10, "deploy: timed calls per format, ResNet-50-FPN 512 (batch 1).")
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- benchmarks.run: begin -->", "<!-- benchmarks.run: end -->"
 FIRST_BEGIN, FIRST_END = "<!-- benchmarks.run first_run: begin -->", "<!-- benchmarks.run first_run: end -->"
 LITERT_BEGIN, LITERT_END = "<!-- benchmarks.run litert: begin -->", "<!-- benchmarks.run litert: end -->"
 KERNELS_BEGIN, KERNELS_END = "<!-- benchmarks.run kernels: begin -->", "<!-- benchmarks.run kernels: end -->"
+DEPLOY_BEGIN, DEPLOY_END = "<!-- benchmarks.run deploy: begin -->", "<!-- benchmarks.run deploy: end -->"
 #: Groups of the first-run sections; every other group belongs to the peer comparison.
 FIRST_RUN_GROUPS = ("first_step", "time_to_accuracy")
 #: Groups of the LiteRT section.
@@ -528,6 +541,10 @@ def main(argv):
         results.setdefault(group, {})[lib] = result
         shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if k not in ("case", "lib")}
         print(shown, flush=True)
+    deploy_results = {}
+    if not FLAGS.only or any("deploy".startswith(prefix) for prefix in FLAGS.only):
+        model_dir = str(ROOT / FLAGS.deploy_model_dir)
+        deploy_results = bench_deploy.run_group(model_dir, FLAGS.deploy_calls, FLAGS.deploy_resnet_calls)
     load_after = os.getloadavg()
     peer_results = {g: r for g, r in results.items() if g not in FIRST_RUN_GROUPS + LITERT_GROUPS + KERNEL_GROUPS}
     kernel_results = {g: r for g, r in results.items() if g in KERNEL_GROUPS}
@@ -537,8 +554,9 @@ def main(argv):
     first_table = build_first_run_table(first_results) if first_results else ""
     litert_table = build_litert_table(litert_results, peak) if litert_results else ""
     kernel_table = build_kernel_table(kernel_results) if kernel_results else ""
+    deploy_table = bench_deploy.build_table(deploy_results) if deploy_results else ""
     print()
-    print("\n\n".join(part for part in (table, first_table, kernel_table, litert_table) if part))
+    print("\n\n".join(part for part in (table, first_table, kernel_table, litert_table, deploy_table) if part))
     load = f"load average (1, 5, 15 min) {_fmt_load(load_before)} before the cases, {_fmt_load(load_after)} after"
     print(load)
     if FLAGS.write_docs:
@@ -558,6 +576,9 @@ def main(argv):
             (litert_table, litert_results, LITERT_BEGIN, LITERT_END, "benchmarks_litert.json", litert_stamp),
             (kernel_table, kernel_results, KERNELS_BEGIN, KERNELS_END, "benchmarks_kernels.json",
              f"{stamp[:-2]}; {_cpu_model()}; {load}._"),
+            (deploy_table, deploy_results, DEPLOY_BEGIN, DEPLOY_END, "benchmarks_deploy.json",
+             (f"_Generated by `python -m benchmarks.run --only=deploy --write_docs` on {date}: {_cpu_model()}; "
+              f"{how}; {_deploy_versions(deploy_results)}; {load}._")),
         ):
             if not part_results:
                 continue
@@ -565,12 +586,23 @@ def main(argv):
                 "date": date, "machine": how, "cpu": _cpu_model(), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
                 "peak_gflops": peak, "versions": versions, "steps": FLAGS.steps, "results": part_results,
             }
-            if json_name in ("benchmarks_litert.json", "benchmarks_kernels.json"):
+            if json_name in ("benchmarks_litert.json", "benchmarks_kernels.json", "benchmarks_deploy.json"):
                 record["load_average_before"], record["load_average_after"] = list(load_before), list(load_after)
             (ROOT / "docs" / json_name).write_text(json.dumps(record, indent=1) + "\n")
             text = _write_section(text, begin, end, f"{part_stamp}\n\n{part}")
         doc.write_text(text)
         print(f"wrote {doc} and its JSON figures")
+
+
+def _deploy_versions(results: dict) -> str:
+    """Each runtime's version, as the deploy group's processes reported them."""
+    found = {}
+    for kind in results.values():
+        for row in kind.get("rows", {}).values():
+            for key in ("tensorflow", "keras", "ai_edge_litert", "onnxruntime", "openvino"):
+                if key in row:
+                    found[key] = row[key]
+    return ", ".join(f"{key} {value}" for key, value in found.items())
 
 
 def _fmt_load(load) -> str:
