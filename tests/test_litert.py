@@ -1,4 +1,5 @@
-"""LiteRT export (keras_retina/deploy/litert.py): parity with model.predict, int8 AP, built-in ops only, no TensorFlow needed.
+"""Exports of one trained model: LiteRT (parity with model.predict, int8 AP, built-in ops only, no TensorFlow
+needed), and the ONNX and OpenVINO files' AP, parity and export modes, which need the same trained model.
 
 One small model is trained once per module on the shapes data at 128 px
 (350 steps, anchors halved for the small images: confident detections and a
@@ -268,3 +269,131 @@ def test_bad_arguments(trained, tmp_path):
         litert.export_litert(model, str(tmp_path / "m.tflite"), quantization="int8")
     with pytest.raises(ValueError, match="no class_names.tsv"):
         read_class_names(__file__)
+
+
+# --- OpenVINO IRs of the same trained model (keras_retina/deploy/openvino.py) -------------------------------------
+
+
+def _kov():
+    """keras_retina.deploy.openvino, or the test skipped where OpenVINO and NNCF are not installed."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from keras_retina.deploy import openvino  # noqa: PLC0415
+
+    return openvino
+
+
+@pytest.fixture(scope="module")
+def openvino_files(trained, tmp_path_factory):
+    """The trained model as OpenVINO float32 and int8 IRs."""
+    kov = _kov()
+    model, data, _, _ = trained
+    root = tmp_path_factory.mktemp("ir")
+    paths = {}
+    for quantization in kov.QUANTIZATIONS:
+        representative = None
+        if quantization == "int8":
+            representative = (images.numpy() for images, _ in data.pipeline("train").take(13))
+        paths[quantization] = kov.export_openvino(
+            model,
+            str(root / f"model{'_' + quantization if quantization else ''}.xml"),
+            quantization=quantization,
+            representative_data=representative,
+            class_names=data.class_names,
+            category_ids=data.category_ids,
+        )
+    return paths
+
+
+def _assert_matches_predict(model, detector, images, category_ids, margin=0.01) -> int:
+    """Every confident (score >= 0.3) detection of predict has a twin in the IR's and back; returns the count."""
+    predicted = model.predict(images, verbose=0)
+    contiguous = {cid: i for i, cid in enumerate(category_ids)}
+    compared = 0
+    for i, image in enumerate(images):
+        out = detector(image)
+        count = int(out["num_detections"][0])
+        ours = (predicted["boxes"][i], predicted["scores"][i], predicted["classes"][i], predicted["num_detections"][i])
+        theirs = (
+            out["detection_boxes"][0], out["detection_scores"][0],
+            np.array([contiguous[c] for c in out["detection_classes"][0, :count]], np.int64), count,
+        )
+        for a, b in ((ours, theirs), (theirs, ours)):
+            boxes_a, _, classes_a = _confident(*a)
+            boxes_b, _, classes_b = _confident(*b, threshold=0.3 - margin)  # a twin may score just under 0.3
+            for box, cls in zip(boxes_a, classes_a):
+                same = classes_b == cls
+                assert same.any() and _iou(box[None], boxes_b[same]).max() >= 0.95, (i, box, cls)
+        compared += len(_confident(*ours)[0])
+    return compared
+
+
+@pytest.mark.slow
+def test_openvino_float32_detections_match_predict(openvino_files, trained):
+    kov = _kov()
+    model, data, _, _ = trained
+    detector = kov.OpenVINODetector(openvino_files[None])
+    assert detector.inference_precision == "f32"
+    assert (detector.class_names, detector.category_ids) == (list(data.class_names), list(data.category_ids))
+    compared = _assert_matches_predict(model, detector, _val_images(data), data.category_ids)
+    print(f"{compared} confident detections compared")
+    assert compared >= 10, f"only {compared} detections scored 0.3 or more: the test model is undertrained"
+
+
+@pytest.mark.slow
+def test_openvino_int8_ap_is_within_0_02_of_float(openvino_files, trained):
+    kov = _kov()
+    _, data, metrics, _ = trained
+    float_ap = litert.evaluate_litert(kov.OpenVINODetector(openvino_files[None]), data.pipeline("val"), data.coco_gt)["AP"]
+    int8 = kov.OpenVINODetector(openvino_files["int8"])
+    int8_ap = litert.evaluate_litert(int8, data.pipeline("val"), data.coco_gt)["AP"]
+    print(f"COCO AP: predict {metrics['AP']:.4f}, OpenVINO float32 {float_ap:.4f}, int8 {int8_ap:.4f}")
+    assert float_ap > 0.05  # a model worth quantizing
+    assert abs(int8_ap - float_ap) <= 0.02
+    assert abs(float_ap - metrics["AP"]) <= 0.01
+    bin_size = lambda xml: os.path.getsize(xml[: -len(".xml")] + ".bin")
+    assert bin_size(openvino_files["int8"]) < 0.4 * bin_size(openvino_files[None])
+    # The network's convolutions run in int8; the post-processing (NMS) stays in float32.
+    runtime = int8.compiled.get_runtime_model().get_ops()
+    precision = {op.get_friendly_name(): op.get_rt_info()["runtimePrecision"].astype(str).lower() for op in runtime}
+    kinds = {op.get_friendly_name(): op.get_rt_info()["layerType"].astype(str) for op in runtime}
+    convs = [precision[name] for name, kind in kinds.items() if kind == "Convolution"]
+    assert convs and sum(p in ("i8", "u8") for p in convs) >= 0.9 * len(convs), convs
+    nms = [precision[name] for name, kind in kinds.items() if kind == "NonMaxSuppression"]
+    assert nms and all(p in ("f32", "fp32") for p in nms), nms
+
+
+@pytest.mark.slow
+def test_openvino_nms_options_survive_the_export(trained, openvino_files, tmp_path):
+    kov = _kov()
+    model, data, _, _ = trained
+    model.class_agnostic_nms, model.soft_nms_sigma = True, 0.5
+    try:
+        path = kov.export_openvino(
+            model, str(tmp_path / "soft.xml"), class_names=data.class_names, category_ids=data.category_ids
+        )
+        detector = kov.OpenVINODetector(path)
+        assert detector.inference_settings["class_agnostic_nms"] is True
+        assert detector.inference_settings["soft_nms_sigma"] == 0.5
+        # The IR's detections are predict's with the same options ...
+        compared = _assert_matches_predict(model, detector, _val_images(data), data.category_ids)
+        assert compared >= 10
+    finally:
+        model.class_agnostic_nms, model.soft_nms_sigma = False, 0.0
+    # ... and not the default IR's (class-wise hard NMS): the options reached the graph.
+    image = _val_images(data, 1)[0]
+    soft, hard = detector(image), kov.OpenVINODetector(openvino_files[None])(image)
+    assert soft["num_detections"][0] != hard["num_detections"][0] or not np.allclose(
+        soft["detection_scores"], hard["detection_scores"]
+    )
+
+
+@pytest.mark.slow
+def test_export_mode_writes_openvino_files(trained, tmp_path):
+    kov = _kov()
+    _, data, _, config = trained
+    path = modes.export(config, {"format": "openvino", "export_dir": str(tmp_path / "export")})
+    assert path == str(tmp_path / "export" / "model.xml")
+    detector = kov.OpenVINODetector(path)
+    assert (detector.class_names, detector.category_ids) == (list(data.class_names), list(data.category_ids))
+    assert detector.image_size == IMAGE_SIZE and detector.quantization is None
