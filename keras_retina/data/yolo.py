@@ -251,6 +251,7 @@ class YoloSource(CocoJsonSource):
         for number, line in enumerate(_read_text(entry, MAX_LIST_BYTES, where).splitlines(), start=1):
             line = line.strip()
             if line:
+                line = _path_text(line, f"{entry} line {number}")
                 path = line if _is_absolute(line) else os.path.normpath(os.path.join(os.path.dirname(entry), line))
                 listed.append((path, f"{entry} line {number}"))
         return listed
@@ -544,6 +545,8 @@ def _path_text(value, where: str) -> str:
         text.encode("utf-8")  # YAML's "\ud800" escapes make lone surrogates, which no path can hold
     except UnicodeEncodeError as error:
         raise YoloFormatError(f"{where}: {text!r} is not a path ({error.reason}).") from None
+    if "\0" in text:  # TensorFlow's file system would cut the path there: another folder, or a walk without end
+        raise YoloFormatError(f"{where}: {text!r} is not a path (it holds a NUL character).")
     return text
 
 

@@ -166,3 +166,30 @@ def test_data_yaml_path_with_a_lone_surrogate(shapes, tmp_path, field):
         f.write(text.replace(f"{field}: ", f'{field}: "x\\ud800"\nold_{field}: ', 1))
     with pytest.raises(YoloFormatError, match=rf"data\.yaml line \d+ field '{field}': 'x\\ud800' is not a path"):
         YoloSource(data_yaml, "train")
+
+
+def test_data_yaml_path_with_a_nul_character(shapes, tmp_path):
+    """Was RecursionError out of tf.io.gfile.walk (campaign seed 2027, case 3538): TensorFlow cut the path at
+    the NUL, so the root was the yaml's folder and each subfolder listed it again."""
+    data_yaml = write_yolo_dataset(str(tmp_path / "yolo"), {"train": shapes, "val": shapes})
+    with open(data_yaml) as f:
+        text = f.read()
+    with open(data_yaml, "w") as f:
+        f.write(text.replace("path: .", 'path: "\\0"'))
+    with pytest.raises(YoloFormatError, match=r"data\.yaml line \d+ field 'path': '\\x00' is not a path .*NUL"):
+        YoloSource(data_yaml, "train")
+
+
+def test_image_list_line_with_a_nul_character(shapes, tmp_path):
+    """A list line 'a.jpg<NUL>x' would have read a.jpg, which the line does not name."""
+    data_yaml = write_yolo_dataset(str(tmp_path / "yolo"), {"train": shapes, "val": shapes})
+    root = os.path.dirname(data_yaml)
+    image = min(os.listdir(os.path.join(root, "images", "train")))
+    with open(os.path.join(root, "train.txt"), "w") as f:
+        f.write(f"images/train/{image}\nimages/train/{image}\0.png\n")
+    with open(data_yaml) as f:
+        text = f.read()
+    with open(data_yaml, "w") as f:
+        f.write(text.replace("train: images/train", "train: train.txt"))
+    with pytest.raises(YoloFormatError, match=r"train\.txt line 2: .* is not a path .*NUL"):
+        YoloSource(data_yaml, "train")
