@@ -25,6 +25,18 @@ def test_format_and_parse_round_trip():
     assert parse_class_names("\n" + text + "\n  \n") == (list(NAMES), list(IDS))  # blank lines skipped
 
 
+@pytest.mark.parametrize("bad", ["cat\nfish", "cat\tfish", "cat\r"])
+def test_a_name_the_table_cannot_hold_is_refused_when_written(bad):
+    with pytest.raises(ValueError, match=r"category id 7\) holds a tab, newline or carriage return"):
+        format_class_names(["dog", bad], [3, 7])
+
+
+@pytest.mark.parametrize("text,line", [("3\tdog\nfish\n", 2), ("x\tdog\n", 1), ("\n\n3dog\n", 3)])
+def test_a_malformed_table_names_its_line(text, line):
+    with pytest.raises(ValueError, match=f"line {line}: expected 'category_id<TAB>name'"):
+        parse_class_names(text)
+
+
 def test_read_class_names_of_a_saved_model_directory(tmp_path):
     os.makedirs(tmp_path / "assets")
     written = write_class_names(str(tmp_path / "assets" / CLASS_NAMES_FILE), NAMES, IDS)

@@ -96,6 +96,13 @@ def test_bad_images_are_refused_clearly(setup):
             detector(np.zeros((50, 60, 3), np.uint8))
 
 
+def test_a_ragged_image_is_refused_naming_the_file():
+    from keras_retina.deploy.litert import check_image
+
+    with pytest.raises(ValueError, match=r"LiteRTDetector: m\.tflite takes uint8 images \(1, 4, 4, 3\); got no array"):
+        check_image([[1, 2], [3]], (1, 4, 4, 3), "m.tflite", "LiteRTDetector")
+
+
 @pytest.mark.slow  # the module's exports take about 45 s on a 2-core machine
 def test_evaluate_mode_with_each_exported_file(setup, capsys):
     config, data, _, paths = setup

@@ -51,10 +51,23 @@ def resolve_classes(caller: str, num_classes: int, class_names, category_ids) ->
 def format_class_names(class_names: Sequence[str], category_ids: Sequence[int]) -> str:
     """The TSV text: ``category_id<TAB>name`` and a newline per class.
 
+    A name holding a tab, a newline or a carriage return could not be read
+    back: a ValueError naming it.
+
     Example:
         >>> format_class_names(["cat", "dog"], [17, 18])
         '17\\tcat\\n18\\tdog\\n'
+        >>> format_class_names(["cat\\nfish"], [17])
+        Traceback (most recent call last):
+        ...
+        ValueError: class name 'cat\\nfish' (category id 17) holds a tab, newline or carriage return, which the class-name table cannot hold; rename the class.
     """
+    for cid, name in zip(category_ids, class_names):
+        if any(c in str(name) for c in "\t\n\r"):
+            raise ValueError(
+                f"class name {str(name)!r} (category id {cid}) holds a tab, newline or carriage return, which the "
+                "class-name table cannot hold; rename the class."
+            )
     return "".join(f"{cid}\t{name}\n" for cid, name in zip(category_ids, class_names))
 
 
@@ -65,8 +78,21 @@ def parse_class_names(text: str) -> tuple[list[str], list[int]]:
         >>> parse_class_names("17\\tcat\\n18\\ttabby cat\\n")
         (['cat', 'tabby cat'], [17, 18])
     """
-    rows = [line.split("\t", 1) for line in text.split("\n") if line.strip()]
-    return [name for _, name in rows], [int(cid) for cid, _ in rows]
+    names, ids = [], []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        cid, tab, name = line.partition("\t")
+        try:
+            if not tab:
+                raise ValueError("no tab")
+            ids.append(int(cid))
+        except ValueError:
+            raise ValueError(
+                f"class-name table line {number}: expected 'category_id<TAB>name', got {line[:80]!r}."
+            ) from None
+        names.append(name)
+    return names, ids
 
 
 def write_class_names(path: str, class_names: Sequence[str], category_ids: Sequence[int]) -> str:

@@ -314,7 +314,10 @@ def check_image(image, input_shape: tuple, path: str, who: str) -> np.ndarray:
         ...
         ValueError: LiteRTDetector: m.tflite takes uint8 images (1, 4, 4, 3) or (4, 4, 3), got float32 (4, 4, 3).
     """
-    image = np.asarray(image)
+    try:
+        image = np.asarray(image)
+    except ValueError as error:  # a ragged nested list
+        raise ValueError(f"{who}: {path} takes uint8 images {tuple(input_shape)}; got no array ({error}).") from None
     batched = image[None] if image.ndim == 3 else image
     if image.dtype != np.uint8 or batched.shape != tuple(input_shape):
         raise ValueError(
