@@ -104,7 +104,7 @@ WIDE_OBJECTS_IN_CLUTTER = {
 #: Large images with small objects, where sliced inference matters: 1024 x 1536 pixels holding 10 to
 #: 30 objects of side 16-30 px (COCO's "small"), with no empty image. Shrunk whole onto a 256-pixel
 #: input the objects are 3-5 px; cut into 256-pixel tiles they keep their size
-#: (docs/BENCHMARKS.md, "Sliced inference").
+#: (docs/BENCHMARKS.md, "Inference options").
 LARGE_IMAGES_SMALL_OBJECTS = {
     "image_size": (1024, 1536),
     "min_objects": 10,

@@ -32,7 +32,7 @@ DEFAULT_OVERLAP = 0.2
 #: How the tiles' and the whole image's detections are merged (see :func:`predict_sliced`).
 MERGES = ("nms", "greedy_nmm")
 #: The default merge: of the two, the one with the higher AP on the generated large-image
-#: dataset (docs/BENCHMARKS.md, "Sliced inference").
+#: dataset (docs/BENCHMARKS.md, "Inference options").
 DEFAULT_MERGE = "nms"
 #: Tiles per batch of the model.
 DEFAULT_BATCH_SIZE = 8
