@@ -49,24 +49,31 @@ def trained(tmp_path_factory):
     return model, data, metrics, config
 
 
-@pytest.fixture(scope="module")
-def files(trained, tmp_path_factory):
+def _export_every_quantization(trained, root, export, quantizations, file_name):
+    """``{quantization: path}``: the trained model exported once per quantization (int8 calibrated on 13 batches)."""
     model, data, _, _ = trained
-    root = tmp_path_factory.mktemp("tflite")
     paths = {}
-    for quantization in litert.QUANTIZATIONS:
+    for quantization in quantizations:
         representative = None
         if quantization == "int8":
             representative = (images.numpy() for images, _ in data.pipeline("train").take(13))
-        paths[quantization] = litert.export_litert(
+        paths[quantization] = export(
             model,
-            str(root / f"model_{quantization}.tflite"),
+            str(root / file_name(quantization)),
             quantization=quantization,
             representative_data=representative,
             class_names=data.class_names,
             category_ids=data.category_ids,
         )
     return paths
+
+
+@pytest.fixture(scope="module")
+def files(trained, tmp_path_factory):
+    return _export_every_quantization(
+        trained, tmp_path_factory.mktemp("tflite"), litert.export_litert, litert.QUANTIZATIONS,
+        lambda quantization: f"model_{quantization}.tflite",
+    )
 
 
 def _val_images(data, count=16):
@@ -287,22 +294,10 @@ def _kov():
 def openvino_files(trained, tmp_path_factory):
     """The trained model as OpenVINO float32 and int8 IRs."""
     kov = _kov()
-    model, data, _, _ = trained
-    root = tmp_path_factory.mktemp("ir")
-    paths = {}
-    for quantization in kov.QUANTIZATIONS:
-        representative = None
-        if quantization == "int8":
-            representative = (images.numpy() for images, _ in data.pipeline("train").take(13))
-        paths[quantization] = kov.export_openvino(
-            model,
-            str(root / f"model{'_' + quantization if quantization else ''}.xml"),
-            quantization=quantization,
-            representative_data=representative,
-            class_names=data.class_names,
-            category_ids=data.category_ids,
-        )
-    return paths
+    return _export_every_quantization(
+        trained, tmp_path_factory.mktemp("ir"), kov.export_openvino, kov.QUANTIZATIONS,
+        lambda quantization: f"model{'_' + quantization if quantization else ''}.xml",
+    )
 
 
 def _assert_matches_predict(model, detector, images, category_ids, margin=0.01) -> int:
